@@ -1,0 +1,474 @@
+//! A zero-copy view of Kafka record batches (magic v2) and their validation.
+//!
+//! Layout of the 61-byte batch header (all big-endian):
+//! `base_offset i64 | batch_length i32 | partition_leader_epoch i32 | magic i8 | crc u32 |
+//!  attributes i16 | last_offset_delta i32 | base_timestamp i64 | max_timestamp i64 |
+//!  producer_id i64 | producer_epoch i16 | base_sequence i32 | records_count i32`.
+//! The CRC32C covers everything from `attributes` to the end of the batch, so the broker can
+//! patch `base_offset` and `partition_leader_epoch` in place without recomputing it.
+
+/// Bytes of the header before the records.
+pub const BATCH_HEADER_BYTES: usize = 61;
+/// Bytes up to and including `batch_length`: the part that frames a batch in a log.
+pub const LOG_OVERHEAD_BYTES: usize = 12;
+/// Bytes of the prefix the broker rewrites: base offset, batch length, leader epoch.
+pub const PATCHED_PREFIX_BYTES: usize = 16;
+/// Bytes needed to learn a batch's offset range: through `last_offset_delta`.
+pub const OFFSET_RANGE_BYTES: usize = 27;
+
+const MAGIC_OFFSET: usize = 16;
+const CRC_OFFSET: usize = 17;
+const ATTRIBUTES_OFFSET: usize = 21;
+const LAST_OFFSET_DELTA_OFFSET: usize = 23;
+const BASE_TIMESTAMP_OFFSET: usize = 27;
+const MAX_TIMESTAMP_OFFSET: usize = 35;
+const PRODUCER_ID_OFFSET: usize = 43;
+const RECORDS_COUNT_OFFSET: usize = 57;
+
+const COMPRESSION_MASK: i16 = 0x07;
+const TRANSACTIONAL_FLAG: i16 = 0x10;
+const CONTROL_FLAG: i16 = 0x20;
+
+/// Why a batch was refused; each maps to the Kafka error code a client expects.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BatchError {
+    #[error("record batch is truncated or its length field is invalid: {0}")]
+    Corrupt(&'static str),
+    #[error("record batch CRC mismatch: stored {stored:#010x}, computed {computed:#010x}")]
+    CrcMismatch { stored: u32, computed: u32 },
+    #[error("unsupported record batch magic {0}; only magic v2 is accepted")]
+    UnsupportedMagic(i8),
+    #[error("invalid record batch: {0}")]
+    Invalid(String),
+    #[error("record batch of {size_bytes} bytes exceeds max.message.bytes {max_bytes}")]
+    TooLarge { size_bytes: usize, max_bytes: usize },
+}
+
+impl BatchError {
+    /// The Kafka error code a produce of this batch is answered with.
+    pub fn error_code(&self) -> i16 {
+        use kafka_protocol::ResponseError as E;
+        match self {
+            BatchError::Corrupt(_) | BatchError::CrcMismatch { .. } => E::CorruptMessage.code(),
+            BatchError::UnsupportedMagic(_) => E::UnsupportedForMessageFormat.code(),
+            BatchError::Invalid(_) => E::InvalidRecord.code(),
+            BatchError::TooLarge { .. } => E::MessageTooLarge.code(),
+        }
+    }
+}
+
+/// The compression codec of a batch (attributes bits 0–2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip,
+    Snappy,
+    Lz4,
+    Zstd,
+}
+
+/// A validated batch inside a larger buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchInfo {
+    /// Position of the batch in the buffer it was found in.
+    pub position: usize,
+    /// Total bytes of the batch, header included.
+    pub size_bytes: usize,
+    pub records_count: i32,
+    pub last_offset_delta: i32,
+    pub base_timestamp: i64,
+    pub max_timestamp: i64,
+    pub producer_id: i64,
+    pub compression: Compression,
+    pub is_transactional: bool,
+    pub is_control: bool,
+}
+
+/// The header fields a log reader needs, read from the first [`OFFSET_RANGE_BYTES`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchOffsets {
+    pub base_offset: i64,
+    /// Total bytes of the batch, header included.
+    pub size_bytes: usize,
+    pub leader_epoch: i32,
+    pub last_offset_delta: i32,
+}
+
+impl BatchOffsets {
+    /// Parses the start of a stored batch; `None` if the bytes cannot be a batch.
+    pub fn parse(bytes: &[u8]) -> Option<BatchOffsets> {
+        if bytes.len() < OFFSET_RANGE_BYTES {
+            return None;
+        }
+        let batch_length = be_i32(bytes, 8);
+        if batch_length < (BATCH_HEADER_BYTES - LOG_OVERHEAD_BYTES) as i32 {
+            return None;
+        }
+        Some(BatchOffsets {
+            base_offset: be_i64(bytes, 0),
+            size_bytes: batch_length as usize + LOG_OVERHEAD_BYTES,
+            leader_epoch: be_i32(bytes, 12),
+            last_offset_delta: be_i32(bytes, LAST_OFFSET_DELTA_OFFSET),
+        })
+    }
+
+    pub fn last_offset(&self) -> i64 {
+        self.base_offset + i64::from(self.last_offset_delta)
+    }
+}
+
+/// The rewritten first [`PATCHED_PREFIX_BYTES`] of a batch: base offset, length, leader epoch.
+pub fn patched_prefix(base_offset: i64, size_bytes: usize, leader_epoch: i32) -> [u8; 16] {
+    let mut prefix = [0u8; PATCHED_PREFIX_BYTES];
+    prefix[0..8].copy_from_slice(&base_offset.to_be_bytes());
+    prefix[8..12].copy_from_slice(&((size_bytes - LOG_OVERHEAD_BYTES) as i32).to_be_bytes());
+    prefix[12..16].copy_from_slice(&leader_epoch.to_be_bytes());
+    prefix
+}
+
+/// Validates every batch a producer sent in one partition's `records` field.
+///
+/// Checks what Kafka's `LogValidator` checks for magic v2 client batches: framing, magic,
+/// CRC32C, `max_batch_bytes`, a non-empty batch whose `last_offset_delta` matches its record
+/// count, no control batches from clients, and for uncompressed batches that the records
+/// themselves have the declared count, sequential offset deltas and exact lengths.
+/// Compressed batches are not decompressed (their CRC protects their contents).
+pub fn validate_produce(records: &[u8], max_batch_bytes: usize) -> Result<Vec<BatchInfo>, BatchError> {
+    let mut batches = Vec::new();
+    let mut position = 0;
+    if records.is_empty() {
+        return Err(BatchError::Invalid("produce request has no record batch".into()));
+    }
+    while position < records.len() {
+        let info = validate_batch(&records[position..], position, max_batch_bytes)?;
+        position += info.size_bytes;
+        batches.push(info);
+    }
+    Ok(batches)
+}
+
+fn validate_batch(bytes: &[u8], position: usize, max_batch_bytes: usize) -> Result<BatchInfo, BatchError> {
+    let size_bytes = framed_size(bytes)?;
+    if size_bytes > max_batch_bytes {
+        return Err(BatchError::TooLarge { size_bytes, max_bytes: max_batch_bytes });
+    }
+    let batch = &bytes[..size_bytes];
+    let magic = batch[MAGIC_OFFSET] as i8;
+    if magic != 2 {
+        return Err(BatchError::UnsupportedMagic(magic));
+    }
+    check_crc(batch)?;
+    let attributes = be_i16(batch, ATTRIBUTES_OFFSET);
+    let records_count = be_i32(batch, RECORDS_COUNT_OFFSET);
+    let last_offset_delta = be_i32(batch, LAST_OFFSET_DELTA_OFFSET);
+    if records_count <= 0 {
+        return Err(BatchError::Invalid(format!("batch declares {records_count} records")));
+    }
+    if i64::from(last_offset_delta) != i64::from(records_count) - 1 {
+        return Err(BatchError::Invalid(format!(
+            "last offset delta {last_offset_delta} does not match record count {records_count}"
+        )));
+    }
+    if attributes & CONTROL_FLAG != 0 {
+        return Err(BatchError::Invalid("clients may not produce control batches".into()));
+    }
+    let compression = match attributes & COMPRESSION_MASK {
+        0 => Compression::None,
+        1 => Compression::Gzip,
+        2 => Compression::Snappy,
+        3 => Compression::Lz4,
+        4 => Compression::Zstd,
+        other => return Err(BatchError::Invalid(format!("unknown compression codec {other}"))),
+    };
+    if compression == Compression::None {
+        check_uncompressed_records(&batch[BATCH_HEADER_BYTES..], records_count)?;
+    }
+    Ok(BatchInfo {
+        position,
+        size_bytes,
+        records_count,
+        last_offset_delta,
+        base_timestamp: be_i64(batch, BASE_TIMESTAMP_OFFSET),
+        max_timestamp: be_i64(batch, MAX_TIMESTAMP_OFFSET),
+        producer_id: be_i64(batch, PRODUCER_ID_OFFSET),
+        compression,
+        is_transactional: attributes & TRANSACTIONAL_FLAG != 0,
+        is_control: false,
+    })
+}
+
+/// Size of the batch at the start of `bytes` from its length field, checked against the
+/// bytes actually present.
+fn framed_size(bytes: &[u8]) -> Result<usize, BatchError> {
+    if bytes.len() < BATCH_HEADER_BYTES {
+        return Err(BatchError::Corrupt("fewer bytes than a batch header"));
+    }
+    let batch_length = be_i32(bytes, 8);
+    if batch_length < (BATCH_HEADER_BYTES - LOG_OVERHEAD_BYTES) as i32 {
+        return Err(BatchError::Corrupt("batch length below the header size"));
+    }
+    let size_bytes = batch_length as usize + LOG_OVERHEAD_BYTES;
+    if size_bytes > bytes.len() {
+        return Err(BatchError::Corrupt("batch length runs past the end of the records"));
+    }
+    Ok(size_bytes)
+}
+
+fn check_crc(batch: &[u8]) -> Result<(), BatchError> {
+    let stored = u32::from_be_bytes([
+        batch[CRC_OFFSET],
+        batch[CRC_OFFSET + 1],
+        batch[CRC_OFFSET + 2],
+        batch[CRC_OFFSET + 3],
+    ]);
+    let computed = crc32c::crc32c(&batch[ATTRIBUTES_OFFSET..]);
+    if stored != computed {
+        return Err(BatchError::CrcMismatch { stored, computed });
+    }
+    Ok(())
+}
+
+/// Checks a stored batch found while recovering a log: framing, magic and CRC.
+/// Returns the batch's offsets when it is intact.
+pub fn check_stored(bytes: &[u8]) -> Result<BatchOffsets, BatchError> {
+    let size_bytes = framed_size(bytes)?;
+    let batch = &bytes[..size_bytes];
+    let magic = batch[MAGIC_OFFSET] as i8;
+    if magic != 2 {
+        return Err(BatchError::UnsupportedMagic(magic));
+    }
+    check_crc(batch)?;
+    BatchOffsets::parse(batch).ok_or(BatchError::Corrupt("unreadable batch header"))
+}
+
+/// Walks uncompressed records: `length varint | attributes i8 | timestamp_delta varlong |
+/// offset_delta varint | key | value | headers`, checking count, lengths and offset deltas.
+fn check_uncompressed_records(mut records: &[u8], records_count: i32) -> Result<(), BatchError> {
+    for expected_delta in 0..records_count {
+        let (length, used) =
+            read_varint(records).ok_or(BatchError::Corrupt("record length is not a varint"))?;
+        records = &records[used..];
+        if length < 0 || length as usize > records.len() {
+            return Err(BatchError::Corrupt("record length runs past the batch"));
+        }
+        let (record, rest) = records.split_at(length as usize);
+        records = rest;
+        let body = record.get(1..).ok_or(BatchError::Corrupt("empty record"))?;
+        let (_, ts_used) = read_varlong(body).ok_or(BatchError::Corrupt("bad timestamp delta"))?;
+        let (offset_delta, _) =
+            read_varint(&body[ts_used..]).ok_or(BatchError::Corrupt("bad offset delta"))?;
+        if offset_delta != expected_delta {
+            return Err(BatchError::Invalid(format!(
+                "record offset delta {offset_delta} where {expected_delta} was expected"
+            )));
+        }
+    }
+    if !records.is_empty() {
+        return Err(BatchError::Invalid(format!(
+            "batch holds more bytes than its {records_count} declared records"
+        )));
+    }
+    Ok(())
+}
+
+/// Reads a zig-zag varint (i32); returns the value and the bytes used.
+pub fn read_varint(bytes: &[u8]) -> Option<(i32, usize)> {
+    let (raw, used) = read_unsigned_varint(bytes, 5)?;
+    let raw = u32::try_from(raw).ok()?;
+    Some((((raw >> 1) as i32) ^ -((raw & 1) as i32), used))
+}
+
+/// Reads a zig-zag varlong (i64); returns the value and the bytes used.
+pub fn read_varlong(bytes: &[u8]) -> Option<(i64, usize)> {
+    let (raw, used) = read_unsigned_varint(bytes, 10)?;
+    Some((((raw >> 1) as i64) ^ -((raw & 1) as i64), used))
+}
+
+fn read_unsigned_varint(bytes: &[u8], max_bytes: usize) -> Option<(u64, usize)> {
+    let mut value = 0u64;
+    for (i, byte) in bytes.iter().take(max_bytes).enumerate() {
+        value |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((value, i + 1));
+        }
+    }
+    None
+}
+
+fn be_i16(b: &[u8], at: usize) -> i16 {
+    i16::from_be_bytes([b[at], b[at + 1]])
+}
+
+fn be_i32(b: &[u8], at: usize) -> i32 {
+    i32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn be_i64(b: &[u8], at: usize) -> i64 {
+    let mut raw = [0u8; 8];
+    raw.copy_from_slice(&b[at..at + 8]);
+    i64::from_be_bytes(raw)
+}
+
+/// Builds valid uncompressed batches for tests (of this crate and of others).
+pub mod testing {
+    use super::*;
+
+    fn put_varint(out: &mut Vec<u8>, value: i64) {
+        let mut raw = ((value << 1) ^ (value >> 63)) as u64;
+        while raw >= 0x80 {
+            out.push((raw as u8 & 0x7f) | 0x80);
+            raw >>= 7;
+        }
+        out.push(raw as u8);
+    }
+
+    /// An uncompressed batch at base offset 0 with one record per value, timestamps
+    /// `base_timestamp + i`.
+    pub fn batch(values: &[&[u8]], base_timestamp: i64) -> Vec<u8> {
+        let mut records = Vec::new();
+        for (i, value) in values.iter().enumerate() {
+            let mut record = vec![0u8];
+            put_varint(&mut record, i as i64);
+            put_varint(&mut record, i as i64);
+            put_varint(&mut record, -1);
+            put_varint(&mut record, value.len() as i64);
+            record.extend_from_slice(value);
+            put_varint(&mut record, 0);
+            put_varint(&mut records, record.len() as i64);
+            records.extend_from_slice(&record);
+        }
+        let count = values.len() as i32;
+        let mut out = Vec::with_capacity(BATCH_HEADER_BYTES + records.len());
+        out.extend_from_slice(&0i64.to_be_bytes());
+        out.extend_from_slice(&((BATCH_HEADER_BYTES - LOG_OVERHEAD_BYTES + records.len()) as i32).to_be_bytes());
+        out.extend_from_slice(&(-1i32).to_be_bytes());
+        out.push(2);
+        out.extend_from_slice(&[0; 4]);
+        out.extend_from_slice(&0i16.to_be_bytes());
+        out.extend_from_slice(&(count - 1).to_be_bytes());
+        out.extend_from_slice(&base_timestamp.to_be_bytes());
+        out.extend_from_slice(&(base_timestamp + i64::from(count) - 1).to_be_bytes());
+        out.extend_from_slice(&(-1i64).to_be_bytes());
+        out.extend_from_slice(&(-1i16).to_be_bytes());
+        out.extend_from_slice(&(-1i32).to_be_bytes());
+        out.extend_from_slice(&count.to_be_bytes());
+        out.extend_from_slice(&records);
+        let crc = crc32c::crc32c(&out[ATTRIBUTES_OFFSET..]);
+        out[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::batch;
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn a_valid_batch_is_accepted_with_its_fields() {
+        let b = batch(&[b"a", b"bb", b"ccc"], 1000);
+        let infos = validate_produce(&b, 1 << 20).expect("valid");
+        assert_eq!(infos.len(), 1);
+        assert_eq!(infos[0].records_count, 3);
+        assert_eq!(infos[0].last_offset_delta, 2);
+        assert_eq!(infos[0].max_timestamp, 1002);
+        assert_eq!(infos[0].size_bytes, b.len());
+    }
+
+    #[test]
+    fn two_batches_in_one_records_field_are_both_validated() {
+        let mut b = batch(&[b"a"], 1);
+        b.extend(batch(&[b"b", b"c"], 2));
+        let infos = validate_produce(&b, 1 << 20).expect("valid");
+        assert_eq!(infos.len(), 2);
+        assert_eq!(infos[1].records_count, 2);
+    }
+
+    #[test]
+    fn a_flipped_payload_bit_fails_the_crc() {
+        let mut b = batch(&[b"hello"], 1);
+        let last = b.len() - 2;
+        b[last] ^= 1;
+        let err = validate_produce(&b, 1 << 20).unwrap_err();
+        assert!(matches!(err, BatchError::CrcMismatch { .. }));
+        assert_eq!(err.error_code(), kafka_protocol::ResponseError::CorruptMessage.code());
+    }
+
+    #[test]
+    fn a_wrong_record_count_is_invalid_record() {
+        let mut b = batch(&[b"a", b"b"], 1);
+        b[RECORDS_COUNT_OFFSET..RECORDS_COUNT_OFFSET + 4].copy_from_slice(&3i32.to_be_bytes());
+        b[LAST_OFFSET_DELTA_OFFSET..LAST_OFFSET_DELTA_OFFSET + 4].copy_from_slice(&2i32.to_be_bytes());
+        let crc = crc32c::crc32c(&b[ATTRIBUTES_OFFSET..]);
+        b[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
+        let err = validate_produce(&b, 1 << 20).unwrap_err();
+        assert_eq!(err.error_code(), kafka_protocol::ResponseError::CorruptMessage.code());
+        b[LAST_OFFSET_DELTA_OFFSET..LAST_OFFSET_DELTA_OFFSET + 4].copy_from_slice(&1i32.to_be_bytes());
+        let crc = crc32c::crc32c(&b[ATTRIBUTES_OFFSET..]);
+        b[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
+        let err = validate_produce(&b, 1 << 20).unwrap_err();
+        assert_eq!(err.error_code(), kafka_protocol::ResponseError::InvalidRecord.code());
+    }
+
+    #[test]
+    fn an_oversized_batch_is_message_too_large() {
+        let b = batch(&[&[7u8; 500]], 1);
+        let err = validate_produce(&b, 100).unwrap_err();
+        assert_eq!(err.error_code(), kafka_protocol::ResponseError::MessageTooLarge.code());
+    }
+
+    #[test]
+    fn magic_v1_is_refused() {
+        let mut b = batch(&[b"a"], 1);
+        b[MAGIC_OFFSET] = 1;
+        assert_eq!(validate_produce(&b, 1 << 20), Err(BatchError::UnsupportedMagic(1)));
+    }
+
+    #[test]
+    fn the_patched_prefix_keeps_the_crc_valid() {
+        let b = batch(&[b"x", b"y"], 5);
+        let mut stored = b.clone();
+        stored[..PATCHED_PREFIX_BYTES].copy_from_slice(&patched_prefix(42, b.len(), 7));
+        let offsets = check_stored(&stored).expect("intact");
+        assert_eq!(offsets.base_offset, 42);
+        assert_eq!(offsets.leader_epoch, 7);
+        assert_eq!(offsets.last_offset(), 43);
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = validate_produce(&bytes, 1 << 20);
+            let _ = check_stored(&bytes);
+            let _ = BatchOffsets::parse(&bytes);
+        }
+
+        #[test]
+        fn every_truncation_of_a_valid_batch_is_refused(cut in 0usize..80) {
+            let b = batch(&[b"abc", b"defgh"], 9);
+            let cut = cut.min(b.len() - 1);
+            prop_assert!(validate_produce(&b[..cut], 1 << 20).is_err());
+            prop_assert!(check_stored(&b[..cut]).is_err());
+        }
+
+        #[test]
+        fn any_single_bit_flip_after_the_prefix_is_detected(bit in 0usize..(8 * 40)) {
+            let b = batch(&[b"abc", b"defgh"], 9);
+            let mut flipped = b.clone();
+            let byte = ATTRIBUTES_OFFSET + bit / 8;
+            prop_assume!(byte < flipped.len());
+            flipped[byte] ^= 1 << (bit % 8);
+            prop_assert!(validate_produce(&flipped, 1 << 20).is_err());
+        }
+
+        #[test]
+        fn varints_round_trip(v in any::<i32>()) {
+            let mut out = Vec::new();
+            let mut raw = ((v << 1) ^ (v >> 31)) as u32;
+            while raw >= 0x80 { out.push((raw as u8 & 0x7f) | 0x80); raw >>= 7; }
+            out.push(raw as u8);
+            prop_assert_eq!(read_varint(&out), Some((v, out.len())));
+        }
+    }
+}

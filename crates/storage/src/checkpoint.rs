@@ -1,0 +1,75 @@
+//! Kafka's offset checkpoint files (`recovery-point-offset-checkpoint`): a version line `0`,
+//! a count line, then `topic partition offset` per line. Written to a temporary file,
+//! fsynced and renamed, so a crash leaves either the old or the new file.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+
+/// Name of the per-log-directory file recording the offset below which each log is fsynced.
+pub const RECOVERY_POINT_FILE: &str = "recovery-point-offset-checkpoint";
+
+/// Writes `entries` ((topic, partition) → offset) atomically to `path`.
+pub fn write(path: &Path, entries: &BTreeMap<(String, i32), i64>) -> std::io::Result<()> {
+    let mut text = format!("0\n{}\n", entries.len());
+    for ((topic, partition), offset) in entries {
+        text.push_str(&format!("{topic} {partition} {offset}\n"));
+    }
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Reads a checkpoint file; a missing file is empty, a malformed one is an error.
+pub fn read(path: &Path) -> std::io::Result<BTreeMap<(String, i32), i64>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        Err(e) => return Err(e),
+    };
+    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: {what}", path.display()));
+    let mut lines = text.lines();
+    if lines.next() != Some("0") {
+        return Err(bad("unknown checkpoint version"));
+    }
+    let count: usize = lines.next().and_then(|l| l.trim().parse().ok()).ok_or_else(|| bad("bad entry count"))?;
+    let mut entries = BTreeMap::new();
+    for line in lines.take(count) {
+        let mut fields = line.split(' ');
+        let (Some(topic), Some(partition), Some(offset), None) = (fields.next(), fields.next(), fields.next(), fields.next()) else {
+            return Err(bad("bad entry line"));
+        };
+        let partition = partition.parse().map_err(|_| bad("bad partition"))?;
+        let offset = offset.parse().map_err(|_| bad("bad offset"))?;
+        entries.insert((topic.to_string(), partition), offset);
+    }
+    if entries.len() != count {
+        return Err(bad("fewer entries than declared"));
+    }
+    Ok(entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoints_round_trip_and_missing_is_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(RECOVERY_POINT_FILE);
+        assert!(read(&path).unwrap().is_empty());
+        let mut entries = BTreeMap::new();
+        entries.insert(("orders".to_string(), 3), 42);
+        entries.insert(("a.b_c".to_string(), 0), 0);
+        write(&path, &entries).unwrap();
+        assert_eq!(read(&path).unwrap(), entries);
+        std::fs::write(&path, "0\n2\norders 3 42\n").unwrap();
+        assert!(read(&path).is_err());
+    }
+}

@@ -1,0 +1,26 @@
+//! Storage errors, each mapped to the Kafka error code a client is answered with.
+
+/// Everything that can go wrong in the log.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("offset {offset} is out of range [{log_start_offset}, {log_end_offset}]")]
+    OffsetOutOfRange { offset: i64, log_start_offset: i64, log_end_offset: i64 },
+    #[error("storage I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("corrupt log {path}: {reason}")]
+    Corrupt { path: String, reason: String },
+    #[error("the log is closed")]
+    Closed,
+}
+
+impl StorageError {
+    /// The Kafka error code for this failure.
+    pub fn error_code(&self) -> i16 {
+        use strom_protocol::ResponseError as E;
+        match self {
+            StorageError::OffsetOutOfRange { .. } => E::OffsetOutOfRange.code(),
+            StorageError::Io(_) | StorageError::Corrupt { .. } => E::KafkaStorageError.code(),
+            StorageError::Closed => E::NotLeaderOrFollower.code(),
+        }
+    }
+}
