@@ -1,1 +1,36 @@
+//! The Strom broker: listener, connections, one module per Kafka API, and the wiring of
+//! storage under them.
+//!
+//! Main types: [`Broker`] (the shared state every request sees), [`server::run`] (the
+//! process lifecycle), [`topics::TopicManager`] (topics and their partition logs),
+//! [`config::BrokerConfig`] (Kafka's property names). A request flows
+//! `connection` → `api::handle` → `api::<name>` → `strom_storage`.
+//!
+//! The broker never panics on peer input: a malformed frame closes that one connection with
+//! one log line; everything a client can get wrong is answered with Kafka's error code.
 
+pub mod api;
+pub mod config;
+mod connection;
+mod error;
+pub mod response;
+pub mod server;
+pub mod storage_format;
+pub mod topic_config;
+pub mod topics;
+
+use std::sync::Arc;
+
+pub use error::BrokerError;
+
+/// State shared by all connections.
+pub struct Broker {
+    pub config: Arc<config::BrokerConfig>,
+    pub node_id: i32,
+    pub cluster_id: String,
+    pub advertised_host: String,
+    pub advertised_port: i32,
+    pub topics: topics::TopicManager,
+    /// Flips to `true` when the broker shuts down; long waits watch it.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+}

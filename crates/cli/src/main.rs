@@ -1,1 +1,133 @@
-fn main() {}
+//! The `strom` binary: `strom server` runs a broker; `strom bench` measures one.
+
+mod alloc_guard;
+mod bench;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use strom_broker::config::BrokerConfig;
+
+#[global_allocator]
+static ALLOCATOR: alloc_guard::GuardedAllocator = alloc_guard::GuardedAllocator;
+
+#[derive(Parser)]
+#[command(
+    name = "strom",
+    version,
+    about = "A Kafka-compatible event streaming broker"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a broker. With no arguments: one node (broker+controller, node.id=1) on
+    /// 127.0.0.1:9092 with data in ./strom-data, formatted on first start.
+    Server {
+        /// A Kafka-style server.properties file.
+        #[arg(long)]
+        config: Option<std::path::PathBuf>,
+        /// Override one property, `key=value`; may be repeated.
+        #[arg(long = "override", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+    },
+    /// Drive a broker with librdkafka and print throughput and latency percentiles.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    match cli.command {
+        Command::Server { config, overrides } => server(config, overrides),
+        Command::Bench(args) => match bench::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("strom bench: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STROM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn server(config_path: Option<std::path::PathBuf>, overrides: Vec<String>) -> ExitCode {
+    let text = match &config_path {
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) => {
+                eprintln!("strom: cannot read {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        },
+        None => String::new(),
+    };
+    let config = match BrokerConfig::from_properties(&text, &overrides) {
+        Ok((config, warnings)) => {
+            for warning in warnings {
+                tracing::warn!("{warning}");
+            }
+            config
+        }
+        Err(e) => {
+            eprintln!("strom: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("strom: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(strom_broker::server::run(
+        config,
+        shutdown_signal(),
+        |running| {
+            // One machine-readable line on stdout: scripts and tests wait for it.
+            println!(
+                "strom listening on {} cluster.id={}",
+                running.local_addr, running.cluster_id
+            );
+            let _ = std::io::stdout().flush();
+        },
+    ));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("strom server failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}

@@ -133,11 +133,16 @@ pub fn patched_prefix(base_offset: i64, size_bytes: usize, leader_epoch: i32) ->
 /// count, no control batches from clients, and for uncompressed batches that the records
 /// themselves have the declared count, sequential offset deltas and exact lengths.
 /// Compressed batches are not decompressed (their CRC protects their contents).
-pub fn validate_produce(records: &[u8], max_batch_bytes: usize) -> Result<Vec<BatchInfo>, BatchError> {
+pub fn validate_produce(
+    records: &[u8],
+    max_batch_bytes: usize,
+) -> Result<Vec<BatchInfo>, BatchError> {
     let mut batches = Vec::new();
     let mut position = 0;
     if records.is_empty() {
-        return Err(BatchError::Invalid("produce request has no record batch".into()));
+        return Err(BatchError::Invalid(
+            "produce request has no record batch".into(),
+        ));
     }
     while position < records.len() {
         let info = validate_batch(&records[position..], position, max_batch_bytes)?;
@@ -147,10 +152,17 @@ pub fn validate_produce(records: &[u8], max_batch_bytes: usize) -> Result<Vec<Ba
     Ok(batches)
 }
 
-fn validate_batch(bytes: &[u8], position: usize, max_batch_bytes: usize) -> Result<BatchInfo, BatchError> {
+fn validate_batch(
+    bytes: &[u8],
+    position: usize,
+    max_batch_bytes: usize,
+) -> Result<BatchInfo, BatchError> {
     let size_bytes = framed_size(bytes)?;
     if size_bytes > max_batch_bytes {
-        return Err(BatchError::TooLarge { size_bytes, max_bytes: max_batch_bytes });
+        return Err(BatchError::TooLarge {
+            size_bytes,
+            max_bytes: max_batch_bytes,
+        });
     }
     let batch = &bytes[..size_bytes];
     let magic = batch[MAGIC_OFFSET] as i8;
@@ -162,7 +174,9 @@ fn validate_batch(bytes: &[u8], position: usize, max_batch_bytes: usize) -> Resu
     let records_count = be_i32(batch, RECORDS_COUNT_OFFSET);
     let last_offset_delta = be_i32(batch, LAST_OFFSET_DELTA_OFFSET);
     if records_count <= 0 {
-        return Err(BatchError::Invalid(format!("batch declares {records_count} records")));
+        return Err(BatchError::Invalid(format!(
+            "batch declares {records_count} records"
+        )));
     }
     if i64::from(last_offset_delta) != i64::from(records_count) - 1 {
         return Err(BatchError::Invalid(format!(
@@ -170,7 +184,9 @@ fn validate_batch(bytes: &[u8], position: usize, max_batch_bytes: usize) -> Resu
         )));
     }
     if attributes & CONTROL_FLAG != 0 {
-        return Err(BatchError::Invalid("clients may not produce control batches".into()));
+        return Err(BatchError::Invalid(
+            "clients may not produce control batches".into(),
+        ));
     }
     let compression = match attributes & COMPRESSION_MASK {
         0 => Compression::None,
@@ -178,7 +194,11 @@ fn validate_batch(bytes: &[u8], position: usize, max_batch_bytes: usize) -> Resu
         2 => Compression::Snappy,
         3 => Compression::Lz4,
         4 => Compression::Zstd,
-        other => return Err(BatchError::Invalid(format!("unknown compression codec {other}"))),
+        other => {
+            return Err(BatchError::Invalid(format!(
+                "unknown compression codec {other}"
+            )))
+        }
     };
     if compression == Compression::None {
         check_uncompressed_records(&batch[BATCH_HEADER_BYTES..], records_count)?;
@@ -209,7 +229,9 @@ fn framed_size(bytes: &[u8]) -> Result<usize, BatchError> {
     }
     let size_bytes = batch_length as usize + LOG_OVERHEAD_BYTES;
     if size_bytes > bytes.len() {
-        return Err(BatchError::Corrupt("batch length runs past the end of the records"));
+        return Err(BatchError::Corrupt(
+            "batch length runs past the end of the records",
+        ));
     }
     Ok(size_bytes)
 }
@@ -340,7 +362,9 @@ pub mod testing {
         let count = values.len() as i32;
         let mut out = Vec::with_capacity(BATCH_HEADER_BYTES + records.len());
         out.extend_from_slice(&0i64.to_be_bytes());
-        out.extend_from_slice(&((BATCH_HEADER_BYTES - LOG_OVERHEAD_BYTES + records.len()) as i32).to_be_bytes());
+        out.extend_from_slice(
+            &((BATCH_HEADER_BYTES - LOG_OVERHEAD_BYTES + records.len()) as i32).to_be_bytes(),
+        );
         out.extend_from_slice(&(-1i32).to_be_bytes());
         out.push(2);
         out.extend_from_slice(&[0; 4]);
@@ -392,37 +416,54 @@ mod tests {
         b[last] ^= 1;
         let err = validate_produce(&b, 1 << 20).unwrap_err();
         assert!(matches!(err, BatchError::CrcMismatch { .. }));
-        assert_eq!(err.error_code(), kafka_protocol::ResponseError::CorruptMessage.code());
+        assert_eq!(
+            err.error_code(),
+            kafka_protocol::ResponseError::CorruptMessage.code()
+        );
     }
 
     #[test]
     fn a_wrong_record_count_is_invalid_record() {
         let mut b = batch(&[b"a", b"b"], 1);
         b[RECORDS_COUNT_OFFSET..RECORDS_COUNT_OFFSET + 4].copy_from_slice(&3i32.to_be_bytes());
-        b[LAST_OFFSET_DELTA_OFFSET..LAST_OFFSET_DELTA_OFFSET + 4].copy_from_slice(&2i32.to_be_bytes());
+        b[LAST_OFFSET_DELTA_OFFSET..LAST_OFFSET_DELTA_OFFSET + 4]
+            .copy_from_slice(&2i32.to_be_bytes());
         let crc = crc32c::crc32c(&b[ATTRIBUTES_OFFSET..]);
         b[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
         let err = validate_produce(&b, 1 << 20).unwrap_err();
-        assert_eq!(err.error_code(), kafka_protocol::ResponseError::CorruptMessage.code());
-        b[LAST_OFFSET_DELTA_OFFSET..LAST_OFFSET_DELTA_OFFSET + 4].copy_from_slice(&1i32.to_be_bytes());
+        assert_eq!(
+            err.error_code(),
+            kafka_protocol::ResponseError::CorruptMessage.code()
+        );
+        b[LAST_OFFSET_DELTA_OFFSET..LAST_OFFSET_DELTA_OFFSET + 4]
+            .copy_from_slice(&1i32.to_be_bytes());
         let crc = crc32c::crc32c(&b[ATTRIBUTES_OFFSET..]);
         b[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
         let err = validate_produce(&b, 1 << 20).unwrap_err();
-        assert_eq!(err.error_code(), kafka_protocol::ResponseError::InvalidRecord.code());
+        assert_eq!(
+            err.error_code(),
+            kafka_protocol::ResponseError::InvalidRecord.code()
+        );
     }
 
     #[test]
     fn an_oversized_batch_is_message_too_large() {
         let b = batch(&[&[7u8; 500]], 1);
         let err = validate_produce(&b, 100).unwrap_err();
-        assert_eq!(err.error_code(), kafka_protocol::ResponseError::MessageTooLarge.code());
+        assert_eq!(
+            err.error_code(),
+            kafka_protocol::ResponseError::MessageTooLarge.code()
+        );
     }
 
     #[test]
     fn magic_v1_is_refused() {
         let mut b = batch(&[b"a"], 1);
         b[MAGIC_OFFSET] = 1;
-        assert_eq!(validate_produce(&b, 1 << 20), Err(BatchError::UnsupportedMagic(1)));
+        assert_eq!(
+            validate_produce(&b, 1 << 20),
+            Err(BatchError::UnsupportedMagic(1))
+        );
     }
 
     #[test]

@@ -64,9 +64,15 @@ mod tests {
         );
         assert_eq!(
             request_frame_length(101i32.to_be_bytes(), 100),
-            Err(FrameError::TooLarge { length: 101, max_bytes: 100 })
+            Err(FrameError::TooLarge {
+                length: 101,
+                max_bytes: 100
+            })
         );
-        assert_eq!(request_frame_length(3i32.to_be_bytes(), 100), Err(FrameError::TooShort(3)));
+        assert_eq!(
+            request_frame_length(3i32.to_be_bytes(), 100),
+            Err(FrameError::TooShort(3))
+        );
         assert_eq!(request_frame_length(100i32.to_be_bytes(), 100), Ok(100));
     }
 

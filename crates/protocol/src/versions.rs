@@ -26,6 +26,7 @@ pub const SUPPORTED: &[ApiSupport] = &[
     api(ApiKey::Fetch, 4, 4, 17),
     api(ApiKey::ListOffsets, 1, 1, 9),
     api(ApiKey::Metadata, 0, 0, 12),
+    api(ApiKey::FindCoordinator, 0, 0, 6),
     api(ApiKey::ApiVersions, 0, 0, 4),
     api(ApiKey::CreateTopics, 2, 2, 7),
     api(ApiKey::DeleteTopics, 1, 1, 6),
@@ -34,7 +35,12 @@ pub const SUPPORTED: &[ApiSupport] = &[
 ];
 
 const fn api(key: ApiKey, advertised_min: i16, served_min: i16, max: i16) -> ApiSupport {
-    ApiSupport { key, advertised_min, served_min, max }
+    ApiSupport {
+        key,
+        advertised_min,
+        served_min,
+        max,
+    }
 }
 
 /// The support entry of an API key, if Strom serves it at all.
@@ -56,7 +62,11 @@ mod tests {
     fn every_served_version_is_known_to_the_schema_crate() {
         for s in SUPPORTED {
             let valid = s.key.valid_versions();
-            assert!(s.served_min >= valid.min && s.max <= valid.max, "{:?}", s.key);
+            assert!(
+                s.served_min >= valid.min && s.max <= valid.max,
+                "{:?}",
+                s.key
+            );
             assert!(s.advertised_min <= s.served_min);
         }
         assert_eq!(

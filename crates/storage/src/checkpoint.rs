@@ -33,16 +33,26 @@ pub fn read(path: &Path) -> std::io::Result<BTreeMap<(String, i32), i64>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
         Err(e) => return Err(e),
     };
-    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: {what}", path.display()));
+    let bad = |what: &str| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{}: {what}", path.display()),
+        )
+    };
     let mut lines = text.lines();
     if lines.next() != Some("0") {
         return Err(bad("unknown checkpoint version"));
     }
-    let count: usize = lines.next().and_then(|l| l.trim().parse().ok()).ok_or_else(|| bad("bad entry count"))?;
+    let count: usize = lines
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .ok_or_else(|| bad("bad entry count"))?;
     let mut entries = BTreeMap::new();
     for line in lines.take(count) {
         let mut fields = line.split(' ');
-        let (Some(topic), Some(partition), Some(offset), None) = (fields.next(), fields.next(), fields.next(), fields.next()) else {
+        let (Some(topic), Some(partition), Some(offset), None) =
+            (fields.next(), fields.next(), fields.next(), fields.next())
+        else {
             return Err(bad("bad entry line"));
         };
         let partition = partition.parse().map_err(|_| bad("bad partition"))?;

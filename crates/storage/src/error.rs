@@ -4,7 +4,11 @@
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     #[error("offset {offset} is out of range [{log_start_offset}, {log_end_offset}]")]
-    OffsetOutOfRange { offset: i64, log_start_offset: i64, log_end_offset: i64 },
+    OffsetOutOfRange {
+        offset: i64,
+        log_start_offset: i64,
+        log_end_offset: i64,
+    },
     #[error("storage I/O error: {0}")]
     Io(#[from] std::io::Error),
     #[error("corrupt log {path}: {reason}")]

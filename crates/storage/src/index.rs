@@ -61,14 +61,22 @@ impl OffsetIndex {
     }
 
     pub fn append(&mut self, relative_offset: u32, position: u32) {
-        debug_assert!(self.entries.last().is_none_or(|l| l.relative_offset < relative_offset));
-        self.entries.push(OffsetEntry { relative_offset, position });
+        debug_assert!(self
+            .entries
+            .last()
+            .is_none_or(|l| l.relative_offset < relative_offset));
+        self.entries.push(OffsetEntry {
+            relative_offset,
+            position,
+        });
     }
 
     /// The position to start scanning from for `relative_offset`: that of the last entry
     /// whose offset is below it (the batch after it can still hold the target), else 0.
     pub fn lookup(&self, relative_offset: u32) -> u32 {
-        let idx = self.entries.partition_point(|e| e.relative_offset < relative_offset);
+        let idx = self
+            .entries
+            .partition_point(|e| e.relative_offset < relative_offset);
         if idx == 0 {
             0
         } else {
@@ -97,17 +105,25 @@ impl OffsetIndex {
 
     /// Keeps only entries at positions below `position_bytes`.
     pub fn truncate_to_position(&mut self, position_bytes: u64) {
-        let keep = self.entries.partition_point(|e| u64::from(e.position) < position_bytes);
+        let keep = self
+            .entries
+            .partition_point(|e| u64::from(e.position) < position_bytes);
         self.entries.truncate(keep);
         self.persisted = self.persisted.min(keep);
     }
 
     /// Writes entries not yet in the file; rewrites the file when it was truncated.
     pub fn persist(&mut self, path: &Path) -> std::io::Result<()> {
-        persist_entries(path, &self.entries, &mut self.persisted, OFFSET_ENTRY_BYTES, |e, out| {
-            out.extend_from_slice(&e.relative_offset.to_be_bytes());
-            out.extend_from_slice(&e.position.to_be_bytes());
-        })
+        persist_entries(
+            path,
+            &self.entries,
+            &mut self.persisted,
+            OFFSET_ENTRY_BYTES,
+            |e, out| {
+                out.extend_from_slice(&e.relative_offset.to_be_bytes());
+                out.extend_from_slice(&e.position.to_be_bytes());
+            },
+        )
     }
 }
 
@@ -146,8 +162,15 @@ impl TimeIndex {
 
     /// Appends when `timestamp` is newer than the last entry (Kafka's `maybeAppend`).
     pub fn maybe_append(&mut self, timestamp: i64, relative_offset: u32) {
-        if self.entries.last().is_none_or(|l| timestamp > l.timestamp && relative_offset > l.relative_offset) {
-            self.entries.push(TimeEntry { timestamp, relative_offset });
+        if self
+            .entries
+            .last()
+            .is_none_or(|l| timestamp > l.timestamp && relative_offset > l.relative_offset)
+        {
+            self.entries.push(TimeEntry {
+                timestamp,
+                relative_offset,
+            });
         }
     }
 
@@ -173,16 +196,24 @@ impl TimeIndex {
 
     /// Keeps only entries for offsets below `relative_offset`.
     pub fn truncate_to_offset(&mut self, relative_offset: u32) {
-        let keep = self.entries.partition_point(|e| e.relative_offset < relative_offset);
+        let keep = self
+            .entries
+            .partition_point(|e| e.relative_offset < relative_offset);
         self.entries.truncate(keep);
         self.persisted = self.persisted.min(keep);
     }
 
     pub fn persist(&mut self, path: &Path) -> std::io::Result<()> {
-        persist_entries(path, &self.entries, &mut self.persisted, TIME_ENTRY_BYTES, |e, out| {
-            out.extend_from_slice(&e.timestamp.to_be_bytes());
-            out.extend_from_slice(&e.relative_offset.to_be_bytes());
-        })
+        persist_entries(
+            path,
+            &self.entries,
+            &mut self.persisted,
+            TIME_ENTRY_BYTES,
+            |e, out| {
+                out.extend_from_slice(&e.timestamp.to_be_bytes());
+                out.extend_from_slice(&e.relative_offset.to_be_bytes());
+            },
+        )
     }
 }
 
@@ -203,7 +234,11 @@ fn persist_entries<T>(
 ) -> std::io::Result<()> {
     let on_disk = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     let expected = (*persisted * entry_bytes) as u64;
-    let mut file = File::options().create(true).write(true).truncate(false).open(path)?;
+    let mut file = File::options()
+        .create(true)
+        .write(true)
+        .truncate(false)
+        .open(path)?;
     if on_disk != expected {
         file.set_len(expected)?;
     }
@@ -266,7 +301,13 @@ mod tests {
         let (loaded, valid) = OffsetIndex::load(&path, 1 << 20).unwrap();
         assert!(valid);
         assert_eq!(loaded.len(), 3);
-        assert_eq!(loaded.last(), Some(OffsetEntry { relative_offset: 25, position: 2600 }));
+        assert_eq!(
+            loaded.last(),
+            Some(OffsetEntry {
+                relative_offset: 25,
+                position: 2600
+            })
+        );
     }
 
     #[test]

@@ -127,20 +127,33 @@ impl PartitionLog {
         let mut next_offset = None;
         for (i, &base) in bases.iter().enumerate() {
             let segment = LogSegment::open(dir, base, now_ms)?;
-            let fully_flushed = bases.get(i + 1).is_some_and(|&next_base| next_base <= recovery_point);
+            let fully_flushed = bases
+                .get(i + 1)
+                .is_some_and(|&next_base| next_base <= recovery_point);
             let (segment_next, truncated) = if clean_shutdown || fully_flushed {
                 (load_indexes(&segment, config.index_interval_bytes)?, 0)
             } else {
                 segment.recover(config.index_interval_bytes)?
             };
             if truncated > 0 {
-                warn!(topic, partition, base_offset = base, truncated_bytes = truncated, "truncated a torn log tail during recovery");
+                warn!(
+                    topic,
+                    partition,
+                    base_offset = base,
+                    truncated_bytes = truncated,
+                    "truncated a torn log tail during recovery"
+                );
             }
             segments.push(Arc::new(segment));
             next_offset = segment_next.or(next_offset).or(Some(base));
             if truncated > 0 {
                 for &later in &bases[i + 1..] {
-                    warn!(topic, partition, base_offset = later, "deleting segment after a truncated tail");
+                    warn!(
+                        topic,
+                        partition,
+                        base_offset = later,
+                        "deleting segment after a truncated tail"
+                    );
                     LogSegment::open(dir, later, now_ms)?.delete_files()?;
                 }
                 break;
@@ -150,15 +163,26 @@ impl PartitionLog {
             segments.push(Arc::new(LogSegment::create(dir, 0, now_ms)?));
         }
         let active = Arc::clone(segments.last().expect("at least one segment"));
-        let next_offset = next_offset.unwrap_or(active.base_offset()).max(active.base_offset());
+        let next_offset = next_offset
+            .unwrap_or(active.base_offset())
+            .max(active.base_offset());
         let log_start_offset = segments[0].base_offset();
         if !clean_shutdown {
-            info!(topic, partition, log_end_offset = next_offset, "recovered log");
+            info!(
+                topic,
+                partition,
+                log_end_offset = next_offset,
+                "recovered log"
+            );
         }
         // A log opened as the only replica has nothing to wait for: its high watermark is
         // its log end. Replication moves it explicitly.
         let view = View {
-            offsets: LogOffsets { log_start_offset, log_end_offset: next_offset, high_watermark: next_offset },
+            offsets: LogOffsets {
+                log_start_offset,
+                log_end_offset: next_offset,
+                high_watermark: next_offset,
+            },
             high_watermark_segment: active.base_offset(),
             high_watermark_position: active.size_bytes(),
             segments: Arc::new(segments),
@@ -224,7 +248,13 @@ impl PartitionLog {
             return Err(StorageError::Closed);
         }
         let message_count: i64 = batches.iter().map(|b| i64::from(b.records_count)).sum();
-        if self.should_roll(&writer, &config, records.len() as u64, message_count, now_ms) {
+        if self.should_roll(
+            &writer,
+            &config,
+            records.len() as u64,
+            message_count,
+            now_ms,
+        ) {
             self.roll(&mut writer, now_ms)?;
         }
         let active = Arc::clone(&writer.active);
@@ -238,7 +268,9 @@ impl PartitionLog {
         let mut slices = Vec::with_capacity(batches.len() * 2);
         for (b, prefix) in batches.iter().zip(&prefixes) {
             slices.push(IoSlice::new(prefix));
-            slices.push(IoSlice::new(&records[b.position + PATCHED_PREFIX_BYTES..b.position + b.size_bytes]));
+            slices.push(IoSlice::new(
+                &records[b.position + PATCHED_PREFIX_BYTES..b.position + b.size_bytes],
+            ));
         }
         let start_position = active.size_bytes();
         let end_position = active.append_vectored(&mut slices, start_position)?;
@@ -253,13 +285,22 @@ impl PartitionLog {
                     leader_epoch,
                     last_offset_delta: b.last_offset_delta,
                 };
-                index_batch(&mut indexes, active.base_offset(), &offsets, position, b.max_timestamp, config.index_interval_bytes);
+                index_batch(
+                    &mut indexes,
+                    active.base_offset(),
+                    &offsets,
+                    position,
+                    b.max_timestamp,
+                    config.index_interval_bytes,
+                );
                 position += b.size_bytes as u64;
                 base += i64::from(b.records_count);
             }
         }
         writer.next_offset = next;
-        writer.above_high_watermark.push_back((next, active.base_offset(), end_position));
+        writer
+            .above_high_watermark
+            .push_back((next, active.base_offset(), end_position));
         writer.unflushed_messages += message_count;
         let log_start_offset = {
             let mut view = self.view.write();
@@ -271,19 +312,35 @@ impl PartitionLog {
             writer.unflushed_messages = 0;
             self.recovery_point.fetch_max(next, Ordering::AcqRel);
         }
-        Ok(AppendInfo { first_offset, last_offset: next - 1, log_start_offset })
+        Ok(AppendInfo {
+            first_offset,
+            last_offset: next - 1,
+            log_start_offset,
+        })
     }
 
-    fn should_roll(&self, writer: &Writer, config: &LogConfig, bytes: u64, messages: i64, now_ms: i64) -> bool {
+    fn should_roll(
+        &self,
+        writer: &Writer,
+        config: &LogConfig,
+        bytes: u64,
+        messages: i64,
+        now_ms: i64,
+    ) -> bool {
         let active = &writer.active;
         let size = active.size_bytes();
         if size == 0 {
             return false;
         }
         let index_entries = active.indexes.lock().offset_index.len() as u64;
-        let index_full = (index_entries + 1) * crate::index::OFFSET_ENTRY_BYTES as u64 > config.segment_index_bytes;
-        let offsets_overflow = writer.next_offset + messages - active.base_offset() > i64::from(i32::MAX);
-        size + bytes > config.segment_bytes || now_ms - active.created_ms > config.segment_ms || index_full || offsets_overflow
+        let index_full = (index_entries + 1) * crate::index::OFFSET_ENTRY_BYTES as u64
+            > config.segment_index_bytes;
+        let offsets_overflow =
+            writer.next_offset + messages - active.base_offset() > i64::from(i32::MAX);
+        size + bytes > config.segment_bytes
+            || now_ms - active.created_ms > config.segment_ms
+            || index_full
+            || offsets_overflow
     }
 
     fn roll(&self, writer: &mut Writer, now_ms: i64) -> Result<(), StorageError> {
@@ -323,7 +380,12 @@ impl PartitionLog {
     /// Reads from `fetch_offset` up to the high watermark: at most `max_bytes`, or the whole
     /// first batch when `min_one_batch` and it is larger (KIP-74). A trailing partial batch is
     /// allowed, as in Kafka; clients skip it.
-    pub fn read(&self, fetch_offset: i64, max_bytes: usize, min_one_batch: bool) -> Result<ReadResult, StorageError> {
+    pub fn read(
+        &self,
+        fetch_offset: i64,
+        max_bytes: usize,
+        min_one_batch: bool,
+    ) -> Result<ReadResult, StorageError> {
         let view = self.view.read().clone();
         let offsets = view.offsets;
         if fetch_offset < offsets.log_start_offset || fetch_offset > offsets.log_end_offset {
@@ -334,9 +396,15 @@ impl PartitionLog {
             });
         }
         if fetch_offset >= offsets.high_watermark || (max_bytes == 0 && !min_one_batch) {
-            return Ok(ReadResult { slice: None, offsets });
+            return Ok(ReadResult {
+                slice: None,
+                offsets,
+            });
         }
-        let first = view.segments.partition_point(|s| s.base_offset() <= fetch_offset).saturating_sub(1);
+        let first = view
+            .segments
+            .partition_point(|s| s.base_offset() <= fetch_offset)
+            .saturating_sub(1);
         for segment in &view.segments[first..] {
             if segment.base_offset() > view.high_watermark_segment {
                 break;
@@ -352,15 +420,28 @@ impl PartitionLog {
                 if min_one_batch && len < batch.size_bytes {
                     len = batch.size_bytes;
                 }
-                let slice = FileSlice { segment: Arc::clone(segment), position, len };
-                return Ok(ReadResult { slice: Some(slice), offsets });
+                let slice = FileSlice {
+                    segment: Arc::clone(segment),
+                    position,
+                    len,
+                };
+                return Ok(ReadResult {
+                    slice: Some(slice),
+                    offsets,
+                });
             }
         }
-        Ok(ReadResult { slice: None, offsets })
+        Ok(ReadResult {
+            slice: None,
+            offsets,
+        })
     }
 
     /// The first record with a timestamp at or after `timestamp`, below the high watermark.
-    pub fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<TimestampOffset>, StorageError> {
+    pub fn offset_for_timestamp(
+        &self,
+        timestamp: i64,
+    ) -> Result<Option<TimestampOffset>, StorageError> {
         let view = self.view.read().clone();
         for segment in view.segments.iter() {
             if segment.base_offset() > view.high_watermark_segment {
@@ -369,7 +450,10 @@ impl PartitionLog {
             let (max_ts, start) = {
                 let indexes = segment.indexes.lock();
                 let start_relative = indexes.time_index.lookup(timestamp).unwrap_or(0);
-                (indexes.max_timestamp, indexes.offset_index.lookup(start_relative))
+                (
+                    indexes.max_timestamp,
+                    indexes.offset_index.lookup(start_relative),
+                )
             };
             if max_ts < timestamp {
                 continue;
@@ -379,7 +463,11 @@ impl PartitionLog {
             while let Some(found) = read_batch_header(segment, position, limit)? {
                 if found.max_timestamp >= timestamp {
                     let bytes = read_batch(segment, position, found.size_bytes)?;
-                    return Ok(first_record_at_or_after(&bytes, timestamp, found.leader_epoch));
+                    return Ok(first_record_at_or_after(
+                        &bytes,
+                        timestamp,
+                        found.leader_epoch,
+                    ));
                 }
                 position += found.size_bytes as u64;
             }
@@ -397,7 +485,9 @@ impl PartitionLog {
                 best = Some((max_ts, Arc::clone(segment)));
             }
         }
-        let Some((max_ts, segment)) = best else { return Ok(None) };
+        let Some((max_ts, segment)) = best else {
+            return Ok(None);
+        };
         let limit = self.limit_of(&view, &segment);
         let mut position = 0;
         while let Some(found) = read_batch_header(&segment, position, limit)? {
@@ -427,11 +517,14 @@ impl PartitionLog {
             (view.offsets.log_end_offset, Arc::clone(&view.segments))
         };
         let recovery_point = self.recovery_point();
-        let first = segments.partition_point(|s| s.base_offset() <= recovery_point).saturating_sub(1);
+        let first = segments
+            .partition_point(|s| s.base_offset() <= recovery_point)
+            .saturating_sub(1);
         for segment in &segments[first..] {
             segment.flush()?;
         }
-        self.recovery_point.fetch_max(log_end_offset, Ordering::AcqRel);
+        self.recovery_point
+            .fetch_max(log_end_offset, Ordering::AcqRel);
         Ok(self.recovery_point())
     }
 
@@ -459,14 +552,20 @@ fn seal(segment: &LogSegment) {
     let mut indexes = segment.indexes.lock();
     if indexes.offset_of_max_timestamp >= 0 {
         let (ts, offset) = (indexes.max_timestamp, indexes.offset_of_max_timestamp);
-        indexes.time_index.maybe_append(ts, (offset - segment.base_offset()) as u32);
+        indexes
+            .time_index
+            .maybe_append(ts, (offset - segment.base_offset()) as u32);
     }
 }
 
 /// Loads a closed segment's indexes from their files; rebuilds them if they are invalid.
 /// Returns the offset after the segment's last batch.
-fn load_indexes(segment: &LogSegment, index_interval_bytes: u64) -> Result<Option<i64>, StorageError> {
-    let (offset_index, offset_ok) = crate::index::OffsetIndex::load(&segment.index_path(), segment.size_bytes())?;
+fn load_indexes(
+    segment: &LogSegment,
+    index_interval_bytes: u64,
+) -> Result<Option<i64>, StorageError> {
+    let (offset_index, offset_ok) =
+        crate::index::OffsetIndex::load(&segment.index_path(), segment.size_bytes())?;
     let (time_index, time_ok) = crate::index::TimeIndex::load(&segment.time_index_path())?;
     if !offset_ok || !time_ok {
         warn!(path = %segment.log_path().display(), "index file invalid; rebuilding");
@@ -496,7 +595,9 @@ fn load_indexes(segment: &LogSegment, index_interval_bytes: u64) -> Result<Optio
     if position != limit {
         return Err(StorageError::Corrupt {
             path: segment.log_path().display().to_string(),
-            reason: format!("segment ends mid-batch at {position} of {limit} after a clean shutdown"),
+            reason: format!(
+                "segment ends mid-batch at {position} of {limit} after a clean shutdown"
+            ),
         });
     }
     Ok(next)
@@ -510,7 +611,11 @@ struct BatchHeader {
     leader_epoch: i32,
 }
 
-fn read_batch_header(segment: &LogSegment, position: u64, limit: u64) -> Result<Option<BatchHeader>, StorageError> {
+fn read_batch_header(
+    segment: &LogSegment,
+    position: u64,
+    limit: u64,
+) -> Result<Option<BatchHeader>, StorageError> {
     if position + BATCH_HEADER_BYTES as u64 > limit {
         return Ok(None);
     }
@@ -532,7 +637,11 @@ fn read_batch_header(segment: &LogSegment, position: u64, limit: u64) -> Result<
     }))
 }
 
-fn read_batch(segment: &LogSegment, position: u64, size_bytes: usize) -> Result<Vec<u8>, StorageError> {
+fn read_batch(
+    segment: &LogSegment,
+    position: u64,
+    size_bytes: usize,
+) -> Result<Vec<u8>, StorageError> {
     let mut bytes = vec![0u8; size_bytes];
     segment.read_exact_at(&mut bytes, position)?;
     Ok(bytes)
@@ -540,14 +649,21 @@ fn read_batch(segment: &LogSegment, position: u64, size_bytes: usize) -> Result<
 
 /// Decodes a stored batch (decompressing it if needed) and finds its first record with a
 /// timestamp at or after `timestamp`.
-fn first_record_at_or_after(batch_bytes: &[u8], timestamp: i64, leader_epoch: i32) -> Option<TimestampOffset> {
+fn first_record_at_or_after(
+    batch_bytes: &[u8],
+    timestamp: i64,
+    leader_epoch: i32,
+) -> Option<TimestampOffset> {
     let mut buf = bytes::Bytes::copy_from_slice(batch_bytes);
     let set = kafka_protocol::records::RecordBatchDecoder::decode(&mut buf).ok()?;
-    set.records.iter().find(|r| r.timestamp >= timestamp).map(|r| TimestampOffset {
-        offset: r.offset,
-        timestamp: r.timestamp,
-        leader_epoch,
-    })
+    set.records
+        .iter()
+        .find(|r| r.timestamp >= timestamp)
+        .map(|r| TimestampOffset {
+            offset: r.offset,
+            timestamp: r.timestamp,
+            leader_epoch,
+        })
 }
 
 /// Base offsets of the `.log` files in `dir`, sorted; removes leftovers of interrupted work.
@@ -555,8 +671,14 @@ fn list_segments(dir: &Path) -> Result<Vec<i64>, StorageError> {
     let mut bases = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
-        let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
-        if name.ends_with(".tmp") || name.ends_with(".swap") || name.ends_with(".cleaned") || name.ends_with(".deleted") {
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if name.ends_with(".tmp")
+            || name.ends_with(".swap")
+            || name.ends_with(".cleaned")
+            || name.ends_with(".deleted")
+        {
             std::fs::remove_file(&path)?;
             continue;
         }

@@ -44,14 +44,26 @@ pub struct LogSegment {
 
 impl LogSegment {
     /// Creates a new, empty segment file.
-    pub(crate) fn create(dir: &Path, base_offset: i64, now_ms: i64) -> Result<LogSegment, StorageError> {
+    pub(crate) fn create(
+        dir: &Path,
+        base_offset: i64,
+        now_ms: i64,
+    ) -> Result<LogSegment, StorageError> {
         let path = dir.join(file_name(base_offset, "log"));
-        let file = File::options().read(true).write(true).create_new(true).open(&path)?;
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
         Ok(Self::with_file(dir, base_offset, file, 0, now_ms))
     }
 
     /// Opens an existing segment file (indexes are loaded or rebuilt by the caller).
-    pub(crate) fn open(dir: &Path, base_offset: i64, now_ms: i64) -> Result<LogSegment, StorageError> {
+    pub(crate) fn open(
+        dir: &Path,
+        base_offset: i64,
+        now_ms: i64,
+    ) -> Result<LogSegment, StorageError> {
         let path = dir.join(file_name(base_offset, "log"));
         let file = File::options().read(true).write(true).open(&path)?;
         let size = file.metadata()?.len();
@@ -65,7 +77,11 @@ impl LogSegment {
             file,
             size_bytes: AtomicU64::new(size),
             dirty: AtomicBool::new(false),
-            indexes: Mutex::new(SegmentIndexes { max_timestamp: -1, offset_of_max_timestamp: -1, ..Default::default() }),
+            indexes: Mutex::new(SegmentIndexes {
+                max_timestamp: -1,
+                offset_of_max_timestamp: -1,
+                ..Default::default()
+            }),
             created_ms: now_ms,
         }
     }
@@ -95,7 +111,11 @@ impl LogSegment {
     }
 
     /// Writes all of `bufs` at `position` (the current end) and publishes the new size.
-    pub(crate) fn append_vectored(&self, mut bufs: &mut [IoSlice<'_>], position: u64) -> std::io::Result<u64> {
+    pub(crate) fn append_vectored(
+        &self,
+        mut bufs: &mut [IoSlice<'_>],
+        position: u64,
+    ) -> std::io::Result<u64> {
         let mut at = position;
         while !bufs.is_empty() {
             let written = match pwritev(&self.file, bufs, at) {
@@ -103,7 +123,10 @@ impl LogSegment {
                 other => other?,
             };
             if written == 0 {
-                return Err(std::io::Error::new(std::io::ErrorKind::WriteZero, "segment write returned 0"));
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::WriteZero,
+                    "segment write returned 0",
+                ));
             }
             at += written as u64;
             IoSlice::advance_slices(&mut bufs, written);
@@ -119,13 +142,18 @@ impl LogSegment {
     }
 
     /// The offsets of the batch starting at `position`, if one is readable below `limit`.
-    pub(crate) fn batch_at(&self, position: u64, limit: u64) -> Result<Option<BatchOffsets>, StorageError> {
+    pub(crate) fn batch_at(
+        &self,
+        position: u64,
+        limit: u64,
+    ) -> Result<Option<BatchOffsets>, StorageError> {
         if position + OFFSET_RANGE_BYTES as u64 > limit {
             return Ok(None);
         }
         let mut head = [0u8; OFFSET_RANGE_BYTES];
         self.read_exact_at(&mut head, position)?;
-        let offsets = BatchOffsets::parse(&head).ok_or_else(|| self.corrupt(position, "unreadable batch header"))?;
+        let offsets = BatchOffsets::parse(&head)
+            .ok_or_else(|| self.corrupt(position, "unreadable batch header"))?;
         if position + offsets.size_bytes as u64 > limit {
             return Ok(None);
         }
@@ -134,7 +162,11 @@ impl LogSegment {
 
     /// Finds the first batch whose last offset is at least `target_offset`, scanning from
     /// the index position; only batches that end at or before `limit` are considered.
-    pub(crate) fn find_batch(&self, target_offset: i64, limit: u64) -> Result<Option<(u64, BatchOffsets)>, StorageError> {
+    pub(crate) fn find_batch(
+        &self,
+        target_offset: i64,
+        limit: u64,
+    ) -> Result<Option<(u64, BatchOffsets)>, StorageError> {
         let relative = (target_offset - self.base_offset).clamp(0, i64::from(u32::MAX)) as u32;
         let mut position = u64::from(self.indexes.lock().offset_index.lookup(relative));
         while let Some(offsets) = self.batch_at(position, limit)? {
@@ -149,7 +181,10 @@ impl LogSegment {
     /// Re-validates every batch from the start, rebuilding both indexes; truncates the file
     /// at the first batch that is torn or fails its CRC. Returns the next offset after the
     /// last valid batch (`None` if the segment holds no valid batch) and bytes truncated.
-    pub(crate) fn recover(&self, index_interval_bytes: u64) -> Result<(Option<i64>, u64), StorageError> {
+    pub(crate) fn recover(
+        &self,
+        index_interval_bytes: u64,
+    ) -> Result<(Option<i64>, u64), StorageError> {
         let file_bytes = self.file.metadata()?.len();
         let mut indexes = self.indexes.lock();
         indexes.offset_index.clear();
@@ -163,8 +198,12 @@ impl LogSegment {
         let mut head = [0u8; BATCH_HEADER_BYTES];
         while position + BATCH_HEADER_BYTES as u64 <= file_bytes {
             self.read_exact_at(&mut head, position)?;
-            let Some(offsets) = BatchOffsets::parse(&head) else { break };
-            if offsets.size_bytes > RECOVERY_BATCH_BYTES_MAX || position + offsets.size_bytes as u64 > file_bytes {
+            let Some(offsets) = BatchOffsets::parse(&head) else {
+                break;
+            };
+            if offsets.size_bytes > RECOVERY_BATCH_BYTES_MAX
+                || position + offsets.size_bytes as u64 > file_bytes
+            {
                 break;
             }
             buf.resize(offsets.size_bytes, 0);
@@ -173,7 +212,14 @@ impl LogSegment {
                 break;
             }
             let max_timestamp = i64::from_be_bytes(buf[35..43].try_into().unwrap_or([0; 8]));
-            index_batch(&mut indexes, self.base_offset, &offsets, position, max_timestamp, index_interval_bytes);
+            index_batch(
+                &mut indexes,
+                self.base_offset,
+                &offsets,
+                position,
+                max_timestamp,
+                index_interval_bytes,
+            );
             position += offsets.size_bytes as u64;
             next_offset = Some(offsets.last_offset() + 1);
         }
@@ -211,7 +257,10 @@ impl LogSegment {
     }
 
     fn corrupt(&self, position: u64, reason: &str) -> StorageError {
-        StorageError::Corrupt { path: self.log_path().display().to_string(), reason: format!("{reason} at position {position}") }
+        StorageError::Corrupt {
+            path: self.log_path().display().to_string(),
+            reason: format!("{reason} at position {position}"),
+        }
     }
 }
 
@@ -233,7 +282,9 @@ pub(crate) fn index_batch(
         let relative = (last_offset - base_offset) as u32;
         indexes.offset_index.append(relative, position as u32);
         let (ts, ts_offset) = (indexes.max_timestamp, indexes.offset_of_max_timestamp);
-        indexes.time_index.maybe_append(ts, (ts_offset - base_offset) as u32);
+        indexes
+            .time_index
+            .maybe_append(ts, (ts_offset - base_offset) as u32);
         indexes.bytes_since_last_index_entry = 0;
     }
     indexes.bytes_since_last_index_entry += offsets.size_bytes as u64;
@@ -243,7 +294,12 @@ fn pwritev(file: &File, bufs: &[IoSlice<'_>], position: u64) -> std::io::Result<
     let count = bufs.len().min(1024) as libc::c_int;
     // SAFETY: IoSlice is ABI-compatible with iovec; the fd is open for the call's duration.
     let written = unsafe {
-        libc::pwritev(file.as_raw_fd(), bufs.as_ptr() as *const libc::iovec, count, position as libc::off_t)
+        libc::pwritev(
+            file.as_raw_fd(),
+            bufs.as_ptr() as *const libc::iovec,
+            count,
+            position as libc::off_t,
+        )
     };
     if written < 0 {
         return Err(std::io::Error::last_os_error());

@@ -13,7 +13,9 @@ fn open(dir: &Path, config: LogConfig, clean: bool) -> PartitionLog {
 fn append(log: &PartitionLog, values: &[&[u8]], ts: i64) -> i64 {
     let records = testing::batch(values, ts);
     let batches = validate_produce(&records, 1 << 20).expect("valid batch");
-    let info = log.append_as_leader(&records, &batches, 3, 1_000).expect("append");
+    let info = log
+        .append_as_leader(&records, &batches, 3, 1_000)
+        .expect("append");
     log.update_high_watermark(info.last_offset + 1);
     info.first_offset
 }
@@ -30,7 +32,8 @@ fn read_all(log: &PartitionLog, mut offset: i64) -> Vec<(i64, i64)> {
             if at + b.size_bytes > bytes.len() {
                 break;
             }
-            strom_protocol::batch::check_stored(&bytes[at..at + b.size_bytes]).expect("stored batch intact");
+            strom_protocol::batch::check_stored(&bytes[at..at + b.size_bytes])
+                .expect("stored batch intact");
             assert_eq!(b.leader_epoch, 3);
             if b.last_offset() >= offset {
                 out.push((b.base_offset, b.last_offset() - b.base_offset + 1));
@@ -43,7 +46,11 @@ fn read_all(log: &PartitionLog, mut offset: i64) -> Vec<(i64, i64)> {
 }
 
 fn small_segments() -> LogConfig {
-    LogConfig { segment_bytes: 300, index_interval_bytes: 100, ..LogConfig::default() }
+    LogConfig {
+        segment_bytes: 300,
+        index_interval_bytes: 100,
+        ..LogConfig::default()
+    }
 }
 
 #[test]
@@ -75,9 +82,15 @@ fn a_clean_reopen_keeps_offsets_indexes_and_timestamps() {
     let log = open(dir.path(), small_segments(), true);
     assert_eq!(log.offsets().log_end_offset, 30);
     assert_eq!(read_all(&log, 0).len(), 30);
-    let found = log.offset_for_timestamp(255).unwrap().expect("a record at or after 255");
+    let found = log
+        .offset_for_timestamp(255)
+        .unwrap()
+        .expect("a record at or after 255");
     assert_eq!((found.offset, found.timestamp), (16, 260));
-    assert_eq!(log.max_timestamp_offset().unwrap().map(|t| t.offset), Some(29));
+    assert_eq!(
+        log.max_timestamp_offset().unwrap().map(|t| t.offset),
+        Some(29)
+    );
     assert_eq!(append(&log, &[b"x"], 1), 30);
 }
 
@@ -99,7 +112,11 @@ fn reads_stop_at_the_high_watermark() {
     let records = testing::batch(&[b"c"], 2);
     let batches = validate_produce(&records, 1 << 20).unwrap();
     log.append_as_leader(&records, &batches, 3, 1_000).unwrap();
-    assert_eq!(read_all(&log, 0), vec![(0, 2)], "the unreplicated batch is invisible");
+    assert_eq!(
+        read_all(&log, 0),
+        vec![(0, 2)],
+        "the unreplicated batch is invisible"
+    );
     log.update_high_watermark(3);
     assert_eq!(read_all(&log, 0), vec![(0, 2), (2, 1)]);
 }
@@ -120,18 +137,28 @@ fn recover_after_cut(cut: usize) {
     let dir = tempfile::tempdir().unwrap();
     let last_start;
     {
-        let log = open(dir.path(), LogConfig { index_interval_bytes: 1, ..LogConfig::default() }, false);
+        let log = open(
+            dir.path(),
+            LogConfig {
+                index_interval_bytes: 1,
+                ..LogConfig::default()
+            },
+            false,
+        );
         for i in 0..4 {
             append(&log, &[b"first", b"second"], i);
         }
-        last_start = std::fs::metadata(dir.path().join("00000000000000000000.log")).unwrap().len();
+        last_start = std::fs::metadata(dir.path().join("00000000000000000000.log"))
+            .unwrap()
+            .len();
         append(&log, &[b"torn-a", b"torn-b"], 9);
         log.flush().unwrap();
     }
     let path = dir.path().join("00000000000000000000.log");
     let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
     file.set_len(last_start + cut as u64).unwrap();
-    let log = PartitionLog::open(dir.path(), "t", 0, LogConfig::default(), 0, false, 1_000).unwrap();
+    let log =
+        PartitionLog::open(dir.path(), "t", 0, LogConfig::default(), 0, false, 1_000).unwrap();
     assert_eq!(log.offsets().log_end_offset, 8, "cut at {cut}");
     assert_eq!(std::fs::metadata(&path).unwrap().len(), last_start);
     assert_eq!(append(&log, &[b"after"], 20), 8);
@@ -149,7 +176,10 @@ fn recovery_truncates_at_every_byte_of_the_last_batch() {
 #[test]
 fn recovery_drops_a_batch_whose_crc_fails_and_everything_after_it() {
     let dir = tempfile::tempdir().unwrap();
-    let config = LogConfig { segment_bytes: 200, ..LogConfig::default() };
+    let config = LogConfig {
+        segment_bytes: 200,
+        ..LogConfig::default()
+    };
     {
         let log = open(dir.path(), config.clone(), false);
         for i in 0..10 {
@@ -164,13 +194,20 @@ fn recovery_drops_a_batch_whose_crc_fails_and_everything_after_it() {
     std::fs::write(&path, &bytes).unwrap();
     let log = PartitionLog::open(dir.path(), "t", 0, config, 0, false, 1_000).unwrap();
     assert_eq!(log.offsets().log_end_offset, 1);
-    assert_eq!(log.segment_count(), 1, "segments after the corruption are deleted");
+    assert_eq!(
+        log.segment_count(),
+        1,
+        "segments after the corruption are deleted"
+    );
 }
 
 #[test]
 fn segments_below_the_recovery_point_are_not_rescanned() {
     let dir = tempfile::tempdir().unwrap();
-    let config = LogConfig { segment_bytes: 200, ..LogConfig::default() };
+    let config = LogConfig {
+        segment_bytes: 200,
+        ..LogConfig::default()
+    };
     let recovery_point;
     {
         let log = open(dir.path(), config.clone(), false);

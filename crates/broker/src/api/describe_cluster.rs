@@ -1,0 +1,39 @@
+//! DescribeCluster (v0–v1): cluster id, controller and brokers.
+
+use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
+use kafka_protocol::messages::{BrokerId, DescribeClusterRequest, DescribeClusterResponse};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
+
+use super::CLUSTER_OPERATIONS;
+use crate::Broker;
+
+const ENDPOINT_TYPE_BROKER: i8 = 1;
+
+pub fn handle(
+    broker: &Broker,
+    req: &DescribeClusterRequest,
+    version: i16,
+) -> DescribeClusterResponse {
+    if version >= 1 && req.endpoint_type != ENDPOINT_TYPE_BROKER {
+        return DescribeClusterResponse::default()
+            .with_endpoint_type(req.endpoint_type)
+            .with_error_code(ResponseError::MismatchedEndpointType.code())
+            .with_error_message(Some(StrBytes::from_static_str("The request was sent to an endpoint of type BROKER, but we wanted an endpoint of type CONTROLLER")));
+    }
+    let me = DescribeClusterBroker::default()
+        .with_broker_id(BrokerId(broker.node_id))
+        .with_host(StrBytes::from_string(broker.advertised_host.clone()))
+        .with_port(broker.advertised_port);
+    let mut response = DescribeClusterResponse::default()
+        .with_cluster_id(StrBytes::from_string(broker.cluster_id.clone()))
+        .with_controller_id(BrokerId(broker.node_id))
+        .with_brokers(vec![me]);
+    if req.include_cluster_authorized_operations {
+        response.cluster_authorized_operations = CLUSTER_OPERATIONS;
+    }
+    if version >= 1 {
+        response.endpoint_type = ENDPOINT_TYPE_BROKER;
+    }
+    response
+}

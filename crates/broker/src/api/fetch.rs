@@ -1,0 +1,298 @@
+//! Fetch: long-poll reads whose record bytes go from segment files to the socket.
+//!
+//! The response is written by hand around [`FileSlice`]s: everything but the records is
+//! encoded into buffers, each partition's records become a `Part::File` that the connection
+//! sends with `sendfile`. A fetch with fewer than `min_bytes` available waits up to
+//! `max_wait_ms`, woken by appends to any partition it asked for (never by polling).
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut, BytesMut};
+use futures_util::future::select_all;
+use kafka_protocol::messages::fetch_request::FetchPartition;
+use kafka_protocol::messages::FetchRequest;
+use kafka_protocol::ResponseError;
+use strom_protocol::wire;
+use strom_storage::FileSlice;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use super::{Ctx, Outcome};
+use crate::response::{put_header, Part, Response};
+use crate::topics::Partition;
+use crate::Broker;
+
+/// Upper bound on `max_wait_ms` honoured, whatever the client asks (Kafka caps it through
+/// the request timeout on the client side; a bound here keeps a bad client from parking
+/// a connection forever).
+const FETCH_MAX_WAIT_MS_MAX: i32 = 5 * 60 * 1000;
+const READ_COMMITTED: i8 = 1;
+
+/// A requested topic, resolved.
+struct TopicRequest {
+    name: String,
+    topic_id: Uuid,
+    partitions: Vec<PartitionRequest>,
+}
+
+struct PartitionRequest {
+    index: i32,
+    fetch: FetchPartition,
+    target: Result<Arc<Partition>, i16>,
+}
+
+/// What one partition contributes to the response.
+struct PartitionRead {
+    index: i32,
+    error_code: i16,
+    high_watermark: i64,
+    log_start_offset: i64,
+    slice: Option<FileSlice>,
+}
+
+pub async fn handle(broker: &Broker, req: FetchRequest, ctx: &Ctx) -> Outcome {
+    let version = ctx.version;
+    if version >= 7 && req.session_id != 0 {
+        // Strom creates no fetch sessions (session id 0 in every answer), so any session id
+        // a client sends is unknown; it falls back to full fetches.
+        return encode(
+            ctx,
+            ResponseError::FetchSessionIdNotFound.code(),
+            &[],
+            &[],
+            req.isolation_level,
+        );
+    }
+    let topics = resolve(broker, &req, version);
+    let min_bytes = req.min_bytes.max(0) as usize;
+    let max_bytes = if version >= 3 {
+        req.max_bytes.max(0) as usize
+    } else {
+        usize::MAX
+    };
+    let wait = Duration::from_millis(req.max_wait_ms.clamp(0, FETCH_MAX_WAIT_MS_MAX) as u64);
+    let deadline = Instant::now() + wait;
+    let mut shutdown = broker.shutdown.clone();
+    let waitable: Vec<Arc<Partition>> = topics
+        .iter()
+        .flat_map(|t| {
+            t.partitions
+                .iter()
+                .filter_map(|p| p.target.as_ref().ok().cloned())
+        })
+        .collect();
+    loop {
+        // Register for wake-ups before reading, so an append between the read and the wait
+        // is not missed.
+        let mut notified: Vec<_> = waitable
+            .iter()
+            .map(|p| Box::pin(p.appended.notified()))
+            .collect();
+        for n in &mut notified {
+            Pin::as_mut(n).enable();
+        }
+        let reads = read_all(&topics, max_bytes);
+        let bytes: usize = reads
+            .iter()
+            .flatten()
+            .map(|r| r.slice.as_ref().map_or(0, |s| s.len))
+            .sum();
+        let has_error = reads.iter().flatten().any(|r| r.error_code != 0);
+        let now = Instant::now();
+        if bytes >= min_bytes
+            || has_error
+            || now >= deadline
+            || notified.is_empty()
+            || *shutdown.borrow()
+        {
+            return encode(ctx, 0, &topics, &reads, req.isolation_level);
+        }
+        tokio::select! {
+            _ = select_all(notified) => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+fn resolve(broker: &Broker, req: &FetchRequest, version: i16) -> Vec<TopicRequest> {
+    req.topics
+        .iter()
+        .map(|t| {
+            let topic = if version >= 13 {
+                broker.topics.get_by_id(&t.topic_id)
+            } else {
+                broker.topics.get(&t.topic)
+            };
+            let unknown = if version >= 13 {
+                ResponseError::UnknownTopicId.code()
+            } else {
+                ResponseError::UnknownTopicOrPartition.code()
+            };
+            let partitions = t
+                .partitions
+                .iter()
+                .map(|p| {
+                    let target = match &topic {
+                        None => Err(unknown),
+                        Some(topic) => usize::try_from(p.partition)
+                            .ok()
+                            .and_then(|i| topic.partitions.get(i).cloned())
+                            .ok_or(ResponseError::UnknownTopicOrPartition.code())
+                            .and_then(|partition| {
+                                check_epoch(&partition, p.current_leader_epoch).map(|()| partition)
+                            }),
+                    };
+                    PartitionRequest {
+                        index: p.partition,
+                        fetch: p.clone(),
+                        target,
+                    }
+                })
+                .collect();
+            TopicRequest {
+                name: t.topic.to_string(),
+                topic_id: t.topic_id,
+                partitions,
+            }
+        })
+        .collect()
+}
+
+/// KIP-320: a client that knows a newer epoch than ours sees UNKNOWN_LEADER_EPOCH, one that
+/// knows an older epoch is FENCED_LEADER_EPOCH.
+fn check_epoch(partition: &Partition, current_leader_epoch: i32) -> Result<(), i16> {
+    match current_leader_epoch {
+        -1 => Ok(()),
+        e if e > partition.leader_epoch => Err(ResponseError::UnknownLeaderEpoch.code()),
+        e if e < partition.leader_epoch => Err(ResponseError::FencedLeaderEpoch.code()),
+        _ => Ok(()),
+    }
+}
+
+/// Reads every partition, within the response's `max_bytes`; the first partition with data
+/// may exceed the limits by one batch (KIP-74).
+fn read_all(topics: &[TopicRequest], max_bytes: usize) -> Vec<Vec<PartitionRead>> {
+    let mut remaining = max_bytes;
+    let mut min_one_batch = true;
+    topics
+        .iter()
+        .map(|t| {
+            t.partitions
+                .iter()
+                .map(|p| {
+                    let partition = match &p.target {
+                        Ok(partition) => partition,
+                        Err(code) => return empty(p.index, *code),
+                    };
+                    let limit = (p.fetch.partition_max_bytes.max(0) as usize).min(remaining);
+                    match partition
+                        .log
+                        .read(p.fetch.fetch_offset, limit, min_one_batch)
+                    {
+                        Ok(read) => {
+                            if let Some(slice) = &read.slice {
+                                remaining = remaining.saturating_sub(slice.len);
+                                min_one_batch = false;
+                            }
+                            PartitionRead {
+                                index: p.index,
+                                error_code: 0,
+                                high_watermark: read.offsets.high_watermark,
+                                log_start_offset: read.offsets.log_start_offset,
+                                slice: read.slice,
+                            }
+                        }
+                        Err(e) => {
+                            let offsets = partition.log.offsets();
+                            PartitionRead {
+                                index: p.index,
+                                error_code: e.error_code(),
+                                high_watermark: offsets.high_watermark,
+                                log_start_offset: offsets.log_start_offset,
+                                slice: None,
+                            }
+                        }
+                    }
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn empty(index: i32, error_code: i16) -> PartitionRead {
+    PartitionRead {
+        index,
+        error_code,
+        high_watermark: -1,
+        log_start_offset: -1,
+        slice: None,
+    }
+}
+
+/// Encodes the response (Fetch v4–v17) around the file slices.
+fn encode(
+    ctx: &Ctx,
+    error_code: i16,
+    topics: &[TopicRequest],
+    reads: &[Vec<PartitionRead>],
+    isolation_level: i8,
+) -> Outcome {
+    let version = ctx.version;
+    let flexible = version >= 12;
+    let mut parts: Vec<Part> = Vec::new();
+    let mut buf = BytesMut::with_capacity(256);
+    buf.put_i32(0); // size, patched below
+    put_header(&mut buf, ctx.api_key, version, ctx.correlation_id);
+    buf.put_i32(0); // throttle_time_ms
+    if version >= 7 {
+        buf.put_i16(error_code);
+        buf.put_i32(0); // session_id: no session
+    }
+    wire::put_array_len(&mut buf, topics.len(), flexible);
+    for (topic, partitions) in topics.iter().zip(reads) {
+        if version >= 13 {
+            buf.put_slice(topic.topic_id.as_bytes());
+        } else {
+            wire::put_string(&mut buf, &topic.name, flexible);
+        }
+        wire::put_array_len(&mut buf, partitions.len(), flexible);
+        for read in partitions {
+            buf.put_i32(read.index);
+            buf.put_i16(read.error_code);
+            buf.put_i64(read.high_watermark);
+            buf.put_i64(read.high_watermark); // last_stable_offset: no transactions yet
+            if version >= 5 {
+                buf.put_i64(read.log_start_offset);
+            }
+            let aborted = (isolation_level == READ_COMMITTED).then_some(0);
+            wire::put_nullable_array_len(&mut buf, aborted, flexible);
+            if version >= 11 {
+                buf.put_i32(-1); // preferred_read_replica
+            }
+            let records_len = read.slice.as_ref().map_or(0, |s| s.len);
+            wire::put_bytes_len(&mut buf, records_len, flexible);
+            if let Some(slice) = &read.slice {
+                parts.push(Part::Bytes(buf.split().freeze()));
+                parts.push(Part::File(slice.clone()));
+            }
+            wire::put_empty_tagged_fields(&mut buf, flexible);
+        }
+        wire::put_empty_tagged_fields(&mut buf, flexible);
+    }
+    wire::put_empty_tagged_fields(&mut buf, flexible);
+    parts.push(Part::Bytes(buf.freeze()));
+    let mut response = Response { parts };
+    let size = response.len() - 4;
+    let Ok(size) = i32::try_from(size) else {
+        return Outcome::Close(format!("fetch response of {size} bytes is too large"));
+    };
+    if let Some(Part::Bytes(first)) = response.parts.first_mut() {
+        let mut patched = BytesMut::from(&first[..]);
+        patched[..4].copy_from_slice(&size.to_be_bytes());
+        *first = patched.freeze();
+    }
+    Outcome::Respond(response)
+}

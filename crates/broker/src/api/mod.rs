@@ -1,0 +1,114 @@
+//! One module per Kafka API: decode the request, apply it, encode the response.
+//!
+//! [`handle`] is called by the connection for each request in arrival order and finishes
+//! before the next one starts (Kafka's per-connection ordering), so produce requests of one
+//! connection are appended in the order they were sent.
+
+mod api_versions;
+mod create_topics;
+mod delete_topics;
+mod describe_cluster;
+mod describe_configs;
+mod fetch;
+mod find_coordinator;
+mod list_offsets;
+mod metadata;
+mod produce;
+
+use bytes::Bytes;
+use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind};
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion};
+
+use crate::response::{self, Response};
+use crate::Broker;
+
+pub use api_versions::unsupported_version_response;
+
+/// What the connection does after a request.
+#[derive(Debug)]
+pub enum Outcome {
+    Respond(Response),
+    /// acks=0 produce: nothing is sent back.
+    NoResponse,
+    /// Close the connection, logging the reason once.
+    Close(String),
+}
+
+/// Decodes and serves one request whose header was already checked as served.
+pub async fn handle(
+    broker: &Broker,
+    api_key: ApiKey,
+    header: RequestHeader,
+    mut body: Bytes,
+) -> Outcome {
+    let version = header.request_api_version;
+    let request = match RequestKind::decode(api_key, &mut body, version) {
+        Ok(request) => request,
+        Err(e) => {
+            return Outcome::Close(format!("{api_key:?} v{version} body does not decode: {e}"))
+        }
+    };
+    let ctx = Ctx {
+        api_key,
+        version,
+        correlation_id: header.correlation_id,
+    };
+    match request {
+        RequestKind::ApiVersions(req) => ctx.respond(&api_versions::handle(broker, &req, version)),
+        RequestKind::Metadata(req) => ctx.respond(&metadata::handle(broker, req, version)),
+        RequestKind::Produce(req) => produce::handle(broker, req, &ctx),
+        RequestKind::Fetch(req) => fetch::handle(broker, req, &ctx).await,
+        RequestKind::ListOffsets(req) => ctx.respond(&list_offsets::handle(broker, req, version)),
+        RequestKind::CreateTopics(req) => ctx.respond(&create_topics::handle(broker, req, version)),
+        RequestKind::DeleteTopics(req) => ctx.respond(&delete_topics::handle(broker, req, version)),
+        RequestKind::DescribeCluster(req) => {
+            ctx.respond(&describe_cluster::handle(broker, &req, version))
+        }
+        RequestKind::FindCoordinator(req) => {
+            ctx.respond(&find_coordinator::handle(broker, req, version))
+        }
+        RequestKind::DescribeConfigs(req) => {
+            ctx.respond(&describe_configs::handle(broker, req, version))
+        }
+        other => Outcome::Close(format!(
+            "{:?} is not served",
+            std::mem::discriminant(&other)
+        )),
+    }
+}
+
+/// Request identity needed to answer it.
+#[derive(Debug, Clone, Copy)]
+pub struct Ctx {
+    pub api_key: ApiKey,
+    pub version: i16,
+    pub correlation_id: i32,
+}
+
+impl Ctx {
+    fn respond<R: Encodable + HeaderVersion>(&self, body: &R) -> Outcome {
+        match response::encode(self.api_key, self.version, self.correlation_id, body) {
+            Ok(response) => Outcome::Respond(response),
+            Err(e) => Outcome::Close(e.to_string()),
+        }
+    }
+}
+
+/// Decodes a request header of the given header version.
+pub fn decode_header(
+    body: &mut Bytes,
+    api_key: ApiKey,
+    api_version: i16,
+) -> anyhow::Result<RequestHeader> {
+    RequestHeader::decode(body, api_key.request_header_version(api_version))
+}
+
+/// Authorized-operations bitfields (Kafka's AclOperation codes) for a broker without an
+/// authorizer, where everything is allowed. Topic: READ, WRITE, CREATE, DELETE, ALTER,
+/// DESCRIBE, DESCRIBE_CONFIGS, ALTER_CONFIGS.
+pub const TOPIC_OPERATIONS: i32 =
+    (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 7) | (1 << 8) | (1 << 10) | (1 << 11);
+/// Cluster: CREATE, ALTER, DESCRIBE, CLUSTER_ACTION, DESCRIBE_CONFIGS, ALTER_CONFIGS,
+/// IDEMPOTENT_WRITE.
+pub const CLUSTER_OPERATIONS: i32 =
+    (1 << 5) | (1 << 7) | (1 << 8) | (1 << 9) | (1 << 10) | (1 << 11) | (1 << 12);

@@ -1,0 +1,970 @@
+//! Broker configuration with Kafka's property names: a `server.properties` text plus
+//! `--override key=value` lines on top of the embedded defaults.
+//!
+//! Every key is one of three kinds: implemented (typed, validated, used), known to Kafka but
+//! not implemented yet (accepted with one warning, so existing Kafka files start), or unknown
+//! (an error naming the key and the closest known key).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use crate::topic_config::{check_value, Check, ConfigType};
+
+/// A configuration problem; the process exits with code 2.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("unknown config key '{key}'{}", suggestion.as_ref().map(|s| format!(" (did you mean '{s}'?)")).unwrap_or_default())]
+    UnknownKey {
+        key: String,
+        suggestion: Option<String>,
+    },
+    #[error("invalid value '{value}' for config key '{key}': {reason}")]
+    InvalidValue {
+        key: String,
+        value: String,
+        reason: String,
+    },
+    #[error("malformed line {line}: {text:?} (expected key=value)")]
+    Malformed { line: usize, text: String },
+}
+
+/// One implemented broker key.
+struct KeyDef {
+    name: &'static str,
+    /// Default as text; empty for keys whose default derives from another key.
+    default: &'static str,
+    config_type: ConfigType,
+    check: Check,
+    doc: &'static str,
+}
+
+const fn key(
+    name: &'static str,
+    default: &'static str,
+    config_type: ConfigType,
+    check: Check,
+    doc: &'static str,
+) -> KeyDef {
+    KeyDef {
+        name,
+        default,
+        config_type,
+        check,
+        doc,
+    }
+}
+
+use ConfigType::{Boolean as B, Int as I, List as L, Long as Lg, Short as S, String as Str};
+
+/// The keys Strom implements, with Kafka's defaults except where the embedded default differs
+/// (`node.id`, `process.roles`, `listeners`, `log.dir`, `log.flush.interval.ms`).
+static KEYS: &[KeyDef] = &[
+    key(
+        "node.id",
+        "1",
+        I,
+        Check::AtLeast(0),
+        "The node id of this server.",
+    ),
+    key(
+        "process.roles",
+        "broker,controller",
+        L,
+        Check::ListOf(&["broker", "controller"]),
+        "The roles this process plays.",
+    ),
+    key(
+        "listeners",
+        "PLAINTEXT://127.0.0.1:9092",
+        L,
+        Check::Any,
+        "Listener names, hosts and ports, NAME://host:port.",
+    ),
+    key(
+        "advertised.listeners",
+        "",
+        L,
+        Check::Any,
+        "Listeners published to clients; defaults to `listeners`.",
+    ),
+    key(
+        "controller.listener.names",
+        "CONTROLLER",
+        L,
+        Check::Any,
+        "Listener names used by the controller.",
+    ),
+    key(
+        "controller.quorum.voters",
+        "",
+        L,
+        Check::Any,
+        "The controller quorum, id@host:port,...",
+    ),
+    key(
+        "inter.broker.listener.name",
+        "PLAINTEXT",
+        Str,
+        Check::Any,
+        "The listener brokers use among themselves.",
+    ),
+    key(
+        "log.dir",
+        "./strom-data",
+        Str,
+        Check::Any,
+        "The data directory (used when log.dirs is not set).",
+    ),
+    key(
+        "log.dirs",
+        "",
+        L,
+        Check::Any,
+        "Data directories; defaults to log.dir.",
+    ),
+    key(
+        "num.partitions",
+        "1",
+        I,
+        Check::AtLeast(1),
+        "Default number of partitions of a new topic.",
+    ),
+    key(
+        "default.replication.factor",
+        "1",
+        S,
+        Check::AtLeast(1),
+        "Default replication factor of a new topic.",
+    ),
+    key(
+        "min.insync.replicas",
+        "1",
+        I,
+        Check::AtLeast(1),
+        "Minimum ISR size for acks=all writes.",
+    ),
+    key(
+        "auto.create.topics.enable",
+        "true",
+        B,
+        Check::Bool,
+        "Create topics on metadata requests for unknown topics.",
+    ),
+    key(
+        "delete.topic.enable",
+        "true",
+        B,
+        Check::Bool,
+        "Allow deleting topics.",
+    ),
+    key(
+        "log.segment.bytes",
+        "1073741824",
+        I,
+        Check::AtLeast(14),
+        "Maximum size of a segment file.",
+    ),
+    key(
+        "log.roll.hours",
+        "168",
+        I,
+        Check::AtLeast(1),
+        "Roll a segment after this many hours.",
+    ),
+    key(
+        "log.roll.ms",
+        "",
+        Lg,
+        Check::AtLeast(1),
+        "Roll a segment after this many ms; overrides log.roll.hours.",
+    ),
+    key(
+        "log.flush.interval.messages",
+        "9223372036854775807",
+        Lg,
+        Check::AtLeast(1),
+        "Fsync after this many messages.",
+    ),
+    key(
+        "log.flush.interval.ms",
+        "1000",
+        Lg,
+        Check::AtLeast(0),
+        "Fsync dirty logs on this interval (Strom's default: 1000).",
+    ),
+    key(
+        "log.flush.scheduler.interval.ms",
+        "9223372036854775807",
+        Lg,
+        Check::AtLeast(0),
+        "Kafka's flush scheduler interval (accepted; Strom flushes on log.flush.interval.ms).",
+    ),
+    key(
+        "log.index.interval.bytes",
+        "4096",
+        I,
+        Check::AtLeast(0),
+        "Bytes between offset index entries.",
+    ),
+    key(
+        "log.index.size.max.bytes",
+        "10485760",
+        I,
+        Check::AtLeast(4),
+        "Maximum size of an offset index.",
+    ),
+    key(
+        "log.retention.hours",
+        "168",
+        I,
+        Check::AtLeast(-1),
+        "Retention time in hours.",
+    ),
+    key(
+        "log.retention.minutes",
+        "",
+        I,
+        Check::AtLeast(-1),
+        "Retention time in minutes; overrides hours.",
+    ),
+    key(
+        "log.retention.ms",
+        "",
+        Lg,
+        Check::AtLeast(-1),
+        "Retention time in ms; overrides minutes and hours.",
+    ),
+    key(
+        "log.retention.bytes",
+        "-1",
+        Lg,
+        Check::AtLeast(-1),
+        "Retention size per partition.",
+    ),
+    key(
+        "log.retention.check.interval.ms",
+        "300000",
+        Lg,
+        Check::AtLeast(1),
+        "How often retention is checked.",
+    ),
+    key(
+        "log.cleanup.policy",
+        "delete",
+        L,
+        Check::ListOf(&["delete", "compact"]),
+        "Default cleanup policy.",
+    ),
+    key(
+        "message.max.bytes",
+        "1048588",
+        I,
+        Check::AtLeast(0),
+        "Largest record batch accepted.",
+    ),
+    key(
+        "socket.request.max.bytes",
+        "104857600",
+        I,
+        Check::AtLeast(1),
+        "Largest request frame accepted.",
+    ),
+    key(
+        "max.connections",
+        "2147483647",
+        I,
+        Check::AtLeast(0),
+        "Maximum client connections.",
+    ),
+    key(
+        "queued.max.requests",
+        "500",
+        I,
+        Check::AtLeast(1),
+        "Requests queued before reading pauses.",
+    ),
+    key(
+        "queued.max.request.bytes",
+        "-1",
+        Lg,
+        Check::AtLeast(-1),
+        "Bytes of queued requests before reading pauses.",
+    ),
+    key(
+        "log.message.timestamp.type",
+        "CreateTime",
+        Str,
+        Check::OneOf(&["CreateTime", "LogAppendTime"]),
+        "Default timestamp type.",
+    ),
+    key(
+        "compression.type",
+        "producer",
+        Str,
+        Check::OneOf(&["uncompressed", "zstd", "lz4", "snappy", "gzip", "producer"]),
+        "Default compression type.",
+    ),
+];
+
+/// Kafka broker keys Strom accepts but does not implement yet: each gets one warning.
+static KNOWN_UNIMPLEMENTED: &[&str] = &[
+    "advertised.host.name",
+    "advertised.port",
+    "alter.config.policy.class.name",
+    "alter.log.dirs.replication.quota.window.num",
+    "authorizer.class.name",
+    "auto.include.jmx.reporter",
+    "auto.leader.rebalance.enable",
+    "background.threads",
+    "broker.heartbeat.interval.ms",
+    "broker.id",
+    "broker.rack",
+    "broker.session.timeout.ms",
+    "client.quota.callback.class",
+    "compression.gzip.level",
+    "compression.lz4.level",
+    "compression.zstd.level",
+    "connection.failed.authentication.delay.ms",
+    "connections.max.idle.ms",
+    "connections.max.reauth.ms",
+    "controlled.shutdown.enable",
+    "controller.quorum.append.linger.ms",
+    "controller.quorum.bootstrap.servers",
+    "controller.quorum.election.backoff.max.ms",
+    "controller.quorum.election.timeout.ms",
+    "controller.quorum.fetch.timeout.ms",
+    "controller.quorum.request.timeout.ms",
+    "controller.quorum.retry.backoff.ms",
+    "controller.socket.timeout.ms",
+    "create.topic.policy.class.name",
+    "delegation.token.expiry.time.ms",
+    "delegation.token.max.lifetime.ms",
+    "delegation.token.secret.key",
+    "delete.records.purgatory.purge.interval.requests",
+    "early.start.listeners",
+    "fetch.max.bytes",
+    "fetch.purgatory.purge.interval.requests",
+    "group.consumer.heartbeat.interval.ms",
+    "group.consumer.max.size",
+    "group.consumer.session.timeout.ms",
+    "group.coordinator.rebalance.protocols",
+    "group.coordinator.threads",
+    "group.initial.rebalance.delay.ms",
+    "group.max.session.timeout.ms",
+    "group.max.size",
+    "group.min.session.timeout.ms",
+    "group.share.enable",
+    "initial.broker.registration.timeout.ms",
+    "inter.broker.protocol.version",
+    "kafka.metrics.polling.interval.secs",
+    "kafka.metrics.reporters",
+    "leader.imbalance.check.interval.seconds",
+    "leader.imbalance.per.broker.percentage",
+    "listener.security.protocol.map",
+    "log.cleaner.backoff.ms",
+    "log.cleaner.dedupe.buffer.size",
+    "log.cleaner.delete.retention.ms",
+    "log.cleaner.enable",
+    "log.cleaner.io.buffer.load.factor",
+    "log.cleaner.io.buffer.size",
+    "log.cleaner.io.max.bytes.per.second",
+    "log.cleaner.max.compaction.lag.ms",
+    "log.cleaner.min.cleanable.ratio",
+    "log.cleaner.min.compaction.lag.ms",
+    "log.cleaner.threads",
+    "log.dir.failure.timeout.ms",
+    "log.local.retention.bytes",
+    "log.local.retention.ms",
+    "log.message.timestamp.after.max.ms",
+    "log.message.timestamp.before.max.ms",
+    "log.preallocate",
+    "log.roll.jitter.hours",
+    "log.roll.jitter.ms",
+    "log.segment.delete.delay.ms",
+    "max.connection.creation.rate",
+    "max.connections.per.ip",
+    "max.connections.per.ip.overrides",
+    "max.incremental.fetch.session.cache.slots",
+    "metadata.log.dir",
+    "metadata.log.max.record.bytes.between.snapshots",
+    "metadata.log.max.snapshot.interval.ms",
+    "metadata.log.segment.bytes",
+    "metadata.log.segment.ms",
+    "metadata.max.idle.interval.ms",
+    "metadata.max.retention.bytes",
+    "metadata.max.retention.ms",
+    "metric.reporters",
+    "metrics.num.samples",
+    "metrics.recording.level",
+    "metrics.sample.window.ms",
+    "node.id.generation",
+    "num.io.threads",
+    "num.network.threads",
+    "num.partitions.default",
+    "num.recovery.threads.per.data.dir",
+    "num.replica.alter.log.dirs.threads",
+    "num.replica.fetchers",
+    "offset.metadata.max.bytes",
+    "offsets.commit.timeout.ms",
+    "offsets.load.buffer.size",
+    "offsets.retention.check.interval.ms",
+    "offsets.retention.minutes",
+    "offsets.topic.compression.codec",
+    "offsets.topic.num.partitions",
+    "offsets.topic.replication.factor",
+    "offsets.topic.segment.bytes",
+    "password.encoder.secret",
+    "principal.builder.class",
+    "producer.id.expiration.check.interval.ms",
+    "producer.id.expiration.ms",
+    "producer.purgatory.purge.interval.requests",
+    "queued.max.requests.bytes",
+    "quota.window.num",
+    "quota.window.size.seconds",
+    "remote.log.manager.task.interval.ms",
+    "remote.log.storage.system.enable",
+    "replica.fetch.backoff.ms",
+    "replica.fetch.max.bytes",
+    "replica.fetch.min.bytes",
+    "replica.fetch.response.max.bytes",
+    "replica.fetch.wait.max.ms",
+    "replica.high.watermark.checkpoint.interval.ms",
+    "replica.lag.time.max.ms",
+    "replica.selector.class",
+    "replica.socket.receive.buffer.bytes",
+    "replica.socket.timeout.ms",
+    "replication.quota.window.num",
+    "request.timeout.ms",
+    "reserved.broker.max.id",
+    "sasl.enabled.mechanisms",
+    "sasl.jaas.config",
+    "sasl.kerberos.service.name",
+    "sasl.mechanism.controller.protocol",
+    "sasl.mechanism.inter.broker.protocol",
+    "security.inter.broker.protocol",
+    "security.providers",
+    "share.coordinator.state.topic.min.isr",
+    "share.coordinator.state.topic.replication.factor",
+    "socket.connection.setup.timeout.max.ms",
+    "socket.connection.setup.timeout.ms",
+    "socket.listen.backlog.size",
+    "socket.receive.buffer.bytes",
+    "socket.send.buffer.bytes",
+    "ssl.cipher.suites",
+    "ssl.client.auth",
+    "ssl.enabled.protocols",
+    "ssl.endpoint.identification.algorithm",
+    "ssl.key.password",
+    "ssl.keymanager.algorithm",
+    "ssl.keystore.location",
+    "ssl.keystore.password",
+    "ssl.keystore.type",
+    "ssl.protocol",
+    "ssl.provider",
+    "ssl.truststore.location",
+    "ssl.truststore.password",
+    "ssl.truststore.type",
+    "super.users",
+    "transaction.abort.timed.out.transaction.cleanup.interval.ms",
+    "transaction.max.timeout.ms",
+    "transaction.remove.expired.transaction.cleanup.interval.ms",
+    "transaction.state.log.load.buffer.size",
+    "transaction.state.log.min.isr",
+    "transaction.state.log.num.partitions",
+    "transaction.state.log.replication.factor",
+    "transaction.state.log.segment.bytes",
+    "transactional.id.expiration.ms",
+    "unclean.leader.election.enable",
+    "unstable.api.versions.enable",
+    "unstable.feature.versions.enable",
+    "zookeeper.connect",
+    "zookeeper.connection.timeout.ms",
+    "zookeeper.session.timeout.ms",
+];
+
+/// A listener: `NAME://host:port`; an empty host binds every interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+}
+
+/// The broker's configuration: typed values of the implemented keys.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    pub node_id: i32,
+    pub process_roles: Vec<String>,
+    pub listeners: Vec<Listener>,
+    pub advertised_listeners: Vec<Listener>,
+    pub controller_listener_names: Vec<String>,
+    pub log_dirs: Vec<String>,
+    pub num_partitions: i32,
+    pub default_replication_factor: i16,
+    pub min_insync_replicas: i32,
+    pub auto_create_topics_enable: bool,
+    pub delete_topic_enable: bool,
+    pub log_segment_bytes: i32,
+    pub log_roll_ms: i64,
+    pub log_flush_interval_messages: i64,
+    pub log_flush_interval_ms: i64,
+    pub log_retention_ms: i64,
+    pub message_max_bytes: i32,
+    pub socket_request_max_bytes: i32,
+    pub max_connections: i32,
+    /// Effective text value of every implemented key, derived ones resolved.
+    values: BTreeMap<&'static str, String>,
+    /// Keys set by the file or an override.
+    explicit: BTreeMap<&'static str, String>,
+}
+
+impl BrokerConfig {
+    /// The embedded default of `strom server` with no arguments.
+    pub fn embedded_default() -> BrokerConfig {
+        match BrokerConfig::build(BTreeMap::new()) {
+            Ok(config) => config,
+            Err(e) => unreachable!("built-in defaults are valid: {e}"),
+        }
+    }
+
+    /// Parses a Java properties text and `key=value` overrides (later wins). Returns the
+    /// config and one warning per known-but-unimplemented key.
+    pub fn from_properties(
+        text: &str,
+        overrides: &[String],
+    ) -> Result<(BrokerConfig, Vec<String>), ConfigError> {
+        let mut pairs = parse_properties(text)?;
+        for o in overrides {
+            let (k, v) = o.split_once('=').ok_or_else(|| ConfigError::Malformed {
+                line: 0,
+                text: o.clone(),
+            })?;
+            pairs.push((k.trim().to_string(), v.trim().to_string()));
+        }
+        let mut explicit = BTreeMap::new();
+        let mut warnings = Vec::new();
+        for (k, v) in pairs {
+            if let Some(def) = KEYS.iter().find(|d| d.name == k) {
+                explicit.insert(def.name, v);
+            } else if KNOWN_UNIMPLEMENTED.contains(&k.as_str()) || k.starts_with("listener.name.") {
+                let warning = format!(
+                    "config key '{k}' is a Kafka setting Strom does not implement yet; ignored"
+                );
+                if !warnings.contains(&warning) {
+                    warnings.push(warning);
+                }
+            } else {
+                let names = KEYS
+                    .iter()
+                    .map(|d| d.name)
+                    .chain(KNOWN_UNIMPLEMENTED.iter().copied());
+                return Err(ConfigError::UnknownKey {
+                    suggestion: closest(&k, names).map(str::to_string),
+                    key: k,
+                });
+            }
+        }
+        Ok((BrokerConfig::build(explicit)?, warnings))
+    }
+
+    fn build(explicit: BTreeMap<&'static str, String>) -> Result<BrokerConfig, ConfigError> {
+        let mut values = BTreeMap::new();
+        for def in KEYS {
+            let value = explicit
+                .get(def.name)
+                .cloned()
+                .unwrap_or_else(|| def.default.to_string());
+            if !value.is_empty() || explicit.contains_key(def.name) {
+                check_value(def.name, def.check, def.config_type, &value).map_err(|reason| {
+                    ConfigError::InvalidValue {
+                        key: def.name.into(),
+                        value: value.clone(),
+                        reason,
+                    }
+                })?;
+            }
+            values.insert(def.name, value.trim().to_string());
+        }
+        derive(&mut values, "log.dirs", |v| v["log.dir"].clone());
+        derive(&mut values, "log.roll.ms", |v| {
+            (parse_i64(&v["log.roll.hours"]) * 3_600_000).to_string()
+        });
+        let retention = match (
+            values["log.retention.ms"].as_str(),
+            values["log.retention.minutes"].as_str(),
+        ) {
+            ("", "") => hours_to_ms(parse_i64(&values["log.retention.hours"])),
+            ("", minutes) => minutes_to_ms(parse_i64(minutes)),
+            (ms, _) => parse_i64(ms),
+        };
+        values.insert("log.retention.ms", retention.to_string());
+        let listeners = parse_listeners("listeners", &values["listeners"])?;
+        derive(&mut values, "advertised.listeners", |v| {
+            v["listeners"].clone()
+        });
+        let advertised_listeners =
+            parse_listeners("advertised.listeners", &values["advertised.listeners"])?;
+        let list = |s: &str| {
+            s.split(',')
+                .map(str::trim)
+                .filter(|x| !x.is_empty())
+                .map(String::from)
+                .collect::<Vec<_>>()
+        };
+        let log_dirs = list(&values["log.dirs"]);
+        if log_dirs.is_empty() {
+            return Err(ConfigError::InvalidValue {
+                key: "log.dirs".into(),
+                value: String::new(),
+                reason: "at least one directory is needed".into(),
+            });
+        }
+        let int = |k: &str| parse_i64(&values[k]);
+        Ok(BrokerConfig {
+            node_id: int("node.id") as i32,
+            process_roles: list(&values["process.roles"]),
+            listeners,
+            advertised_listeners,
+            controller_listener_names: list(&values["controller.listener.names"]),
+            log_dirs,
+            num_partitions: int("num.partitions") as i32,
+            default_replication_factor: int("default.replication.factor") as i16,
+            min_insync_replicas: int("min.insync.replicas") as i32,
+            auto_create_topics_enable: values["auto.create.topics.enable"]
+                .eq_ignore_ascii_case("true"),
+            delete_topic_enable: values["delete.topic.enable"].eq_ignore_ascii_case("true"),
+            log_segment_bytes: int("log.segment.bytes") as i32,
+            log_roll_ms: int("log.roll.ms"),
+            log_flush_interval_messages: int("log.flush.interval.messages"),
+            log_flush_interval_ms: int("log.flush.interval.ms"),
+            log_retention_ms: retention,
+            message_max_bytes: int("message.max.bytes") as i32,
+            socket_request_max_bytes: int("socket.request.max.bytes") as i32,
+            max_connections: int("max.connections") as i32,
+            values,
+            explicit,
+        })
+    }
+
+    /// The effective value of an implemented key and whether it was set explicitly.
+    pub fn get(&self, key: &str) -> Option<(String, bool)> {
+        let value = self.values.get(key)?;
+        Some((value.clone(), self.explicit.contains_key(key)))
+    }
+
+    /// Every implemented key, for DescribeConfigs.
+    pub fn describe(&self) -> Vec<BrokerConfigEntry> {
+        KEYS.iter()
+            .map(|def| BrokerConfigEntry {
+                name: def.name,
+                value: self.values.get(def.name).cloned(),
+                is_default: !self.explicit.contains_key(def.name),
+                config_type: def.config_type,
+                documentation: def.doc,
+            })
+            .collect()
+    }
+
+    /// The listener clients connect to: the first one that is not a controller listener.
+    pub fn client_listener(&self) -> Option<Listener> {
+        self.listeners
+            .iter()
+            .find(|l| !self.controller_listener_names.contains(&l.name))
+            .cloned()
+    }
+
+    /// The host and port to publish for a listener: its advertised entry, with the bound
+    /// address filling in an empty host or port 0.
+    pub fn advertised_for(&self, listener_name: &str, bound: SocketAddr) -> (String, u16) {
+        let advertised = self
+            .advertised_listeners
+            .iter()
+            .find(|l| l.name == listener_name);
+        let host = advertised
+            .map(|l| l.host.clone())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| bound.ip().to_string());
+        let host = if host == "0.0.0.0" {
+            "127.0.0.1".to_string()
+        } else {
+            host
+        };
+        let port = advertised
+            .map(|l| l.port)
+            .filter(|p| *p != 0)
+            .unwrap_or(bound.port());
+        (host, port)
+    }
+}
+
+/// A broker config for DescribeConfigs.
+#[derive(Debug, Clone)]
+pub struct BrokerConfigEntry {
+    pub name: &'static str,
+    pub value: Option<String>,
+    pub is_default: bool,
+    pub config_type: ConfigType,
+    pub documentation: &'static str,
+}
+
+fn derive(
+    values: &mut BTreeMap<&'static str, String>,
+    key: &'static str,
+    from: impl Fn(&BTreeMap<&'static str, String>) -> String,
+) {
+    if values[key].is_empty() {
+        let derived = from(values);
+        values.insert(key, derived);
+    }
+}
+
+fn parse_i64(s: &str) -> i64 {
+    s.trim().parse().unwrap_or(0)
+}
+
+fn hours_to_ms(hours: i64) -> i64 {
+    if hours < 0 {
+        -1
+    } else {
+        hours.saturating_mul(3_600_000)
+    }
+}
+
+fn minutes_to_ms(minutes: i64) -> i64 {
+    if minutes < 0 {
+        -1
+    } else {
+        minutes.saturating_mul(60_000)
+    }
+}
+
+fn parse_listeners(key: &str, text: &str) -> Result<Vec<Listener>, ConfigError> {
+    let bad = |reason: &str| ConfigError::InvalidValue {
+        key: key.into(),
+        value: text.into(),
+        reason: reason.into(),
+    };
+    let mut listeners = Vec::new();
+    for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (name, rest) = item
+            .split_once("://")
+            .ok_or_else(|| bad("expected NAME://host:port"))?;
+        let (host, port) = rest
+            .rsplit_once(':')
+            .ok_or_else(|| bad("expected NAME://host:port"))?;
+        let port = port
+            .parse::<u16>()
+            .map_err(|_| bad("port must be 0-65535"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(bad("listener names are letters, digits and '_'"));
+        }
+        if listeners.iter().any(|l: &Listener| l.name == name) {
+            return Err(bad("each listener name may appear once"));
+        }
+        listeners.push(Listener {
+            name: name.to_string(),
+            host: host.to_string(),
+            port,
+        });
+    }
+    Ok(listeners)
+}
+
+/// Java `.properties` parsing: `#`/`!` comments, `=`, `:` or whitespace separators, and
+/// backslash line continuations.
+fn parse_properties(text: &str) -> Result<Vec<(String, String)>, ConfigError> {
+    let mut pairs = Vec::new();
+    let mut logical = String::new();
+    let mut start_line = 0;
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim_start();
+        if logical.is_empty() {
+            if line.is_empty() || line.starts_with('#') || line.starts_with('!') {
+                continue;
+            }
+            start_line = i + 1;
+        }
+        let continued = line.ends_with('\\') && !line.ends_with("\\\\");
+        logical.push_str(if continued {
+            &line[..line.len() - 1]
+        } else {
+            line
+        });
+        if continued {
+            continue;
+        }
+        let entry = std::mem::take(&mut logical);
+        let split = entry
+            .find(['=', ':', ' ', '\t'])
+            .ok_or_else(|| ConfigError::Malformed {
+                line: start_line,
+                text: entry.clone(),
+            })?;
+        let key = entry[..split].trim().to_string();
+        let rest = entry[split..].trim_start();
+        let value = rest
+            .strip_prefix(['=', ':'])
+            .unwrap_or(rest)
+            .trim()
+            .to_string();
+        if key.is_empty() {
+            return Err(ConfigError::Malformed {
+                line: start_line,
+                text: entry,
+            });
+        }
+        pairs.push((key, value));
+    }
+    Ok(pairs)
+}
+
+/// The candidate closest to `key` by edit distance, if close enough to be a typo.
+pub fn closest<'a>(key: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    let limit = (key.len() / 4).max(2);
+    candidates
+        .map(|c| (levenshtein(key, c), c))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+fn levenshtein(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut previous = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let current = row[j + 1];
+            row[j + 1] = (previous + usize::from(ca != *cb))
+                .min(row[j] + 1)
+                .min(row[j + 1] + 1);
+            previous = current;
+        }
+    }
+    row[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KAFKA_KRAFT_PROPERTIES: &str = r#"
+# Licensed to the Apache Software Foundation (ASF)
+process.roles=broker,controller
+node.id=1
+controller.quorum.bootstrap.servers=localhost:9093
+listeners=PLAINTEXT://:9092,CONTROLLER://:9093
+inter.broker.listener.name=PLAINTEXT
+advertised.listeners=PLAINTEXT://localhost:9092,CONTROLLER://localhost:9093
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SSL:SSL,SASL_PLAINTEXT:SASL_PLAINTEXT,SASL_SSL:SASL_SSL
+num.network.threads=3
+num.io.threads=8
+socket.send.buffer.bytes=102400
+socket.receive.buffer.bytes=102400
+socket.request.max.bytes=104857600
+log.dirs=/tmp/kraft-combined-logs
+num.partitions=1
+num.recovery.threads.per.data.dir=1
+offsets.topic.replication.factor=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+log.retention.hours=168
+log.segment.bytes=1073741824
+log.retention.check.interval.ms=300000
+"#;
+
+    #[test]
+    fn kafkas_own_kraft_properties_file_starts_with_warnings_for_unimplemented_keys() {
+        let (config, warnings) =
+            BrokerConfig::from_properties(KAFKA_KRAFT_PROPERTIES, &[]).expect("accepted");
+        assert_eq!(config.log_dirs, vec!["/tmp/kraft-combined-logs"]);
+        assert_eq!(
+            config.client_listener().unwrap(),
+            Listener {
+                name: "PLAINTEXT".into(),
+                host: String::new(),
+                port: 9092
+            }
+        );
+        assert_eq!(config.log_retention_ms, 168 * 3_600_000);
+        assert!(warnings.iter().any(|w| w.contains("'num.io.threads'")));
+        assert!(warnings
+            .iter()
+            .any(|w| w.contains("'transaction.state.log.min.isr'")));
+        assert!(!warnings.iter().any(|w| w.contains("log.dirs")));
+        assert_eq!(config.get("num.partitions"), Some(("1".into(), true)));
+        assert_eq!(
+            config.get("message.max.bytes"),
+            Some(("1048588".into(), false))
+        );
+    }
+
+    #[test]
+    fn the_embedded_default_is_one_local_node() {
+        let config = BrokerConfig::embedded_default();
+        assert_eq!(config.node_id, 1);
+        assert_eq!(config.process_roles, vec!["broker", "controller"]);
+        assert_eq!(config.client_listener().unwrap().port, 9092);
+        assert_eq!(config.log_dirs, vec!["./strom-data"]);
+        assert_eq!(config.log_roll_ms, 168 * 3_600_000);
+    }
+
+    #[test]
+    fn a_typo_names_the_key_and_suggests_the_closest() {
+        let err = BrokerConfig::from_properties("log.segmnet.bytes=1000\n", &[]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown config key 'log.segmnet.bytes' (did you mean 'log.segment.bytes'?)"
+        );
+        let err = BrokerConfig::from_properties("", &["num.io.thread=2".into()]).unwrap_err();
+        assert!(err.to_string().contains("did you mean 'num.io.threads'"));
+        let err = BrokerConfig::from_properties("completely.unrelated.thing=1\n", &[]).unwrap_err();
+        assert_eq!(
+            err,
+            ConfigError::UnknownKey {
+                key: "completely.unrelated.thing".into(),
+                suggestion: None
+            }
+        );
+    }
+
+    #[test]
+    fn malformed_values_name_the_key() {
+        for text in [
+            "num.partitions=10x",
+            "num.partitions=0",
+            "auto.create.topics.enable=yes",
+            "listeners=localhost:9092",
+            "log.segment.bytes=99999999999",
+        ] {
+            let err = BrokerConfig::from_properties(text, &[]).unwrap_err();
+            let key = text.split('=').next().unwrap();
+            assert!(err.to_string().contains(&format!("'{key}'")), "{err}");
+        }
+    }
+
+    #[test]
+    fn overrides_win_and_retention_follows_kafkas_precedence() {
+        let text = "num.partitions = 3\nlog.retention.hours: 1\nlog.retention.minutes 30\n";
+        let (config, _) =
+            BrokerConfig::from_properties(text, &["num.partitions=7".into()]).unwrap();
+        assert_eq!(config.num_partitions, 7);
+        assert_eq!(config.log_retention_ms, 30 * 60_000);
+        let (config, _) =
+            BrokerConfig::from_properties("log.retention.ms=5\nlog.retention.minutes=30\n", &[])
+                .unwrap();
+        assert_eq!(config.log_retention_ms, 5);
+    }
+
+    #[test]
+    fn continuation_lines_and_comments_parse() {
+        let text = "! comment\nlisteners=PLAINTEXT://127.0.0.1:1,\\\n   CONTROLLER://127.0.0.1:2\n";
+        let (config, _) = BrokerConfig::from_properties(text, &[]).unwrap();
+        assert_eq!(config.listeners.len(), 2);
+    }
+}

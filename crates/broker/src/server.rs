@@ -1,0 +1,157 @@
+//! The broker process: formats or checks the log dirs, opens the topics, listens, flushes
+//! on an interval, and shuts down cleanly (stop accepting, finish in-flight requests, flush,
+//! close segments, mark the shutdown clean).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tracing::{error, info, warn};
+
+use crate::config::BrokerConfig;
+use crate::topics::TopicManager;
+use crate::{connection, storage_format, Broker, BrokerError};
+
+/// How long shutdown waits for in-flight requests before closing the logs anyway.
+const SHUTDOWN_DRAIN_MS: u64 = 10_000;
+/// Pause after a failed accept (e.g. out of file descriptors) before trying again.
+const ACCEPT_BACKOFF_MS: u64 = 100;
+
+/// A started broker: its bound address and a handle to wait for it.
+pub struct Running {
+    pub local_addr: SocketAddr,
+    pub cluster_id: String,
+}
+
+/// Runs a broker until `shutdown` completes. `on_ready` is called once it listens.
+pub async fn run(
+    config: BrokerConfig,
+    shutdown: impl Future<Output = ()>,
+    on_ready: impl FnOnce(&Running),
+) -> Result<(), BrokerError> {
+    let config = Arc::new(config);
+    let cluster_id = storage_format::ensure_formatted(
+        &config.log_dirs,
+        config.node_id,
+        &storage_format::random_cluster_id(),
+    )?;
+    let listener_cfg = config.client_listener().ok_or_else(|| {
+        BrokerError::Config(
+            "no client listener in `listeners` (besides controller.listener.names)".into(),
+        )
+    })?;
+    let bind_host = if listener_cfg.host.is_empty() {
+        "0.0.0.0".to_string()
+    } else {
+        listener_cfg.host.clone()
+    };
+    let listener = TcpListener::bind((bind_host.as_str(), listener_cfg.port)).await?;
+    let local_addr = listener.local_addr()?;
+    let (advertised_host, advertised_port) = config.advertised_for(&listener_cfg.name, local_addr);
+    let topics = tokio::task::block_in_place(|| TopicManager::open(Arc::clone(&config)))?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let broker = Arc::new(Broker {
+        node_id: config.node_id,
+        cluster_id: cluster_id.clone(),
+        advertised_host,
+        advertised_port: i32::from(advertised_port),
+        topics,
+        config: Arc::clone(&config),
+        shutdown: shutdown_rx,
+    });
+    let flusher = tokio::spawn(flush_loop(Arc::clone(&broker)));
+    info!(node_id = config.node_id, %cluster_id, %local_addr, "strom broker started");
+    on_ready(&Running {
+        local_addr,
+        cluster_id,
+    });
+
+    let connections = accept_loop(listener, Arc::clone(&broker), shutdown).await;
+    info!("shutting down: no longer accepting connections");
+    let _ = shutdown_tx.send(true);
+    drain(connections).await;
+    flusher.abort();
+    let closing = Arc::clone(&broker);
+    tokio::task::spawn_blocking(move || closing.topics.close_all())
+        .await
+        .map_err(|e| BrokerError::Config(format!("close task failed: {e}")))??;
+    info!("shutdown complete");
+    Ok(())
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    broker: Arc<Broker>,
+    shutdown: impl Future<Output = ()>,
+) -> JoinSet<()> {
+    let max_connections = usize::try_from(broker.config.max_connections)
+        .unwrap_or(usize::MAX)
+        .min(Semaphore::MAX_PERMITS);
+    let permits = Arc::new(Semaphore::new(max_connections));
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            _ = &mut shutdown => return connections,
+            permit = Arc::clone(&permits).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return connections,
+            },
+        };
+        let accepted = tokio::select! {
+            _ = &mut shutdown => return connections,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let broker = Arc::clone(&broker);
+                connections.spawn(async move {
+                    connection::serve(stream, peer, broker).await;
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                warn!(error = %e, "accept failed; backing off");
+                tokio::time::sleep(Duration::from_millis(ACCEPT_BACKOFF_MS)).await;
+            }
+        }
+        while connections.try_join_next().is_some() {}
+    }
+}
+
+async fn drain(mut connections: JoinSet<()>) {
+    let deadline = tokio::time::sleep(Duration::from_millis(SHUTDOWN_DRAIN_MS));
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            next = connections.join_next() => if next.is_none() { return },
+            _ = &mut deadline => {
+                warn!(remaining = connections.len(), "connections still busy at shutdown; closing them");
+                connections.abort_all();
+                return;
+            }
+        }
+    }
+}
+
+/// Fsyncs dirty logs every `log.flush.interval.ms` (off the request path) and records the
+/// recovery points.
+async fn flush_loop(broker: Arc<Broker>) {
+    let interval_ms = broker.config.log_flush_interval_ms.max(1) as u64;
+    let mut ticker = tokio::time::interval(Duration::from_millis(interval_ms));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        let broker = Arc::clone(&broker);
+        match tokio::task::spawn_blocking(move || broker.topics.flush_all()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => error!(error = %e, "periodic flush failed"),
+            Err(e) => error!(error = %e, "periodic flush task failed"),
+        }
+    }
+}

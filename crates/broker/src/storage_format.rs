@@ -1,0 +1,126 @@
+//! `meta.properties` in every log directory, as Kafka writes it: the cluster id, this node's
+//! id and the directory's id. A node refuses to start on a directory formatted for another
+//! node or cluster.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::BrokerError;
+
+pub const META_PROPERTIES: &str = "meta.properties";
+
+/// A new cluster id: a random UUID, base64url without padding (22 characters), as Kafka's
+/// `kafka-storage random-uuid` prints.
+pub fn random_cluster_id() -> String {
+    base64_url(uuid::Uuid::new_v4().as_bytes())
+}
+
+fn base64_url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::with_capacity(bytes.len() * 4 / 3 + 2);
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
+        let chars = chunk.len() + 1;
+        for i in 0..chars {
+            out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+/// Reads the cluster id from formatted log dirs, formatting unformatted ones with
+/// `new_cluster_id` (or the id found in a sibling directory). Errors on a node id or
+/// cluster id mismatch.
+pub fn ensure_formatted(
+    log_dirs: &[String],
+    node_id: i32,
+    new_cluster_id: &str,
+) -> Result<String, BrokerError> {
+    let mut cluster_id: Option<String> = None;
+    for dir in log_dirs {
+        let path = Path::new(dir).join(META_PROPERTIES);
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let props = parse(&text);
+        let bad = |reason: String| BrokerError::LogDir {
+            path: path.display().to_string(),
+            reason,
+        };
+        let found_node: i32 = props
+            .get("node.id")
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| bad("no node.id".into()))?;
+        if found_node != node_id {
+            return Err(bad(format!(
+                "formatted for node.id {found_node}, but this node is {node_id}"
+            )));
+        }
+        let found_cluster = props
+            .get("cluster.id")
+            .cloned()
+            .ok_or_else(|| bad("no cluster.id".into()))?;
+        match &cluster_id {
+            Some(c) if *c != found_cluster => {
+                return Err(bad(format!(
+                    "cluster.id {found_cluster} differs from {c} in another log dir"
+                )))
+            }
+            _ => cluster_id = Some(found_cluster),
+        }
+    }
+    let cluster_id = cluster_id.unwrap_or_else(|| new_cluster_id.to_string());
+    for dir in log_dirs {
+        let path = Path::new(dir).join(META_PROPERTIES);
+        if path.exists() {
+            continue;
+        }
+        std::fs::create_dir_all(dir)?;
+        let text = format!(
+            "#\n#Written by strom\ncluster.id={cluster_id}\ndirectory.id={}\nnode.id={node_id}\nversion=1\n",
+            base64_url(uuid::Uuid::new_v4().as_bytes())
+        );
+        std::fs::write(&path, text)?;
+        tracing::info!(dir = %dir, cluster_id = %cluster_id, "formatted log directory");
+    }
+    Ok(cluster_id)
+}
+
+fn parse(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_ids_are_22_url_safe_characters() {
+        let id = random_cluster_id();
+        assert_eq!(id.len(), 22);
+        assert!(id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+        assert_eq!(base64_url(&[0xfb, 0xff]), "-_8");
+    }
+
+    #[test]
+    fn formatting_is_kept_and_foreign_nodes_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let dirs = vec![dir.path().display().to_string()];
+        let first = ensure_formatted(&dirs, 1, "cluster-a").unwrap();
+        assert_eq!(first, "cluster-a");
+        assert_eq!(
+            ensure_formatted(&dirs, 1, "cluster-b").unwrap(),
+            "cluster-a"
+        );
+        assert!(ensure_formatted(&dirs, 2, "cluster-a").is_err());
+    }
+}

@@ -1,0 +1,277 @@
+//! `strom bench`: drives a Kafka-compatible broker (Strom or any other) with librdkafka and
+//! prints throughput and latency percentiles. Nothing here is Strom-specific, so the same
+//! command measures Apache Kafka side by side.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use hdrhistogram::Histogram;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use std::sync::Mutex;
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(clap::Subcommand)]
+enum Mode {
+    /// Produce records as fast as the client can and report throughput and ack latency.
+    Produce(ProduceArgs),
+    /// Read a topic from the start and report throughput (and broker CPU with --broker-pid).
+    Consume(ConsumeArgs),
+}
+
+#[derive(clap::Args)]
+struct Common {
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    bootstrap: String,
+    #[arg(long, default_value = "strom-bench")]
+    topic: String,
+    /// PID of the broker process, to report the CPU it used during the run.
+    #[arg(long)]
+    broker_pid: Option<u32>,
+}
+
+#[derive(clap::Args)]
+struct ProduceArgs {
+    #[command(flatten)]
+    common: Common,
+    #[arg(long, default_value_t = 1_000_000)]
+    records: u64,
+    #[arg(long, default_value_t = 100)]
+    record_bytes: usize,
+    #[arg(long, default_value = "1")]
+    acks: String,
+    /// Partitions of the topic, created if missing.
+    #[arg(long, default_value_t = 6)]
+    partitions: i32,
+    #[arg(long, default_value_t = 5)]
+    linger_ms: u32,
+    #[arg(long, default_value_t = 1_048_576)]
+    batch_bytes: u32,
+    #[arg(long, default_value = "none")]
+    compression: String,
+}
+
+#[derive(clap::Args)]
+struct ConsumeArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Stop after this many records (default: everything up to the end offsets at start).
+    #[arg(long)]
+    records: Option<u64>,
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    match args.mode {
+        Mode::Produce(a) => produce(a),
+        Mode::Consume(a) => consume(a),
+    }
+}
+
+struct LatencyContext {
+    histogram: Arc<Mutex<Histogram<u64>>>,
+    failures: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl ClientContext for LatencyContext {}
+
+impl ProducerContext for LatencyContext {
+    type DeliveryOpaque = Box<Instant>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, sent_at: Self::DeliveryOpaque) {
+        if result.is_err() {
+            self.failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return;
+        }
+        let micros = sent_at.elapsed().as_micros() as u64;
+        if let Ok(mut h) = self.histogram.lock() {
+            let _ = h.record(micros.max(1));
+        }
+    }
+}
+
+fn ensure_topic(bootstrap: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?;
+    let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let results = rt.block_on(admin.create_topics(&[new_topic], &AdminOptions::new()))?;
+    for r in results {
+        if let Err((name, code)) = r {
+            if code != rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists {
+                bail!("creating topic {name} failed: {code}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn produce(a: ProduceArgs) -> anyhow::Result<()> {
+    ensure_topic(&a.common.bootstrap, &a.common.topic, a.partitions)?;
+    let histogram = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
+        1, 60_000_000, 3,
+    )?));
+    let failures = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let context = LatencyContext {
+        histogram: Arc::clone(&histogram),
+        failures: Arc::clone(&failures),
+    };
+    let producer: ThreadedProducer<LatencyContext> = ClientConfig::new()
+        .set("bootstrap.servers", &a.common.bootstrap)
+        .set("acks", &a.acks)
+        .set("linger.ms", a.linger_ms.to_string())
+        .set("batch.size", a.batch_bytes.to_string())
+        .set("compression.type", &a.compression)
+        .set("queue.buffering.max.messages", "1000000")
+        .set("queue.buffering.max.kbytes", "1048576")
+        .set("enable.idempotence", "false")
+        .create_with_context(context)
+        .context("creating producer")?;
+    let payload = vec![b'x'; a.record_bytes];
+    let cpu_before = a.common.broker_pid.and_then(process_cpu_seconds);
+    let started = Instant::now();
+    for i in 0..a.records {
+        let key = (i % 1024).to_be_bytes();
+        let mut record = BaseRecord::with_opaque_to(&a.common.topic, Box::new(Instant::now()))
+            .payload(&payload[..])
+            .key(&key[..]);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((e, returned)) => {
+                    if e.rdkafka_error_code() != Some(rdkafka::types::RDKafkaErrorCode::QueueFull) {
+                        bail!("produce failed: {e}");
+                    }
+                    record = returned;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(300))?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = cpu_used(a.common.broker_pid, cpu_before, elapsed);
+    let h = histogram
+        .lock()
+        .map_err(|_| anyhow::anyhow!("histogram poisoned"))?;
+    let bytes = a.records as f64 * a.record_bytes as f64;
+    println!(
+        "produce records={} record_bytes={} acks={} compression={} elapsed_s={:.2} records_per_s={:.0} mb_per_s={:.1} \
+         latency_ms p50={:.2} p99={:.2} p99.9={:.2} max={:.2} failed={}{}",
+        a.records,
+        a.record_bytes,
+        a.acks,
+        a.compression,
+        elapsed,
+        a.records as f64 / elapsed,
+        bytes / elapsed / 1e6,
+        h.value_at_quantile(0.5) as f64 / 1000.0,
+        h.value_at_quantile(0.99) as f64 / 1000.0,
+        h.value_at_quantile(0.999) as f64 / 1000.0,
+        h.max() as f64 / 1000.0,
+        failures.load(std::sync::atomic::Ordering::Relaxed),
+        cpu,
+    );
+    Ok(())
+}
+
+fn consume(a: ConsumeArgs) -> anyhow::Result<()> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &a.common.bootstrap)
+        .set("group.id", "strom-bench-unused")
+        .set("enable.auto.commit", "false")
+        .set("fetch.max.bytes", "52428800")
+        .set("max.partition.fetch.bytes", "10485760")
+        .set("queued.max.messages.kbytes", "1048576")
+        .create()
+        .context("creating consumer")?;
+    let metadata = consumer.fetch_metadata(Some(&a.common.topic), Duration::from_secs(10))?;
+    let topic = metadata
+        .topics()
+        .first()
+        .context("topic missing from metadata")?;
+    let mut assignment = TopicPartitionList::new();
+    let mut expected = 0u64;
+    for p in topic.partitions() {
+        assignment.add_partition_offset(&a.common.topic, p.id(), Offset::Beginning)?;
+        let (low, high) =
+            consumer.fetch_watermarks(&a.common.topic, p.id(), Duration::from_secs(10))?;
+        expected += (high - low) as u64;
+    }
+    let target = a.records.unwrap_or(expected);
+    if target == 0 {
+        bail!("topic {} is empty", a.common.topic);
+    }
+    consumer.assign(&assignment)?;
+    let cpu_before = a.common.broker_pid.and_then(process_cpu_seconds);
+    let started = Instant::now();
+    let (mut records, mut bytes) = (0u64, 0u64);
+    let mut gaps = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut last = Instant::now();
+    while records < target {
+        if started.elapsed() > Duration::from_secs(600) {
+            bail!("consumed only {records} of {target} records in 600 s");
+        }
+        match consumer.poll(Duration::from_millis(500)) {
+            Some(Ok(m)) => {
+                records += 1;
+                bytes += m.payload_len() as u64 + m.key().map_or(0, |k| k.len()) as u64;
+                let now = Instant::now();
+                let _ = gaps.record((now - last).as_micros().max(1) as u64);
+                last = now;
+            }
+            Some(Err(e)) => bail!("consume failed: {e}"),
+            None => {}
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = cpu_used(a.common.broker_pid, cpu_before, elapsed);
+    println!(
+        "consume records={} elapsed_s={:.2} records_per_s={:.0} mb_per_s={:.1} inter_record_gap_ms p50={:.4} p99={:.4} p99.9={:.4}{}",
+        records,
+        elapsed,
+        records as f64 / elapsed,
+        bytes as f64 / elapsed / 1e6,
+        gaps.value_at_quantile(0.5) as f64 / 1000.0,
+        gaps.value_at_quantile(0.99) as f64 / 1000.0,
+        gaps.value_at_quantile(0.999) as f64 / 1000.0,
+        cpu,
+    );
+    Ok(())
+}
+
+/// User+system CPU seconds of a process, from /proc.
+fn process_cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some((utime + stime) / ticks)
+}
+
+fn cpu_used(pid: Option<u32>, before: Option<f64>, elapsed: f64) -> String {
+    match (pid, before) {
+        (Some(pid), Some(before)) => match process_cpu_seconds(pid) {
+            Some(after) => format!(" broker_cpu_cores={:.2}", (after - before) / elapsed),
+            None => String::new(),
+        },
+        _ => String::new(),
+    }
+}
