@@ -69,7 +69,9 @@ fn sigterm_exits_zero_and_a_restart_reads_everything_back() {
 }
 
 /// Records every acknowledged (partition, offset, value).
-struct AckLog(Arc<Mutex<Vec<(i32, i64, Vec<u8>)>>>);
+type Acked = Arc<Mutex<Vec<(i32, i64, Vec<u8>)>>>;
+
+struct AckLog(Acked);
 
 impl ClientContext for AckLog {}
 
@@ -115,7 +117,7 @@ fn kill_9_during_acks_1_writes_loses_no_acknowledged_record() {
                         .partition((i % 2) as i32),
                 );
                 i += 1;
-                if i % 100 == 0 {
+                if i.is_multiple_of(100) {
                     std::thread::sleep(Duration::from_millis(1));
                 }
             }
