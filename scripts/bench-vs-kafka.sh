@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Runs the same librdkafka workloads against Strom and Apache Kafka on this machine, one
+# broker at a time, and prints one line per run (the figures in docs/benchmarks.md).
+#   scripts/bench-vs-kafka.sh            # both brokers
+#   BROKERS=strom scripts/bench-vs-kafka.sh
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+cargo build --release -q -p strom
+strom="$root/target/release/strom"
+work="$root/.bench/run"
+brokers="${BROKERS:-strom kafka}"
+strom_port=39092
+kafka_port=49092
+
+start_broker() {
+    case "$1" in
+        strom)
+            rm -rf "$work/strom"; mkdir -p "$work/strom"
+            "$strom" server --override "listeners=PLAINTEXT://127.0.0.1:$strom_port" --override "log.dirs=$work/strom/logs" \
+                > "$work/strom/out" 2> "$work/strom/err" &
+            echo $! > "$work/strom/pid"
+            until grep -q "strom listening" "$work/strom/out" 2>/dev/null; do sleep 0.1; done
+            port=$strom_port; pid=$(cat "$work/strom/pid") ;;
+        kafka)
+            rm -rf "$work/kafka"
+            scripts/kafka-reference.sh start "$kafka_port" "$work/kafka" >/dev/null
+            port=$kafka_port; pid=$(cat "$work/kafka/kafka.pid") ;;
+    esac
+}
+
+stop_broker() {
+    case "$1" in
+        strom) kill "$(cat "$work/strom/pid")"; wait "$(cat "$work/strom/pid")" 2>/dev/null || true ;;
+        kafka) scripts/kafka-reference.sh stop "$work/kafka" ;;
+    esac
+}
+
+for broker in $brokers; do
+    start_broker "$broker"
+    common=(--bootstrap "127.0.0.1:$port" --broker-pid "$pid")
+    echo "== $broker"
+    "$strom" bench produce "${common[@]}" --topic t1k --records 1048576 --record-bytes 1024 --acks 1
+    "$strom" bench produce "${common[@]}" --topic t100 --records 5000000 --record-bytes 100 --acks 1 --producers 2
+    "$strom" bench produce "${common[@]}" --topic tlat --records 200000 --record-bytes 1024 --acks 1 --rate 20000
+    "$strom" bench consume "${common[@]}" --topic t1k
+    stop_broker "$broker"
+done

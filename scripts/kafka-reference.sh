@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Apache Kafka, the reference broker, for side-by-side benchmarks and behaviour checks.
+# Installs Kafka's jars from Maven Central into .bench/kafka (nothing else is downloaded).
+#
+#   scripts/kafka-reference.sh install
+#   scripts/kafka-reference.sh start PORT DATA_DIR     # single combined KRaft node on 127.0.0.1
+#   scripts/kafka-reference.sh stop DATA_DIR
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+version="${KAFKA_VERSION:-4.1.1}"
+home="$root/.bench/kafka-$version"
+lib="$home/lib"
+
+install() {
+    if [ -f "$lib/.complete" ]; then return; fi
+    mkdir -p "$home"
+    cat > "$home/pom.xml" <<POM
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>strom.bench</groupId><artifactId>kafka-reference</artifactId><version>1</version>
+  <dependencies>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId><version>$version</version></dependency>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka-tools</artifactId><version>$version</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j2-impl</artifactId><version>2.24.3</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-core</artifactId><version>2.24.3</version></dependency>
+  </dependencies>
+</project>
+POM
+    (cd "$home" && mvn -q -B dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$lib")
+    cat > "$home/log4j2.properties" <<'LOG'
+rootLogger.level = WARN
+rootLogger.appenderRef.stdout.ref = STDOUT
+appender.stdout.type = Console
+appender.stdout.name = STDOUT
+appender.stdout.layout.type = PatternLayout
+appender.stdout.layout.pattern = [%d] %p %m (%c)%n
+LOG
+    touch "$lib/.complete"
+}
+
+java_cmd() {
+    java -Xms1g -Xmx2g -XX:+UseG1GC -Dlog4j2.configurationFile="$home/log4j2.properties" -cp "$lib/*" "$@"
+}
+
+start() {
+    local port="$1" data="$2"
+    install
+    mkdir -p "$data"
+    data="$(cd "$data" && pwd)"
+    cat > "$data/server.properties" <<PROPS
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$((port + 1))
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$((port + 1))
+advertised.listeners=PLAINTEXT://127.0.0.1:$port
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs=$data/logs
+offsets.topic.replication.factor=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+PROPS
+    if [ ! -f "$data/logs/meta.properties" ]; then
+        java_cmd kafka.tools.StorageTool format -t "$(java_cmd kafka.tools.StorageTool random-uuid)" -c "$data/server.properties" >/dev/null
+    fi
+    # exec, so that the recorded pid is the JVM's (benchmarks read its CPU time).
+    (exec java -Xms1g -Xmx2g -XX:+UseG1GC -Dlog4j2.configurationFile="$home/log4j2.properties" -cp "$lib/*" \
+        kafka.Kafka "$data/server.properties" > "$data/kafka.out" 2>&1) &
+    echo $! > "$data/kafka.pid"
+    for _ in $(seq 1 120); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then echo "kafka $version listening on 127.0.0.1:$port pid $(cat "$data/kafka.pid")"; return; fi
+        if ! kill -0 "$(cat "$data/kafka.pid")" 2>/dev/null; then cat "$data/kafka.out" >&2; echo "kafka exited" >&2; exit 1; fi
+        sleep 0.5
+    done
+    echo "kafka did not open port $port in 60 s" >&2
+    exit 1
+}
+
+stop() {
+    local data="$1" pid
+    pid="$(cat "$data/kafka.pid" 2>/dev/null)" || return 0
+    kill "$pid" 2>/dev/null || return 0
+    for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.5; done
+    kill -9 "$pid" 2>/dev/null || true
+}
+
+case "${1:-}" in
+    install) install ;;
+    start) start "$2" "$3" ;;
+    stop) stop "$2" ;;
+    *) echo "usage: $0 install | start PORT DATA_DIR | stop DATA_DIR" >&2; exit 2 ;;
+esac
