@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs the same librdkafka workloads against Strom and Apache Kafka on this machine, one
-# broker at a time, and prints one line per run (the figures in docs/benchmarks.md).
-#   scripts/bench-vs-kafka.sh            # both brokers
-#   BROKERS=strom scripts/bench-vs-kafka.sh
+# broker at a time, REPEATS rounds alternating the brokers, and prints one line per run
+# (docs/benchmarks.md reports the median of the rounds).
+#   scripts/bench-vs-kafka.sh                       # both brokers, 3 rounds
+#   BROKERS=strom REPEATS=1 scripts/bench-vs-kafka.sh
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -10,6 +11,7 @@ cargo build --release -q -p strom
 strom="$root/target/release/strom"
 work="$root/.bench/run"
 brokers="${BROKERS:-strom kafka}"
+repeats="${REPEATS:-3}"
 strom_port=39092
 kafka_port=49092
 
@@ -36,13 +38,15 @@ stop_broker() {
     esac
 }
 
+for round in $(seq 1 "$repeats"); do
 for broker in $brokers; do
     start_broker "$broker"
     common=(--bootstrap "127.0.0.1:$port" --broker-pid "$pid")
-    echo "== $broker"
+    echo "== $broker round $round"
     "$strom" bench produce "${common[@]}" --topic t1k --records 1048576 --record-bytes 1024 --acks 1
     "$strom" bench produce "${common[@]}" --topic t100 --records 5000000 --record-bytes 100 --acks 1 --producers 2
     "$strom" bench produce "${common[@]}" --topic tlat --records 200000 --record-bytes 1024 --acks 1 --rate 20000
     "$strom" bench consume "${common[@]}" --topic t1k
     stop_broker "$broker"
+done
 done

@@ -64,6 +64,22 @@ async fn read_loop(
             },
         }
         let length = frame::request_frame_length(prefix, max_bytes).map_err(|e| e.to_string())?;
+        // Held until the request is served: the bytes of a request count against the budget
+        // from the moment its buffer may grow until its response is built.
+        let _memory = match &broker.request_memory {
+            Some(budget) => {
+                let permits = u32::try_from(length)
+                    .unwrap_or(u32::MAX)
+                    .min(budget_capacity(broker));
+                Some(
+                    Arc::clone(budget)
+                        .acquire_many_owned(permits)
+                        .await
+                        .map_err(|_| "shutting down".to_string())?,
+                )
+            }
+            None => None,
+        };
         let body = read_body(reader, length).await?;
         let Some(header) = HeaderPrefix::parse(&body) else {
             return Err("frame shorter than a request header".into());
@@ -95,6 +111,14 @@ async fn read_loop(
             Outcome::Close(reason) => return Err(reason),
         }
     }
+}
+
+/// The configured size of the request-memory budget (a request larger than the whole budget
+/// takes all of it rather than waiting forever).
+fn budget_capacity(broker: &Broker) -> u32 {
+    u32::try_from(broker.config.queued_max_request_bytes)
+        .unwrap_or(u32::MAX)
+        .max(1)
 }
 
 async fn send(tx: &mpsc::Sender<Response>, response: Response) -> Result<(), String> {

@@ -31,6 +31,9 @@ pub struct Broker {
     pub advertised_host: String,
     pub advertised_port: i32,
     pub topics: topics::TopicManager,
+    /// `queued.max.request.bytes`: bytes of requests being read or served; reading pauses
+    /// while it is exhausted. `None` when unlimited (Kafka's default).
+    pub request_memory: Option<Arc<tokio::sync::Semaphore>>,
     /// Flips to `true` when the broker shuts down; long waits watch it.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
 }

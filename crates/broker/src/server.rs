@@ -18,6 +18,8 @@ use crate::{connection, storage_format, Broker, BrokerError};
 
 /// How long shutdown waits for in-flight requests before closing the logs anyway.
 const SHUTDOWN_DRAIN_MS: u64 = 10_000;
+/// How often the flusher looks for logs whose `flush.ms` has passed.
+const FLUSH_CHECK_INTERVAL_MS: u64 = 100;
 /// Pause after a failed accept (e.g. out of file descriptors) before trying again.
 const ACCEPT_BACKOFF_MS: u64 = 100;
 
@@ -60,6 +62,10 @@ pub async fn run(
         advertised_host,
         advertised_port: i32::from(advertised_port),
         topics,
+        request_memory: u32::try_from(config.queued_max_request_bytes)
+            .ok()
+            .filter(|bytes| *bytes > 0)
+            .map(|bytes| Arc::new(Semaphore::new(bytes as usize))),
         config: Arc::clone(&config),
         shutdown: shutdown_rx,
     });
@@ -138,17 +144,18 @@ async fn drain(mut connections: JoinSet<()>) {
     }
 }
 
-/// Fsyncs dirty logs every `log.flush.interval.ms` (off the request path) and records the
-/// recovery points.
+/// Fsyncs each log when its `flush.ms` (by default `log.flush.interval.ms`) has passed, off
+/// the request path, and records the recovery points.
 async fn flush_loop(broker: Arc<Broker>) {
-    let interval_ms = broker.config.log_flush_interval_ms.max(1) as u64;
+    let interval_ms =
+        FLUSH_CHECK_INTERVAL_MS.min(broker.config.log_flush_interval_ms.max(1) as u64);
     let mut ticker = tokio::time::interval(Duration::from_millis(interval_ms));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
     loop {
         ticker.tick().await;
         let broker = Arc::clone(&broker);
-        match tokio::task::spawn_blocking(move || broker.topics.flush_all()).await {
+        match tokio::task::spawn_blocking(move || broker.topics.flush_due(false)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => error!(error = %e, "periodic flush failed"),
             Err(e) => error!(error = %e, "periodic flush task failed"),

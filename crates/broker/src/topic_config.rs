@@ -422,6 +422,19 @@ pub fn check_value(
     }
 }
 
+/// Topic configs whose behaviour is built: the rest are validated, stored and described, and
+/// setting them logs that they are not enforced yet.
+pub const ENFORCED: &[&str] = &[
+    "flush.messages",
+    "flush.ms",
+    "index.interval.bytes",
+    "max.message.bytes",
+    "min.insync.replicas",
+    "segment.bytes",
+    "segment.index.bytes",
+    "segment.ms",
+];
+
 /// Validates one topic config: its name must be a topic config, its value legal.
 pub fn validate(name: &str, value: &str) -> Result<(), String> {
     let Some(def) = find(name) else {

@@ -67,8 +67,22 @@ pub struct Partition {
     pub index: i32,
     pub log: Arc<PartitionLog>,
     pub leader_epoch: i32,
+    /// When the periodic flusher last fsynced this partition (ms since the epoch).
+    pub last_flush_ms: std::sync::atomic::AtomicI64,
     /// Woken on every append, for waiting fetches.
     pub appended: Notify,
+}
+
+impl Partition {
+    fn new(index: i32, log: PartitionLog) -> Partition {
+        Partition {
+            index,
+            log: Arc::new(log),
+            leader_epoch: 0,
+            last_flush_ms: std::sync::atomic::AtomicI64::new(now_ms()),
+            appended: Notify::new(),
+        }
+    }
 }
 
 /// A topic and its settings.
@@ -166,12 +180,7 @@ impl TopicManager {
                     clean[dir_index],
                     now_ms(),
                 )?;
-                partitions.push(Arc::new(Partition {
-                    index,
-                    log: Arc::new(log),
-                    leader_epoch: 0,
-                    appended: Notify::new(),
-                }));
+                partitions.push(Arc::new(Partition::new(index, log)));
             }
             info!(topic = %name, partitions = num_partitions, "loaded topic");
             self.by_id.write().insert(id, name.clone());
@@ -276,6 +285,13 @@ impl TopicManager {
     pub fn create(&self, topic: NewTopic) -> Result<Arc<Topic>, (i16, String)> {
         let _admin = self.admin.lock();
         self.check_new(&topic)?;
+        for key in topic
+            .configs
+            .keys()
+            .filter(|k| !topic_config::ENFORCED.contains(&k.as_str()))
+        {
+            warn!(topic = %topic.name, config = %key, "topic config accepted and reported but not enforced yet");
+        }
         if topic.name.contains('.') || topic.name.contains('_') {
             warn!(topic = %topic.name, "topic names with '.' or '_' can collide in metric names");
         }
@@ -300,12 +316,7 @@ impl TopicManager {
                 now_ms(),
             )
             .map_err(|e| storage_error(&e))?;
-            partitions.push(Arc::new(Partition {
-                index,
-                log: Arc::new(log),
-                leader_epoch: 0,
-                appended: Notify::new(),
-            }));
+            partitions.push(Arc::new(Partition::new(index, log)));
         }
         let text = topic_file(
             &topic.name,
@@ -370,19 +381,33 @@ impl TopicManager {
         Ok(topic)
     }
 
-    /// Fsyncs every log with unflushed data and records the recovery points.
-    pub fn flush_all(&self) -> Result<(), BrokerError> {
+    /// Fsyncs every log whose `flush.ms` has passed since its last flush (all of them when
+    /// `force`) and records the recovery points. Writing the checkpoint costs an fsync, so it
+    /// is skipped when no log was flushed.
+    pub fn flush_due(&self, force: bool) -> Result<(), BrokerError> {
+        use std::sync::atomic::Ordering;
+        let now = now_ms();
+        let mut flushed_any = false;
         let mut points: Vec<BTreeMap<(String, i32), i64>> =
             vec![BTreeMap::new(); self.log_dirs.len()];
         for topic in self.all() {
             for partition in &topic.partitions {
-                let point = partition.log.flush()?;
+                let since = now.saturating_sub(partition.last_flush_ms.load(Ordering::Relaxed));
+                let point = if force || since >= topic.settings.flush_ms {
+                    partition.last_flush_ms.store(now, Ordering::Relaxed);
+                    flushed_any = true;
+                    partition.log.flush()?
+                } else {
+                    partition.log.recovery_point()
+                };
                 let dir_index = self.dir_index_of(partition.log.dir());
                 points[dir_index].insert((topic.name.clone(), partition.index), point);
             }
         }
-        for (dir, entries) in self.log_dirs.iter().zip(&points) {
-            checkpoint::write(&dir.join(checkpoint::RECOVERY_POINT_FILE), entries)?;
+        if flushed_any {
+            for (dir, entries) in self.log_dirs.iter().zip(&points) {
+                checkpoint::write(&dir.join(checkpoint::RECOVERY_POINT_FILE), entries)?;
+            }
         }
         Ok(())
     }
@@ -401,7 +426,7 @@ impl TopicManager {
                 partition.log.close()?;
             }
         }
-        self.flush_all()?;
+        self.flush_due(true)?;
         for dir in &self.log_dirs {
             write_atomically(&dir.join(CLEAN_SHUTDOWN_FILE), "")?;
         }

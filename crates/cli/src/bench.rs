@@ -117,7 +117,10 @@ fn ensure_topic(bootstrap: &str, topic: &str, partitions: i32) -> anyhow::Result
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let results = rt.block_on(admin.create_topics(&[new_topic], &AdminOptions::new()))?;
+    let options = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(60)))
+        .request_timeout(Some(Duration::from_secs(90)));
+    let results = rt.block_on(admin.create_topics(&[new_topic], &options))?;
     for r in results {
         if let Err((name, code)) = r {
             if code != rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists {

@@ -207,3 +207,51 @@ fn kill_9_during_acks_1_writes_loses_no_acknowledged_record() {
         );
     }
 }
+
+#[test]
+fn a_topic_flush_ms_fsyncs_on_its_own_interval_and_records_the_recovery_point() {
+    let dir = tempfile::tempdir().unwrap();
+    // The broker-wide interval is far beyond the test; only the topic's flush.ms can flush.
+    let broker = Broker::start(dir.path(), &["log.flush.interval.ms=600000"]);
+    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+        ClientConfig::new()
+            .set("bootstrap.servers", &broker.addr)
+            .create()
+            .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let fast =
+        rdkafka::admin::NewTopic::new("fast-flush", 1, rdkafka::admin::TopicReplication::Fixed(1))
+            .set("flush.ms", "50");
+    let slow =
+        rdkafka::admin::NewTopic::new("slow-flush", 1, rdkafka::admin::TopicReplication::Fixed(1));
+    for r in rt
+        .block_on(admin.create_topics(&[fast, slow], &rdkafka::admin::AdminOptions::new()))
+        .unwrap()
+    {
+        r.unwrap();
+    }
+    produce_all(&broker.addr, "fast-flush", "none", &records(100, "f"), "1");
+    produce_all(&broker.addr, "slow-flush", "none", &records(100, "s"), "1");
+    let checkpoint = broker
+        .data_dir
+        .join("logs/recovery-point-offset-checkpoint");
+    let mut text = String::new();
+    for _ in 0..300 {
+        text = std::fs::read_to_string(&checkpoint).unwrap_or_default();
+        if text.contains("fast-flush 0 100") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        text.contains("fast-flush 0 100"),
+        "flush.ms=50 topic fsynced:\n{text}"
+    );
+    assert!(
+        text.contains("slow-flush 0 0"),
+        "the default topic waits for the broker interval:\n{text}"
+    );
+}

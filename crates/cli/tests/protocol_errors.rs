@@ -689,3 +689,23 @@ fn metadata_auto_creates_topics_only_when_allowed() {
         assert_eq!(resp.brokers.len(), 1, "v{version}");
     }
 }
+
+#[test]
+fn requests_are_served_within_the_request_memory_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    // A budget smaller than one request: such a request takes the whole budget and is served.
+    let broker = Broker::start(dir.path(), &["queued.max.request.bytes=1000"]);
+    let mut clients: Vec<RawClient> = (0..4).map(|_| RawClient::connect(&broker.addr)).collect();
+    create(&mut clients[0], "budget", 1, &[]);
+    for round in 0..5 {
+        for c in clients.iter_mut() {
+            let (code, _) = produce(c, "budget", 0, batch(&[&[round as u8; 3000]], 1), 1);
+            assert_eq!(code, 0);
+        }
+    }
+    let meta = MetadataRequest::default().with_topics(None);
+    clients[3].send(ApiKey::Metadata, 12, &meta);
+    let topic_id = clients[3].recv::<MetadataResponse>(12).topics[0].topic_id;
+    let resp = fetch(&mut clients[1], 16, "budget", topic_id, 19, 0);
+    assert_eq!(resp.responses[0].partitions[0].high_watermark, 20);
+}
