@@ -105,6 +105,12 @@ async fn read_loop(
                     header.api_version
                 )
             })?;
+        debug!(
+            client_id = request_header.client_id.as_deref().unwrap_or(""),
+            api = ?api_key,
+            version = header.api_version,
+            "request"
+        );
         match api::handle(broker, api_key, request_header, rest).await {
             Outcome::Respond(response) => send(tx, response).await?,
             Outcome::NoResponse => {}

@@ -1,0 +1,107 @@
+// Drives a running broker with the Java client (kafka-clients 4.x) and checks what it sees:
+// admin (create, describe cluster/configs, list offsets, delete), a producer with lz4 and
+// acks=all, and a consumer reading everything back from the start by assignment.
+// Usage: java JavaClientCheck BOOTSTRAP   (exit code 1 with a message on any mismatch)
+
+import java.time.Duration;
+import java.util.*;
+import org.apache.kafka.clients.admin.*;
+import org.apache.kafka.clients.consumer.*;
+import org.apache.kafka.clients.producer.*;
+import org.apache.kafka.common.*;
+import org.apache.kafka.common.config.ConfigResource;
+import org.apache.kafka.common.header.Header;
+import org.apache.kafka.common.serialization.*;
+
+public class JavaClientCheck {
+    static void expect(boolean cond, String what) {
+        if (!cond) {
+            System.err.println("FAILED: " + what);
+            System.exit(1);
+        }
+    }
+
+    public static void main(String[] args) throws Exception {
+        String bootstrap = args[0];
+        String topic = "java-check";
+        int n = 5000;
+        Properties common = new Properties();
+        common.put("bootstrap.servers", bootstrap);
+
+        try (Admin admin = Admin.create(common)) {
+            admin.createTopics(List.of(new NewTopic(topic, 3, (short) 1).configs(Map.of("retention.ms", "3600000")))).all().get();
+            DescribeClusterResult cluster = admin.describeCluster();
+            expect(cluster.nodes().get().size() == 1, "one node in the cluster");
+            expect(cluster.clusterId().get().length() == 22, "cluster id");
+            ConfigResource res = new ConfigResource(ConfigResource.Type.TOPIC, topic);
+            Config config = admin.describeConfigs(List.of(res)).all().get().get(res);
+            expect("3600000".equals(config.get("retention.ms").value()), "retention.ms override described");
+            expect(config.get("retention.ms").source() == ConfigEntry.ConfigSource.DYNAMIC_TOPIC_CONFIG, "override source");
+            TopicDescription desc = admin.describeTopics(List.of(topic)).allTopicNames().get().get(topic);
+            expect(desc.partitions().size() == 3 && desc.topicId() != null, "describeTopics with a topic id");
+        }
+
+        Properties pp = new Properties();
+        pp.putAll(common);
+        pp.put("acks", "all");
+        pp.put("compression.type", "lz4");
+        pp.put("linger.ms", "5");
+        // The Java client turns idempotence on by default; InitProducerId is not served yet.
+        pp.put("enable.idempotence", "false");
+        long startMs = System.currentTimeMillis();
+        Map<Integer, List<String>> expected = new TreeMap<>();
+        try (Producer<String, String> producer = new KafkaProducer<>(pp, new StringSerializer(), new StringSerializer())) {
+            List<java.util.concurrent.Future<RecordMetadata>> futures = new ArrayList<>();
+            for (int i = 0; i < n; i++) {
+                ProducerRecord<String, String> r = new ProducerRecord<>(topic, "key-" + (i % 31), "value-" + i);
+                r.headers().add("seq", Integer.toString(i).getBytes());
+                futures.add(producer.send(r));
+            }
+            for (int i = 0; i < n; i++) {
+                RecordMetadata m = futures.get(i).get();
+                List<String> values = expected.computeIfAbsent(m.partition(), p -> new ArrayList<>());
+                expect(m.offset() == values.size(), "dense offsets in partition " + m.partition());
+                values.add("value-" + i);
+            }
+        }
+
+        Properties cp = new Properties();
+        cp.putAll(common);
+        cp.put("enable.auto.commit", "false");
+        Map<Integer, List<String>> got = new TreeMap<>();
+        try (Consumer<String, String> consumer = new KafkaConsumer<>(cp, new StringDeserializer(), new StringDeserializer())) {
+            List<TopicPartition> parts = new ArrayList<>();
+            for (int p = 0; p < 3; p++) parts.add(new TopicPartition(topic, p));
+            consumer.assign(parts);
+            consumer.seekToBeginning(parts);
+            int count = 0;
+            long deadline = System.currentTimeMillis() + 60_000;
+            while (count < n && System.currentTimeMillis() < deadline) {
+                for (ConsumerRecord<String, String> r : consumer.poll(Duration.ofMillis(500))) {
+                    Header h = r.headers().lastHeader("seq");
+                    expect(h != null && r.value().equals("value-" + new String(h.value())), "header travels with its record");
+                    got.computeIfAbsent(r.partition(), p -> new ArrayList<>()).add(r.value());
+                    count++;
+                }
+            }
+            expect(expected.equals(got), "every record read back in order per partition");
+            Map<TopicPartition, Long> ends = consumer.endOffsets(parts);
+            long total = 0;
+            for (long e : ends.values()) total += e;
+            expect(total == n, "end offsets sum to the records produced");
+            Map<TopicPartition, Long> query = new HashMap<>();
+            for (TopicPartition tp : parts) query.put(tp, startMs);
+            for (Map.Entry<TopicPartition, OffsetAndTimestamp> e : consumer.offsetsForTimes(query).entrySet()) {
+                expect(e.getValue() != null && e.getValue().offset() == 0, "offsetsForTimes finds the first record");
+            }
+            Map<TopicPartition, Long> begins = consumer.beginningOffsets(parts);
+            for (long b : begins.values()) expect(b == 0, "beginning offsets");
+        }
+
+        try (Admin admin = Admin.create(common)) {
+            admin.deleteTopics(List.of(topic)).all().get();
+            expect(!admin.listTopics().names().get().contains(topic), "topic deleted");
+        }
+        System.out.println("JAVA-CLIENT-OK");
+    }
+}
