@@ -193,13 +193,6 @@ static KEYS: &[KeyDef] = &[
         "Fsync dirty logs on this interval (Strom's default: 1000).",
     ),
     key(
-        "log.flush.scheduler.interval.ms",
-        "9223372036854775807",
-        Lg,
-        Check::AtLeast(0),
-        "Kafka's flush scheduler interval (accepted; Strom flushes on log.flush.interval.ms).",
-    ),
-    key(
         "log.index.interval.bytes",
         "4096",
         I,
@@ -366,6 +359,7 @@ static KNOWN_UNIMPLEMENTED: &[&str] = &[
     "log.cleaner.min.compaction.lag.ms",
     "log.cleaner.threads",
     "log.dir.failure.timeout.ms",
+    "log.flush.scheduler.interval.ms",
     "log.local.retention.bytes",
     "log.local.retention.ms",
     "log.message.timestamp.after.max.ms",

@@ -1,6 +1,5 @@
 //! The `strom` binary: `strom server` runs a broker; `strom bench` measures one.
 
-mod alloc_guard;
 mod bench;
 
 use std::io::Write;
@@ -10,7 +9,8 @@ use clap::{Parser, Subcommand};
 use strom_broker::config::BrokerConfig;
 
 #[global_allocator]
-static ALLOCATOR: alloc_guard::GuardedAllocator = alloc_guard::GuardedAllocator;
+static ALLOCATOR: strom_protocol::alloc_guard::GuardedAllocator =
+    strom_protocol::alloc_guard::GuardedAllocator;
 
 #[derive(Parser)]
 #[command(

@@ -100,8 +100,17 @@ fn fetch(
     client.recv(version)
 }
 
+/// Values of the complete batches in a records field (a trailing partial batch is dropped,
+/// as clients do).
 fn values(records: &Bytes) -> Vec<Vec<u8>> {
-    let mut buf = records.clone();
+    let mut complete = 0;
+    while let Some(b) = strom_protocol::batch::BatchOffsets::parse(&records[complete..]) {
+        if complete + b.size_bytes > records.len() {
+            break;
+        }
+        complete += b.size_bytes;
+    }
+    let mut buf = records.slice(..complete);
     let sets: Vec<RecordSet> =
         RecordBatchDecoder::decode_all(&mut buf).expect("valid record batches");
     sets.iter()
@@ -708,4 +717,72 @@ fn requests_are_served_within_the_request_memory_budget() {
     let topic_id = clients[3].recv::<MetadataResponse>(12).topics[0].topic_id;
     let resp = fetch(&mut clients[1], 16, "budget", topic_id, 19, 0);
     assert_eq!(resp.responses[0].partitions[0].high_watermark, 20);
+}
+
+#[test]
+fn fetch_respects_response_and_partition_max_bytes_but_returns_one_whole_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    let mut c = RawClient::connect(&broker.addr);
+    let topic_id = create(&mut c, "mb", 2, &[]).topics[0].topic_id;
+    for partition in 0..2 {
+        for i in 0..3u8 {
+            produce(&mut c, "mb", partition, batch(&[&[i; 1000]], 1), 1);
+        }
+    }
+    let partition = |p: i32| {
+        FetchPartition::default()
+            .with_partition(p)
+            .with_fetch_offset(0)
+            .with_partition_max_bytes(1 << 20)
+    };
+    let request = |max_bytes: i32, partition_max_bytes: i32| {
+        FetchRequest::default()
+            .with_max_wait_ms(0)
+            .with_min_bytes(1)
+            .with_max_bytes(max_bytes)
+            .with_session_epoch(-1)
+            .with_topics(vec![FetchTopic::default()
+                .with_topic_id(topic_id)
+                .with_partitions(vec![
+                    partition(0).with_partition_max_bytes(partition_max_bytes),
+                    partition(1).with_partition_max_bytes(partition_max_bytes),
+                ])])
+    };
+    let sizes = |resp: &FetchResponse| -> Vec<usize> {
+        resp.responses[0]
+            .partitions
+            .iter()
+            .map(|p| p.records.as_ref().map_or(0, |r| r.len()))
+            .collect()
+    };
+    // Everything fits.
+    c.send(ApiKey::Fetch, 16, &request(1 << 20, 1 << 20));
+    let all: FetchResponse = c.recv(16);
+    let batch_bytes = sizes(&all)[0] / 3;
+    assert_eq!(sizes(&all), vec![3 * batch_bytes, 3 * batch_bytes]);
+    // A response limit of 10 bytes still returns the first whole batch (KIP-74), nothing more.
+    c.send(ApiKey::Fetch, 16, &request(10, 1 << 20));
+    let first_only: FetchResponse = c.recv(16);
+    assert_eq!(sizes(&first_only), vec![batch_bytes, 0]);
+    assert_eq!(
+        values(
+            first_only.responses[0].partitions[0]
+                .records
+                .as_ref()
+                .unwrap()
+        )
+        .len(),
+        1
+    );
+    // A partition limit of 1.5 batches: each partition gets at most that many bytes (the
+    // second batch partially; clients drop a trailing partial batch).
+    let limit = batch_bytes * 3 / 2;
+    c.send(ApiKey::Fetch, 16, &request(1 << 20, limit as i32));
+    let limited: FetchResponse = c.recv(16);
+    assert_eq!(sizes(&limited), vec![limit, limit]);
+    assert_eq!(
+        values(limited.responses[0].partitions[1].records.as_ref().unwrap()).len(),
+        1
+    );
 }

@@ -6,11 +6,14 @@
 //! - [`batch`]: a zero-copy view of a record batch (magic v2) and its validation
 //!   (sizes, CRC32C, record count, offset deltas);
 //! - [`wire`]: the primitive encoders used where a response is written by hand
-//!   (the zero-copy Fetch response).
+//!   (the zero-copy Fetch response);
+//! - [`alloc_guard`]: the global allocator binaries install so that a hostile array count
+//!   in a request cannot abort the process.
 //!
 //! Message schemas themselves come from the `kafka-protocol` crate, re-exported as
 //! [`kafka`]. This crate never touches sockets or files.
 
+pub mod alloc_guard;
 pub mod batch;
 pub mod frame;
 pub mod versions;
