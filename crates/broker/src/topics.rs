@@ -196,9 +196,41 @@ impl TopicManager {
                 }),
             );
         }
+        self.remove_stray_partitions()?;
         // From here on, a crash is an unclean shutdown.
         for dir in &self.log_dirs {
             remove_if_exists(&dir.join(CLEAN_SHUTDOWN_FILE))?;
+        }
+        Ok(())
+    }
+
+    /// Deletes partition directories no topic owns (left by a crash in the middle of a topic
+    /// deletion), so that a topic created later under the same name starts empty.
+    fn remove_stray_partitions(&self) -> Result<(), BrokerError> {
+        let topics = self.topics.read();
+        for dir in &self.log_dirs {
+            for entry in std::fs::read_dir(dir)? {
+                let path = entry?.path();
+                let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+                    continue;
+                };
+                let Some((topic, partition)) = name.rsplit_once('-') else {
+                    continue;
+                };
+                let Ok(partition) = partition.parse::<usize>() else {
+                    continue;
+                };
+                if !path.is_dir() || validate_topic_name(topic).is_err() {
+                    continue;
+                }
+                let owned = topics
+                    .get(topic)
+                    .is_some_and(|t| partition < t.partitions.len());
+                if !owned {
+                    warn!(dir = %path.display(), "removing a partition directory that no topic owns");
+                    std::fs::remove_dir_all(&path)?;
+                }
+            }
         }
         Ok(())
     }
@@ -303,21 +335,11 @@ impl TopicManager {
         };
         let id = Uuid::new_v4();
         let settings = topic_config::resolve(&topic.configs, &self.config);
-        let mut partitions = Vec::with_capacity(topic.num_partitions as usize);
-        for index in 0..topic.num_partitions {
-            let (_, dir) = self.partition_dir(&topic.name, index);
-            let log = PartitionLog::open(
-                &dir,
-                &topic.name,
-                index,
-                log_config(&settings),
-                0,
-                true,
-                now_ms(),
-            )
-            .map_err(|e| storage_error(&e))?;
-            partitions.push(Arc::new(Partition::new(index, log)));
-        }
+        // Metadata first: a crash before the logs exist leaves a topic whose empty logs are
+        // created at the next start, never log directories without a topic.
+        let metadata_path = self
+            .metadata_dir()
+            .join(format!("{}.properties", topic.name));
         let text = topic_file(
             &topic.name,
             id,
@@ -325,13 +347,30 @@ impl TopicManager {
             topic.replication_factor,
             &topic.configs,
         );
-        write_atomically(
-            &self
-                .metadata_dir()
-                .join(format!("{}.properties", topic.name)),
-            &text,
-        )
-        .map_err(|e| storage_error(&e))?;
+        write_atomically(&metadata_path, &text).map_err(|e| storage_error(&e))?;
+        let mut partitions = Vec::with_capacity(topic.num_partitions as usize);
+        for index in 0..topic.num_partitions {
+            let (_, dir) = self.partition_dir(&topic.name, index);
+            match PartitionLog::open(
+                &dir,
+                &topic.name,
+                index,
+                log_config(&settings),
+                0,
+                true,
+                now_ms(),
+            ) {
+                Ok(log) => partitions.push(Arc::new(Partition::new(index, log))),
+                Err(e) => {
+                    warn!(topic = %topic.name, partition = index, error = %e, "creating a partition failed; undoing the topic");
+                    for partition in &partitions {
+                        let _ = partition.log.delete();
+                    }
+                    let _ = remove_if_exists(&metadata_path);
+                    return Err(storage_error(&e));
+                }
+            }
+        }
         info!(topic = %topic.name, partitions = topic.num_partitions, topic_id = %id, "created topic");
         let created = Arc::new(Topic {
             name: topic.name.clone(),

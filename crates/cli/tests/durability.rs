@@ -255,3 +255,32 @@ fn a_topic_flush_ms_fsyncs_on_its_own_interval_and_records_the_recovery_point() 
         "the default topic waits for the broker interval:\n{text}"
     );
 }
+
+#[test]
+fn partition_directories_left_by_an_interrupted_delete_are_removed_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(dir.path(), &[]);
+    create_topic(&broker.addr, "ghost", 2);
+    produce_all(&broker.addr, "ghost", "none", &records(50, "old"), "1");
+    broker.kill9();
+    // A crash after the topic's metadata was removed but before its logs were.
+    std::fs::remove_file(broker.data_dir.join("logs/.strom-topics/ghost.properties")).unwrap();
+    broker.restart();
+    assert!(!broker.data_dir.join("logs/ghost-0").exists());
+    assert!(broker.log().contains("no topic owns"));
+    create_topic(&broker.addr, "ghost", 2);
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .set("group.id", "unused")
+        .create()
+        .unwrap();
+    for p in 0..2 {
+        assert_eq!(
+            consumer
+                .fetch_watermarks("ghost", p, Duration::from_secs(10))
+                .unwrap(),
+            (0, 0),
+            "recreated topic starts empty"
+        );
+    }
+}

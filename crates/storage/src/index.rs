@@ -194,6 +194,10 @@ impl TimeIndex {
         self.persisted = 0;
     }
 
+    pub fn last(&self) -> Option<TimeEntry> {
+        self.entries.last().copied()
+    }
+
     /// Keeps only entries for offsets below `relative_offset`.
     pub fn truncate_to_offset(&mut self, relative_offset: u32) {
         let keep = self

@@ -574,6 +574,13 @@ fn load_indexes(
     let last_position = offset_index.last().map_or(0, |e| u64::from(e.position));
     {
         let mut indexes = segment.indexes.lock();
+        // The sealed last time index entry holds the segment's largest timestamp; the scan
+        // below covers batches appended after the last entries.
+        if let Some(last) = time_index.last() {
+            indexes.max_timestamp = last.timestamp;
+            indexes.offset_of_max_timestamp =
+                segment.base_offset() + i64::from(last.relative_offset);
+        }
         indexes.offset_index = offset_index;
         indexes.time_index = time_index;
     }
@@ -588,10 +595,10 @@ fn load_indexes(
             indexes.max_timestamp = header.max_timestamp;
             indexes.offset_of_max_timestamp = header.last_offset;
         }
-        indexes.bytes_since_last_index_entry = 0;
         position += header.size_bytes as u64;
         next = Some(header.last_offset + 1);
     }
+    segment.indexes.lock().bytes_since_last_index_entry = position - last_position;
     if position != limit {
         return Err(StorageError::Corrupt {
             path: segment.log_path().display().to_string(),
