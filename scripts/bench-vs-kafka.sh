@@ -47,6 +47,7 @@ for broker in $brokers; do
     "$strom" bench produce "${common[@]}" --topic t100 --records 5000000 --record-bytes 100 --acks 1 --producers 2
     "$strom" bench produce "${common[@]}" --topic tlat --records 200000 --record-bytes 1024 --acks 1 --rate 20000
     "$strom" bench consume "${common[@]}" --topic t1k
+    "$strom" bench consume "${common[@]}" --topic t1k --consumers 2
     stop_broker "$broker"
 done
 done

@@ -74,9 +74,9 @@ struct ProduceArgs {
 struct ConsumeArgs {
     #[command(flatten)]
     common: Common,
-    /// Stop after this many records (default: everything up to the end offsets at start).
-    #[arg(long)]
-    records: Option<u64>,
+    /// Consumer instances, each on its own thread with a share of the partitions.
+    #[arg(long, default_value_t = 1)]
+    consumers: u64,
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -235,39 +235,86 @@ fn produce_share(
     Ok(())
 }
 
-fn consume(a: ConsumeArgs) -> anyhow::Result<()> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &a.common.bootstrap)
+fn consumer(bootstrap: &str) -> anyhow::Result<BaseConsumer> {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
         .set("group.id", "strom-bench-unused")
         .set("enable.auto.commit", "false")
         .set("fetch.max.bytes", "52428800")
         .set("max.partition.fetch.bytes", "10485760")
         .set("queued.max.messages.kbytes", "1048576")
         .create()
-        .context("creating consumer")?;
-    let metadata = consumer.fetch_metadata(Some(&a.common.topic), Duration::from_secs(10))?;
+        .context("creating consumer")
+}
+
+fn consume(a: ConsumeArgs) -> anyhow::Result<()> {
+    let probe = consumer(&a.common.bootstrap)?;
+    let metadata = probe.fetch_metadata(Some(&a.common.topic), Duration::from_secs(10))?;
     let topic = metadata
         .topics()
         .first()
         .context("topic missing from metadata")?;
-    let mut assignment = TopicPartitionList::new();
-    let mut expected = 0u64;
+    let consumers = a.consumers.max(1) as usize;
+    // Each consumer thread reads the partitions p with p % consumers == its index.
+    let mut shares: Vec<(TopicPartitionList, u64)> = (0..consumers)
+        .map(|_| (TopicPartitionList::new(), 0))
+        .collect();
     for p in topic.partitions() {
-        assignment.add_partition_offset(&a.common.topic, p.id(), Offset::Beginning)?;
         let (low, high) =
-            consumer.fetch_watermarks(&a.common.topic, p.id(), Duration::from_secs(10))?;
-        expected += (high - low) as u64;
+            probe.fetch_watermarks(&a.common.topic, p.id(), Duration::from_secs(10))?;
+        let share = &mut shares[p.id() as usize % consumers];
+        share
+            .0
+            .add_partition_offset(&a.common.topic, p.id(), Offset::Beginning)?;
+        share.1 += (high - low) as u64;
     }
-    let target = a.records.unwrap_or(expected);
-    if target == 0 {
+    let total: u64 = shares.iter().map(|s| s.1).sum();
+    if total == 0 {
         bail!("topic {} is empty", a.common.topic);
     }
-    consumer.assign(&assignment)?;
     let cpu_before = a.common.broker_pid.and_then(process_cpu_seconds);
     let started = Instant::now();
+    let (records, bytes) = std::thread::scope(|scope| -> anyhow::Result<(u64, u64)> {
+        let workers: Vec<_> = shares
+            .into_iter()
+            .map(|(assignment, target)| {
+                let bootstrap = a.common.bootstrap.clone();
+                scope.spawn(move || consume_share(&bootstrap, &assignment, target, started))
+            })
+            .collect();
+        let mut sums = (0, 0);
+        for w in workers {
+            let (r, b) = w
+                .join()
+                .map_err(|_| anyhow::anyhow!("consumer thread panicked"))??;
+            sums = (sums.0 + r, sums.1 + b);
+        }
+        Ok(sums)
+    })?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = cpu_used(a.common.broker_pid, cpu_before, elapsed);
+    println!(
+        "consume records={} consumers={} elapsed_s={:.2} records_per_s={:.0} mb_per_s={:.1}{}",
+        records,
+        consumers,
+        elapsed,
+        records as f64 / elapsed,
+        bytes as f64 / elapsed / 1e6,
+        cpu,
+    );
+    Ok(())
+}
+
+/// Reads one consumer's partitions until `target` records arrived; returns records and bytes.
+fn consume_share(
+    bootstrap: &str,
+    assignment: &TopicPartitionList,
+    target: u64,
+    started: Instant,
+) -> anyhow::Result<(u64, u64)> {
+    let consumer = consumer(bootstrap)?;
+    consumer.assign(assignment)?;
     let (mut records, mut bytes) = (0u64, 0u64);
-    let mut gaps = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    let mut last = Instant::now();
     while records < target {
         if started.elapsed() > Duration::from_secs(600) {
             bail!("consumed only {records} of {target} records in 600 s");
@@ -276,28 +323,12 @@ fn consume(a: ConsumeArgs) -> anyhow::Result<()> {
             Some(Ok(m)) => {
                 records += 1;
                 bytes += m.payload_len() as u64 + m.key().map_or(0, |k| k.len()) as u64;
-                let now = Instant::now();
-                let _ = gaps.record((now - last).as_micros().max(1) as u64);
-                last = now;
             }
             Some(Err(e)) => bail!("consume failed: {e}"),
             None => {}
         }
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    let cpu = cpu_used(a.common.broker_pid, cpu_before, elapsed);
-    println!(
-        "consume records={} elapsed_s={:.2} records_per_s={:.0} mb_per_s={:.1} inter_record_gap_ms p50={:.4} p99={:.4} p99.9={:.4}{}",
-        records,
-        elapsed,
-        records as f64 / elapsed,
-        bytes as f64 / elapsed / 1e6,
-        gaps.value_at_quantile(0.5) as f64 / 1000.0,
-        gaps.value_at_quantile(0.99) as f64 / 1000.0,
-        gaps.value_at_quantile(0.999) as f64 / 1000.0,
-        cpu,
-    );
-    Ok(())
+    Ok((records, bytes))
 }
 
 /// User+system CPU seconds of a process, from /proc.
