@@ -38,16 +38,23 @@ stop_broker() {
     esac
 }
 
+# Each run starts with the previous run's dirty pages written back, so that writeback of one
+# run's gigabyte does not land in the next one's measurement.
+bench() {
+    sync
+    "$strom" bench "$@"
+}
+
 for round in $(seq 1 "$repeats"); do
 for broker in $brokers; do
     start_broker "$broker"
     common=(--bootstrap "127.0.0.1:$port" --broker-pid "$pid")
     echo "== $broker round $round"
-    "$strom" bench produce "${common[@]}" --topic t1k --records 1048576 --record-bytes 1024 --acks 1
-    "$strom" bench produce "${common[@]}" --topic t100 --records 5000000 --record-bytes 100 --acks 1 --producers 2
-    "$strom" bench produce "${common[@]}" --topic tlat --records 200000 --record-bytes 1024 --acks 1 --rate 20000
-    "$strom" bench consume "${common[@]}" --topic t1k
-    "$strom" bench consume "${common[@]}" --topic t1k --consumers 2
+    bench produce "${common[@]}" --topic t1k --records 1048576 --record-bytes 1024 --acks 1
+    bench produce "${common[@]}" --topic t100 --records 5000000 --record-bytes 100 --acks 1 --producers 2
+    bench produce "${common[@]}" --topic tlat --records 200000 --record-bytes 1024 --acks 1 --rate 20000
+    bench consume "${common[@]}" --topic t1k
+    bench consume "${common[@]}" --topic t1k --consumers 2
     stop_broker "$broker"
 done
 done

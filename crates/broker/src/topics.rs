@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::{Mutex, RwLock};
-use strom_storage::{checkpoint, LogConfig, PartitionLog};
+use strom_storage::checkpoint::{self, write_atomically};
+use strom_storage::{LogConfig, PartitionLog};
 use tokio::sync::Notify;
 use tracing::{info, warn};
 use uuid::Uuid;
@@ -526,19 +527,6 @@ fn parse_topic_file(text: &str) -> Result<TopicFile, String> {
         .parse()
         .map_err(|_| "bad replication.factor".to_string())?;
     Ok((name, id, partitions, replication_factor, configs))
-}
-
-fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(text.as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }
 
 fn remove_if_exists(path: &Path) -> std::io::Result<()> {

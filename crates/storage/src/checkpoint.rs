@@ -15,6 +15,12 @@ pub fn write(path: &Path, entries: &BTreeMap<(String, i32), i64>) -> std::io::Re
     for ((topic, partition), offset) in entries {
         text.push_str(&format!("{topic} {partition} {offset}\n"));
     }
+    write_atomically(path, &text)
+}
+
+/// Replaces `path` with `text` so that a crash leaves the old or the new content: a
+/// temporary file, fsynced, renamed over the target, then the directory fsynced.
+pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     let mut file = std::fs::File::create(&tmp)?;
     file.write_all(text.as_bytes())?;
