@@ -59,6 +59,12 @@ use ConfigType::{Boolean as B, Int as I, List as L, Long as Lg, Short as S, Stri
 /// The keys Strom implements, with Kafka's defaults except where the embedded default differs
 /// (`node.id`, `process.roles`, `listeners`, `log.dir`, `log.flush.interval.ms`).
 static KEYS: &[KeyDef] = &[
+    key("offsets.topic.num.partitions", "50", I, Check::AtLeast(1), "Partitions of __consumer_offsets (fixed once it exists)."),
+    key("group.initial.rebalance.delay.ms", "3000", I, Check::AtLeast(0), "How long a new group waits for more members before its first rebalance."),
+    key("group.min.session.timeout.ms", "6000", I, Check::AtLeast(0), "Smallest session timeout a member may ask for."),
+    key("group.max.session.timeout.ms", "1800000", I, Check::AtLeast(0), "Largest session timeout a member may ask for."),
+    key("group.max.size", "2147483647", I, Check::AtLeast(1), "Most members a group may have."),
+    key("offset.metadata.max.bytes", "4096", I, Check::AtLeast(0), "Largest metadata string of a committed offset."),
     key(
         "node.id",
         "1",
@@ -515,6 +521,13 @@ pub struct BrokerConfig {
     pub message_max_bytes: i32,
     pub socket_request_max_bytes: i32,
     pub max_connections: i32,
+    /// The group coordinator's settings (`offsets.topic.num.partitions`, `group.*`).
+    pub offsets_topic_num_partitions: i32,
+    pub group_initial_rebalance_delay_ms: i32,
+    pub group_min_session_timeout_ms: i32,
+    pub group_max_session_timeout_ms: i32,
+    pub group_max_size: i32,
+    pub offset_metadata_max_bytes: i32,
     /// `queued.max.request.bytes`: -1 for no limit.
     pub queued_max_request_bytes: i64,
     /// Effective text value of every implemented key, derived ones resolved.
@@ -654,6 +667,12 @@ impl BrokerConfig {
             socket_request_max_bytes: int("socket.request.max.bytes") as i32,
             max_connections: int("max.connections") as i32,
             queued_max_request_bytes: int("queued.max.request.bytes"),
+            offsets_topic_num_partitions: int("offsets.topic.num.partitions") as i32,
+            group_initial_rebalance_delay_ms: int("group.initial.rebalance.delay.ms") as i32,
+            group_min_session_timeout_ms: int("group.min.session.timeout.ms") as i32,
+            group_max_session_timeout_ms: int("group.max.session.timeout.ms") as i32,
+            group_max_size: int("group.max.size") as i32,
+            offset_metadata_max_bytes: int("offset.metadata.max.bytes") as i32,
             values,
             explicit,
         })

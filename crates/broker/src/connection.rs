@@ -35,7 +35,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>) {
     let (mut reader, writer) = stream.into_split();
     let (tx, rx) = mpsc::channel(RESPONSES_QUEUED_MAX);
     let writer_task = tokio::spawn(write_loop(writer, rx));
-    match read_loop(&mut reader, &broker, &tx).await {
+    match read_loop(&mut reader, &broker, &tx, peer).await {
         Ok(()) => debug!(%peer, "connection closed"),
         Err(reason) => warn!(%peer, %reason, "closing connection"),
     }
@@ -49,6 +49,7 @@ async fn read_loop(
     reader: &mut OwnedReadHalf,
     broker: &Broker,
     tx: &mpsc::Sender<Response>,
+    peer: SocketAddr,
 ) -> Result<(), String> {
     let mut shutdown = broker.shutdown.clone();
     let max_bytes = broker.config.socket_request_max_bytes as usize;
@@ -111,7 +112,7 @@ async fn read_loop(
             version = header.api_version,
             "request"
         );
-        match api::handle(broker, api_key, request_header, rest).await {
+        match api::handle(broker, api_key, request_header, rest, peer).await {
             Outcome::Respond(response) => send(tx, response).await?,
             Outcome::NoResponse => {}
             Outcome::Close(reason) => return Err(reason),

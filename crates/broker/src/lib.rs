@@ -12,6 +12,7 @@
 pub mod api;
 pub mod config;
 mod connection;
+mod consumer_offsets;
 mod error;
 pub mod response;
 pub mod server;
@@ -30,7 +31,9 @@ pub struct Broker {
     pub cluster_id: String,
     pub advertised_host: String,
     pub advertised_port: i32,
-    pub topics: topics::TopicManager,
+    pub topics: Arc<topics::TopicManager>,
+    /// The group coordinator for every group (this node coordinates them all).
+    pub groups: Arc<strom_coordinator::GroupCoordinator>,
     /// `queued.max.request.bytes`: bytes of requests being read or served; reading pauses
     /// while it is exhausted. `None` when unlimited (Kafka's default).
     pub request_memory: Option<Arc<tokio::sync::Semaphore>>,

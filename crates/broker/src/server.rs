@@ -14,10 +14,13 @@ use tracing::{error, info, warn};
 
 use crate::config::BrokerConfig;
 use crate::topics::TopicManager;
-use crate::{connection, storage_format, Broker, BrokerError};
+use crate::{connection, consumer_offsets, storage_format, Broker, BrokerError};
+use strom_coordinator::{CoordinatorConfig, GroupCoordinator};
 
 /// How long shutdown waits for in-flight requests before closing the logs anyway.
 const SHUTDOWN_DRAIN_MS: u64 = 10_000;
+/// How often group sessions and rebalance deadlines are checked.
+const GROUP_TIMER_INTERVAL_MS: u64 = 100;
 /// How often the flusher looks for logs whose `flush.ms` has passed.
 const FLUSH_CHECK_INTERVAL_MS: u64 = 100;
 /// Pause after a failed accept (e.g. out of file descriptors) before trying again.
@@ -54,7 +57,17 @@ pub async fn run(
     let listener = TcpListener::bind((bind_host.as_str(), listener_cfg.port)).await?;
     let local_addr = listener.local_addr()?;
     let (advertised_host, advertised_port) = config.advertised_for(&listener_cfg.name, local_addr);
-    let topics = tokio::task::block_in_place(|| TopicManager::open(Arc::clone(&config)))?;
+    let topics = Arc::new(tokio::task::block_in_place(|| {
+        TopicManager::open(Arc::clone(&config))
+    })?);
+    let groups = Arc::new(GroupCoordinator::new(
+        coordinator_config(&config),
+        Arc::new(consumer_offsets::OffsetsTopic {
+            topics: Arc::clone(&topics),
+            partitions: config.offsets_topic_num_partitions,
+        }),
+    ));
+    tokio::task::block_in_place(|| consumer_offsets::load(&topics, &groups))?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let broker = Arc::new(Broker {
         node_id: config.node_id,
@@ -62,6 +75,7 @@ pub async fn run(
         advertised_host,
         advertised_port: i32::from(advertised_port),
         topics,
+        groups,
         request_memory: u32::try_from(config.queued_max_request_bytes)
             .ok()
             .filter(|bytes| *bytes > 0)
@@ -70,6 +84,7 @@ pub async fn run(
         shutdown: shutdown_rx,
     });
     let flusher = tokio::spawn(flush_loop(Arc::clone(&broker)));
+    let group_timer = tokio::spawn(group_timer_loop(Arc::clone(&broker)));
     info!(node_id = config.node_id, %cluster_id, %local_addr, "strom broker started");
     on_ready(&Running {
         local_addr,
@@ -81,6 +96,7 @@ pub async fn run(
     let _ = shutdown_tx.send(true);
     drain(connections).await;
     flusher.abort();
+    group_timer.abort();
     let closing = Arc::clone(&broker);
     tokio::task::spawn_blocking(move || closing.topics.close_all())
         .await
@@ -160,5 +176,27 @@ async fn flush_loop(broker: Arc<Broker>) {
             Ok(Err(e)) => error!(error = %e, "periodic flush failed"),
             Err(e) => error!(error = %e, "periodic flush task failed"),
         }
+    }
+}
+
+fn coordinator_config(config: &BrokerConfig) -> CoordinatorConfig {
+    CoordinatorConfig {
+        offsets_partitions: config.offsets_topic_num_partitions,
+        initial_rebalance_delay_ms: config.group_initial_rebalance_delay_ms.max(0) as u64,
+        min_session_timeout_ms: config.group_min_session_timeout_ms,
+        max_session_timeout_ms: config.group_max_session_timeout_ms,
+        offset_metadata_max_bytes: config.offset_metadata_max_bytes.max(0) as usize,
+        max_group_size: config.group_max_size.max(1) as usize,
+    }
+}
+
+/// Expires group members whose session timed out and completes rebalances whose deadline
+/// passed.
+async fn group_timer_loop(broker: Arc<Broker>) {
+    let mut ticker = tokio::time::interval(Duration::from_millis(GROUP_TIMER_INTERVAL_MS));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        broker.groups.tick();
     }
 }

@@ -325,7 +325,7 @@ impl TopicManager {
         {
             warn!(topic = %topic.name, config = %key, "topic config accepted and reported but not enforced yet");
         }
-        if topic.name.contains('.') || topic.name.contains('_') {
+        if !topic.name.starts_with("__") && (topic.name.contains('.') || topic.name.contains('_')) {
             warn!(topic = %topic.name, "topic names with '.' or '_' can collide in metric names");
         }
         let storage_error = |e: &dyn std::fmt::Display| {

@@ -57,7 +57,7 @@ fn franz_go_produces_consumes_and_administers() {
 }
 
 #[test]
-fn kafkajs_produces_and_administers() {
+fn kafkajs_produces_consumes_in_a_group_and_administers() {
     let mut command = Command::new("node");
     command.arg(env("STROM_TEST_KAFKAJS"));
     check(command, "KAFKAJS-OK");

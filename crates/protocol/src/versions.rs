@@ -15,7 +15,7 @@ pub struct ApiSupport {
     pub max: i16,
 }
 
-/// Everything Strom serves, in ApiKey order.
+/// Everything Strom serves.
 ///
 /// Produce advertises v0–v2 but serves only v3+ (message format v2), exactly as Kafka 4 does
 /// (KAFKA-18659): librdkafka's compression feature detection looks for Produce v0..v2 and
@@ -26,12 +26,22 @@ pub const SUPPORTED: &[ApiSupport] = &[
     api(ApiKey::Fetch, 4, 4, 17),
     api(ApiKey::ListOffsets, 1, 1, 9),
     api(ApiKey::Metadata, 0, 0, 12),
+    api(ApiKey::OffsetCommit, 2, 2, 9),
+    api(ApiKey::OffsetFetch, 1, 1, 9),
     api(ApiKey::FindCoordinator, 0, 0, 6),
+    api(ApiKey::JoinGroup, 0, 0, 9),
+    api(ApiKey::Heartbeat, 0, 0, 4),
+    api(ApiKey::LeaveGroup, 0, 0, 5),
+    api(ApiKey::SyncGroup, 0, 0, 5),
+    api(ApiKey::DescribeGroups, 0, 0, 5),
+    api(ApiKey::ListGroups, 0, 0, 5),
     api(ApiKey::ApiVersions, 0, 0, 4),
     api(ApiKey::CreateTopics, 2, 2, 7),
     api(ApiKey::DeleteTopics, 1, 1, 6),
     api(ApiKey::DescribeConfigs, 1, 1, 4),
     api(ApiKey::DescribeCluster, 0, 0, 1),
+    api(ApiKey::DeleteGroups, 0, 0, 2),
+    api(ApiKey::OffsetDelete, 0, 0, 0),
 ];
 
 const fn api(key: ApiKey, advertised_min: i16, served_min: i16, max: i16) -> ApiSupport {

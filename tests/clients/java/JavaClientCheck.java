@@ -98,6 +98,41 @@ public class JavaClientCheck {
             for (long b : begins.values()) expect(b == 0, "beginning offsets");
         }
 
+        // A consumer group (classic protocol): subscribe, read everything, commit; a second
+        // member of the same group then sees the committed offsets and nothing left to read.
+        Properties gp = new Properties();
+        gp.putAll(common);
+        gp.put("group.id", "java-check-group");
+        gp.put("auto.offset.reset", "earliest");
+        gp.put("enable.auto.commit", "false");
+        gp.put("group.protocol", "classic");
+        int grouped = 0;
+        try (Consumer<String, String> consumer = new KafkaConsumer<>(gp, new StringDeserializer(), new StringDeserializer())) {
+            consumer.subscribe(List.of(topic));
+            long deadline = System.currentTimeMillis() + 60_000;
+            while (grouped < n && System.currentTimeMillis() < deadline) {
+                grouped += consumer.poll(Duration.ofMillis(500)).count();
+            }
+            expect(grouped == n, "the group consumer read every record: " + grouped);
+            expect(consumer.assignment().size() == 3, "the only member owns all three partitions");
+            consumer.commitSync();
+        }
+        try (Consumer<String, String> consumer = new KafkaConsumer<>(gp, new StringDeserializer(), new StringDeserializer())) {
+            Set<TopicPartition> parts = new HashSet<>();
+            for (int p = 0; p < 3; p++) parts.add(new TopicPartition(topic, p));
+            long committed = 0;
+            for (org.apache.kafka.clients.consumer.OffsetAndMetadata o : consumer.committed(parts).values()) committed += o.offset();
+            expect(committed == n, "committed offsets cover every record: " + committed);
+        }
+        try (Admin admin = Admin.create(common)) {
+            ConsumerGroupDescription group = admin.describeConsumerGroups(List.of("java-check-group")).all().get().get("java-check-group");
+            expect(group.members().isEmpty(), "the group is empty after its members closed");
+            Map<TopicPartition, org.apache.kafka.clients.consumer.OffsetAndMetadata> offsets =
+                admin.listConsumerGroupOffsets("java-check-group").partitionsToOffsetAndMetadata().get();
+            expect(offsets.size() == 3, "admin lists the group's offsets");
+            admin.deleteConsumerGroups(List.of("java-check-group")).all().get();
+        }
+
         try (Admin admin = Admin.create(common)) {
             admin.deleteTopics(List.of(topic)).all().get();
             expect(!admin.listTopics().names().get().contains(topic), "topic deleted");

@@ -34,9 +34,31 @@ async function main() {
   const total = offsets.reduce((sum, o) => sum + Number(o.high), 0)
   expect(total === n, 'high watermarks sum to ' + total)
 
-  // kafkajs consumes only through consumer groups (the next issue); offsets are checked here.
   const byTime = await admin.fetchTopicOffsetsByTimestamp(topic, 0)
   for (const o of byTime) expect(o.offset === '0', 'offset by timestamp 0 is the first record of ' + o.partition)
+  // A consumer group: every record once, then the committed offsets cover them all.
+  const consumer = kafka.consumer({ groupId: 'kafkajs-check-group', sessionTimeout: 10000, heartbeatInterval: 1000 })
+  await consumer.connect()
+  await consumer.subscribe({ topic, fromBeginning: true })
+  const seen = new Set()
+  await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('consumed ' + seen.size + ' of ' + n)), 60000)
+    consumer.run({
+      eachMessage: async ({ partition, message }) => {
+        seen.add(partition + '/' + message.offset)
+        if (seen.size === n) {
+          clearTimeout(timer)
+          resolve()
+        }
+      },
+    })
+  })
+  await consumer.disconnect()
+  expect(seen.size === n, 'the group read every record once')
+  const committed = await admin.fetchOffsets({ groupId: 'kafkajs-check-group', topics: [topic] })
+  const sum = committed[0].partitions.reduce((s, p) => s + Number(p.offset), 0)
+  expect(sum === n, 'committed offsets sum to ' + sum)
+  await admin.deleteGroups(['kafkajs-check-group'])
   await admin.deleteTopics({ topics: [topic] })
   const topics = await admin.listTopics()
   expect(!topics.includes(topic), 'topic deleted')

@@ -141,6 +141,9 @@ fn describe_topic(
     let mut response = MetadataResponseTopic::default()
         .with_name(Some(TopicName(StrBytes::from_string(topic.name.clone()))))
         .with_partitions(partitions);
+    if version >= 1 {
+        response.is_internal = topic.name == crate::consumer_offsets::TOPIC;
+    }
     if version >= 10 {
         response.topic_id = topic.id;
     }

@@ -11,8 +11,10 @@ mod describe_cluster;
 mod describe_configs;
 mod fetch;
 mod find_coordinator;
+mod groups;
 mod list_offsets;
 mod metadata;
+mod offsets;
 mod produce;
 
 use bytes::Bytes;
@@ -40,6 +42,7 @@ pub async fn handle(
     api_key: ApiKey,
     header: RequestHeader,
     mut body: Bytes,
+    peer: std::net::SocketAddr,
 ) -> Outcome {
     let version = header.request_api_version;
     let request = match RequestKind::decode(api_key, &mut body, version) {
@@ -52,6 +55,8 @@ pub async fn handle(
         api_key,
         version,
         correlation_id: header.correlation_id,
+        client_id: header.client_id.as_deref().unwrap_or_default().to_string(),
+        client_host: format!("/{}", peer.ip()),
     };
     match request {
         RequestKind::ApiVersions(req) => ctx.respond(&api_versions::handle(broker, &req, version)),
@@ -64,6 +69,16 @@ pub async fn handle(
         RequestKind::DescribeCluster(req) => {
             ctx.respond(&describe_cluster::handle(broker, &req, version))
         }
+        RequestKind::JoinGroup(req) => ctx.respond(&groups::join(broker, req, &ctx).await),
+        RequestKind::SyncGroup(req) => ctx.respond(&groups::sync(broker, req, &ctx).await),
+        RequestKind::Heartbeat(req) => ctx.respond(&groups::heartbeat(broker, req)),
+        RequestKind::LeaveGroup(req) => ctx.respond(&groups::leave(broker, req, &ctx)),
+        RequestKind::ListGroups(req) => ctx.respond(&groups::list(broker, req, &ctx)),
+        RequestKind::DescribeGroups(req) => ctx.respond(&groups::describe(broker, req, &ctx)),
+        RequestKind::DeleteGroups(req) => ctx.respond(&groups::delete(broker, req)),
+        RequestKind::OffsetCommit(req) => ctx.respond(&offsets::commit(broker, req, &ctx)),
+        RequestKind::OffsetFetch(req) => ctx.respond(&offsets::fetch(broker, req, &ctx)),
+        RequestKind::OffsetDelete(req) => ctx.respond(&offsets::delete(broker, req)),
         RequestKind::FindCoordinator(req) => {
             ctx.respond(&find_coordinator::handle(broker, req, version))
         }
@@ -78,11 +93,14 @@ pub async fn handle(
 }
 
 /// Request identity needed to answer it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Ctx {
     pub api_key: ApiKey,
     pub version: i16,
     pub correlation_id: i32,
+    pub client_id: String,
+    /// The peer as Kafka shows it in DescribeGroups: `/ip`.
+    pub client_host: String,
 }
 
 impl Ctx {

@@ -1,0 +1,241 @@
+//! Committed offsets: OffsetCommit, OffsetFetch (single group and batched, KIP-709) and
+//! OffsetDelete. The coordinator stores them in `__consumer_offsets`.
+
+use bytes::Bytes;
+use kafka_protocol::messages::consumer_protocol_subscription::ConsumerProtocolSubscription;
+use kafka_protocol::messages::offset_commit_response::{
+    OffsetCommitResponsePartition, OffsetCommitResponseTopic,
+};
+use kafka_protocol::messages::offset_delete_response::{
+    OffsetDeleteResponsePartition, OffsetDeleteResponseTopic,
+};
+use kafka_protocol::messages::offset_fetch_response::{
+    OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
+    OffsetFetchResponseTopic, OffsetFetchResponseTopics,
+};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::{Decodable, StrBytes};
+use kafka_protocol::ResponseError as E;
+use strom_coordinator::CommittedOffset;
+
+use super::Ctx;
+use crate::Broker;
+
+fn partition_exists(broker: &Broker, topic: &str, partition: i32) -> bool {
+    broker
+        .topics
+        .get(topic)
+        .is_some_and(|t| usize::try_from(partition).is_ok_and(|p| p < t.partitions.len()))
+}
+
+pub fn commit(broker: &Broker, req: OffsetCommitRequest, ctx: &Ctx) -> OffsetCommitResponse {
+    // Unknown partitions are answered by the broker; the rest go to the coordinator together.
+    let mut wanted = Vec::new();
+    for topic in &req.topics {
+        for p in &topic.partitions {
+            if partition_exists(broker, &topic.name, p.partition_index) {
+                let offset = CommittedOffset {
+                    offset: p.committed_offset,
+                    leader_epoch: if ctx.version >= 6 {
+                        p.committed_leader_epoch
+                    } else {
+                        -1
+                    },
+                    metadata: p
+                        .committed_metadata
+                        .as_ref()
+                        .map(|m| m.to_string())
+                        .unwrap_or_default(),
+                };
+                wanted.push((topic.name.to_string(), p.partition_index, offset));
+            }
+        }
+    }
+    let instance = req.group_instance_id.as_ref().map(|i| i.to_string());
+    let keys: Vec<(String, i32)> = wanted.iter().map(|(t, p, _)| (t.clone(), *p)).collect();
+    let codes = broker.groups.commit_offsets(
+        &req.group_id,
+        req.generation_id_or_member_epoch,
+        &req.member_id,
+        instance.as_deref(),
+        wanted,
+    );
+    let code_of = |topic: &str, partition: i32| {
+        keys.iter()
+            .position(|(t, p)| t == topic && *p == partition)
+            .map_or(E::UnknownTopicOrPartition.code(), |i| codes[i])
+    };
+    let topics = req
+        .topics
+        .iter()
+        .map(|t| {
+            let partitions = t
+                .partitions
+                .iter()
+                .map(|p| {
+                    OffsetCommitResponsePartition::default()
+                        .with_partition_index(p.partition_index)
+                        .with_error_code(code_of(&t.name, p.partition_index))
+                })
+                .collect();
+            OffsetCommitResponseTopic::default()
+                .with_name(t.name.clone())
+                .with_partitions(partitions)
+        })
+        .collect();
+    OffsetCommitResponse::default().with_topics(topics)
+}
+
+type Wanted = Option<Vec<(String, Vec<i32>)>>;
+/// Committed offsets of one group by topic: (topic, [(partition, offset if any)]).
+type TopicOffsets = Vec<(String, Vec<(i32, Option<CommittedOffset>)>)>;
+
+fn fetch_group(broker: &Broker, group_id: &str, wanted: Wanted) -> TopicOffsets {
+    let keys: Option<Vec<(String, i32)>> = wanted.as_ref().map(|w| {
+        w.iter()
+            .flat_map(|(t, ps)| ps.iter().map(move |p| (t.clone(), *p)))
+            .collect()
+    });
+    let found = broker.groups.fetch_offsets(group_id, keys.as_deref());
+    let mut topics: TopicOffsets = Vec::new();
+    for (topic, partition, offset) in found {
+        match topics.iter_mut().find(|(t, _)| *t == topic) {
+            Some((_, partitions)) => partitions.push((partition, offset)),
+            None => topics.push((topic, vec![(partition, offset)])),
+        }
+    }
+    topics
+}
+
+pub fn fetch(broker: &Broker, req: OffsetFetchRequest, ctx: &Ctx) -> OffsetFetchResponse {
+    let version = ctx.version;
+    let leader_epoch = |o: &Option<CommittedOffset>| {
+        if version >= 5 {
+            o.as_ref().map_or(-1, |o| o.leader_epoch)
+        } else {
+            -1
+        }
+    };
+    if version >= 8 {
+        let groups = req
+            .groups
+            .into_iter()
+            .map(|g| {
+                let wanted = g.topics.map(|ts| {
+                    ts.into_iter()
+                        .map(|t| (t.name.to_string(), t.partition_indexes))
+                        .collect()
+                });
+                let topics = fetch_group(broker, &g.group_id, wanted)
+                    .into_iter()
+                    .map(|(topic, partitions)| {
+                        let partitions = partitions
+                            .into_iter()
+                            .map(|(p, o)| {
+                                OffsetFetchResponsePartitions::default()
+                                    .with_partition_index(p)
+                                    .with_committed_offset(o.as_ref().map_or(-1, |o| o.offset))
+                                    .with_committed_leader_epoch(leader_epoch(&o))
+                                    .with_metadata(Some(StrBytes::from_string(
+                                        o.map(|o| o.metadata).unwrap_or_default(),
+                                    )))
+                            })
+                            .collect();
+                        OffsetFetchResponseTopics::default()
+                            .with_name(TopicName(StrBytes::from_string(topic)))
+                            .with_partitions(partitions)
+                    })
+                    .collect();
+                OffsetFetchResponseGroup::default()
+                    .with_group_id(g.group_id)
+                    .with_topics(topics)
+            })
+            .collect();
+        return OffsetFetchResponse::default().with_groups(groups);
+    }
+    let wanted = req.topics.map(|ts| {
+        ts.into_iter()
+            .map(|t| (t.name.to_string(), t.partition_indexes))
+            .collect()
+    });
+    let topics = fetch_group(broker, &req.group_id, wanted)
+        .into_iter()
+        .map(|(topic, partitions)| {
+            let partitions = partitions
+                .into_iter()
+                .map(|(p, o)| {
+                    OffsetFetchResponsePartition::default()
+                        .with_partition_index(p)
+                        .with_committed_offset(o.as_ref().map_or(-1, |o| o.offset))
+                        .with_committed_leader_epoch(leader_epoch(&o))
+                        .with_metadata(Some(StrBytes::from_string(
+                            o.map(|o| o.metadata).unwrap_or_default(),
+                        )))
+                })
+                .collect();
+            OffsetFetchResponseTopic::default()
+                .with_name(TopicName(StrBytes::from_string(topic)))
+                .with_partitions(partitions)
+        })
+        .collect();
+    OffsetFetchResponse::default().with_topics(topics)
+}
+
+/// Whether any member's consumer-protocol subscription names `topic`; metadata that does not
+/// parse counts as subscribed, the safe answer for OffsetDelete.
+fn subscribed(metadata: &[Bytes], topic: &str) -> bool {
+    metadata.iter().any(|m| {
+        let mut buf = m.clone();
+        if buf.len() < 2 {
+            return true;
+        }
+        let version = i16::from_be_bytes([buf[0], buf[1]]);
+        let _ = bytes::Buf::get_i16(&mut buf);
+        match ConsumerProtocolSubscription::decode(&mut buf, version.clamp(0, 3)) {
+            Ok(sub) => sub.topics.iter().any(|t| t.as_str() == topic),
+            Err(_) => true,
+        }
+    })
+}
+
+pub fn delete(broker: &Broker, req: OffsetDeleteRequest) -> OffsetDeleteResponse {
+    let partitions: Vec<(String, i32)> = req
+        .topics
+        .iter()
+        .flat_map(|t| {
+            t.partitions
+                .iter()
+                .map(move |p| (t.name.to_string(), p.partition_index))
+        })
+        .collect();
+    match broker
+        .groups
+        .delete_offsets(&req.group_id, &partitions, subscribed)
+    {
+        Err(code) => OffsetDeleteResponse::default().with_error_code(code),
+        Ok(codes) => {
+            let mut i = 0;
+            let topics = req
+                .topics
+                .iter()
+                .map(|t| {
+                    let partitions = t
+                        .partitions
+                        .iter()
+                        .map(|p| {
+                            let code = codes[i];
+                            i += 1;
+                            OffsetDeleteResponsePartition::default()
+                                .with_partition_index(p.partition_index)
+                                .with_error_code(code)
+                        })
+                        .collect();
+                    OffsetDeleteResponseTopic::default()
+                        .with_name(t.name.clone())
+                        .with_partitions(partitions)
+                })
+                .collect();
+            OffsetDeleteResponse::default().with_topics(topics)
+        }
+    }
+}

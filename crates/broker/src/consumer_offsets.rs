@@ -1,0 +1,140 @@
+//! `__consumer_offsets`: the internal topic the group coordinator writes through
+//! [`OffsetsTopic`] (its [`OffsetsLog`]) and is rebuilt from at start by [`load`].
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
+use strom_coordinator::{GroupCoordinator, OffsetsLog};
+use strom_protocol::batch;
+use tracing::info;
+
+use crate::topics::{now_ms, NewTopic, Topic, TopicManager};
+use crate::BrokerError;
+
+/// The internal topic's name.
+pub const TOPIC: &str = "__consumer_offsets";
+/// Bytes read per step while loading a partition.
+const LOAD_READ_BYTES: usize = 1 << 20;
+
+/// The coordinator's writer: appends record batches to the topic's partitions, creating the
+/// topic on first use with `offsets.topic.num.partitions` partitions.
+pub struct OffsetsTopic {
+    pub topics: Arc<TopicManager>,
+    pub partitions: i32,
+}
+
+impl OffsetsTopic {
+    fn topic(&self) -> Result<Arc<Topic>, String> {
+        if let Some(topic) = self.topics.get(TOPIC) {
+            return Ok(topic);
+        }
+        let mut configs = std::collections::BTreeMap::new();
+        configs.insert("cleanup.policy".to_string(), "compact".to_string());
+        configs.insert("segment.bytes".to_string(), "104857600".to_string());
+        let created = self.topics.create(NewTopic {
+            name: TOPIC.into(),
+            num_partitions: self.partitions,
+            replication_factor: 1,
+            configs,
+        });
+        match created {
+            Ok(topic) => Ok(topic),
+            Err(_) => self
+                .topics
+                .get(TOPIC)
+                .ok_or_else(|| format!("cannot create {TOPIC}")),
+        }
+    }
+}
+
+impl OffsetsLog for OffsetsTopic {
+    fn append(
+        &self,
+        partition: i32,
+        records: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    ) -> Result<(), String> {
+        let topic = self.topic()?;
+        let target = usize::try_from(partition)
+            .ok()
+            .and_then(|p| topic.partitions.get(p))
+            .ok_or("no such partition")?;
+        let now = now_ms();
+        let records: Vec<Record> = records
+            .into_iter()
+            .enumerate()
+            .map(|(i, (key, value))| Record {
+                transactional: false,
+                control: false,
+                delete_horizon: false,
+                partition_leader_epoch: 0,
+                producer_id: -1,
+                producer_epoch: -1,
+                timestamp_type: TimestampType::Creation,
+                offset: i as i64,
+                sequence: -1,
+                timestamp: now,
+                key: Some(Bytes::from(key)),
+                value: value.map(Bytes::from),
+                headers: Default::default(),
+            })
+            .collect();
+        let mut buf = BytesMut::new();
+        let options = RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        };
+        RecordBatchEncoder::encode(&mut buf, &records, &options).map_err(|e| e.to_string())?;
+        let batches = batch::validate_produce(&buf, usize::MAX).map_err(|e| e.to_string())?;
+        let info = target
+            .log
+            .append_as_leader(&buf, &batches, target.leader_epoch, now)
+            .map_err(|e| e.to_string())?;
+        target.log.update_high_watermark(info.last_offset + 1);
+        target.appended.notify_waiters();
+        Ok(())
+    }
+}
+
+/// Replays every partition of the offsets topic into the coordinator.
+pub fn load(topics: &TopicManager, groups: &GroupCoordinator) -> Result<(), BrokerError> {
+    let Some(topic) = topics.get(TOPIC) else {
+        return Ok(());
+    };
+    let mut loaded = 0usize;
+    for partition in &topic.partitions {
+        let mut offset = partition.log.offsets().log_start_offset;
+        loop {
+            let read = partition.log.read(offset, LOAD_READ_BYTES, true)?;
+            let Some(slice) = read.slice else { break };
+            let bytes = slice.read_to_vec()?;
+            let mut complete = 0;
+            while let Some(b) = batch::BatchOffsets::parse(&bytes[complete..]) {
+                if complete + b.size_bytes > bytes.len() {
+                    break;
+                }
+                complete += b.size_bytes;
+                offset = b.last_offset() + 1;
+            }
+            let mut buf = Bytes::from(bytes).slice(..complete);
+            let sets =
+                RecordBatchDecoder::decode_all(&mut buf).map_err(|e| BrokerError::LogDir {
+                    path: partition.log.dir().display().to_string(),
+                    reason: format!("undecodable batch in {TOPIC}: {e}"),
+                })?;
+            for record in sets.iter().flat_map(|s| s.records.iter()) {
+                if let Some(key) = &record.key {
+                    groups.replay(key, record.value.as_deref());
+                    loaded += 1;
+                }
+            }
+            if complete == 0 {
+                break;
+            }
+        }
+    }
+    info!(records = loaded, "loaded consumer groups from {TOPIC}");
+    Ok(())
+}
