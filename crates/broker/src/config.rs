@@ -65,6 +65,8 @@ static KEYS: &[KeyDef] = &[
     key("group.max.session.timeout.ms", "1800000", I, Check::AtLeast(0), "Largest session timeout a member may ask for."),
     key("group.max.size", "2147483647", I, Check::AtLeast(1), "Most members a group may have."),
     key("offset.metadata.max.bytes", "4096", I, Check::AtLeast(0), "Largest metadata string of a committed offset."),
+    key("offsets.retention.minutes", "10080", I, Check::AtLeast(1), "How long the offsets of an empty group are kept."),
+    key("offsets.retention.check.interval.ms", "600000", Lg, Check::AtLeast(1), "How often expired offsets are removed."),
     key(
         "node.id",
         "1",
@@ -528,6 +530,8 @@ pub struct BrokerConfig {
     pub group_max_session_timeout_ms: i32,
     pub group_max_size: i32,
     pub offset_metadata_max_bytes: i32,
+    pub offsets_retention_minutes: i32,
+    pub offsets_retention_check_interval_ms: i64,
     /// `queued.max.request.bytes`: -1 for no limit.
     pub queued_max_request_bytes: i64,
     /// Effective text value of every implemented key, derived ones resolved.
@@ -673,6 +677,8 @@ impl BrokerConfig {
             group_max_session_timeout_ms: int("group.max.session.timeout.ms") as i32,
             group_max_size: int("group.max.size") as i32,
             offset_metadata_max_bytes: int("offset.metadata.max.bytes") as i32,
+            offsets_retention_minutes: int("offsets.retention.minutes") as i32,
+            offsets_retention_check_interval_ms: int("offsets.retention.check.interval.ms"),
             values,
             explicit,
         })

@@ -103,6 +103,7 @@ pub fn load(topics: &TopicManager, groups: &GroupCoordinator) -> Result<(), Brok
     let Some(topic) = topics.get(TOPIC) else {
         return Ok(());
     };
+    let started = std::time::Instant::now();
     let mut loaded = 0usize;
     for partition in &topic.partitions {
         let mut offset = partition.log.offsets().log_start_offset;
@@ -135,6 +136,10 @@ pub fn load(topics: &TopicManager, groups: &GroupCoordinator) -> Result<(), Brok
             }
         }
     }
-    info!(records = loaded, "loaded consumer groups from {TOPIC}");
+    info!(
+        records = loaded,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "loaded consumer groups from {TOPIC}"
+    );
     Ok(())
 }

@@ -192,11 +192,28 @@ fn coordinator_config(config: &BrokerConfig) -> CoordinatorConfig {
 
 /// Expires group members whose session timed out and completes rebalances whose deadline
 /// passed.
+/// Every `offsets.retention.check.interval.ms`, removes the offsets of groups that have been
+/// empty for `offsets.retention.minutes`.
 async fn group_timer_loop(broker: Arc<Broker>) {
     let mut ticker = tokio::time::interval(Duration::from_millis(GROUP_TIMER_INTERVAL_MS));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let retention_check =
+        Duration::from_millis(broker.config.offsets_retention_check_interval_ms.max(1) as u64);
+    let retention_ms = i64::from(broker.config.offsets_retention_minutes) * 60_000;
+    let mut next_retention_check = tokio::time::Instant::now() + retention_check;
     loop {
         ticker.tick().await;
         broker.groups.tick();
+        if tokio::time::Instant::now() >= next_retention_check {
+            next_retention_check += retention_check;
+            let groups = Arc::clone(&broker.groups);
+            let expired = tokio::task::spawn_blocking(move || {
+                groups.expire_offsets(crate::topics::now_ms(), retention_ms)
+            })
+            .await;
+            if let Ok(n @ 1..) = expired {
+                info!(offsets = n, "expired committed offsets of empty groups");
+            }
+        }
     }
 }

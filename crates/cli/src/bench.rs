@@ -28,6 +28,32 @@ enum Mode {
     Produce(ProduceArgs),
     /// Read a topic from the start and report throughput (and broker CPU with --broker-pid).
     Consume(ConsumeArgs),
+    /// Time a consumer group's first rebalance: N consumers subscribe at once.
+    Rebalance(RebalanceArgs),
+    /// Commit many offsets (COMMITS rounds over every partition of a topic) for one group.
+    Commit(CommitArgs),
+}
+
+#[derive(clap::Args)]
+struct RebalanceArgs {
+    #[command(flatten)]
+    common: Common,
+    #[arg(long, default_value_t = 10)]
+    consumers: usize,
+    #[arg(long, default_value_t = 100)]
+    partitions: i32,
+}
+
+#[derive(clap::Args)]
+struct CommitArgs {
+    #[command(flatten)]
+    common: Common,
+    #[arg(long, default_value_t = 1000)]
+    partitions: i32,
+    #[arg(long, default_value_t = 1000)]
+    commits: i64,
+    #[arg(long, default_value = "strom-bench-commits")]
+    group: String,
 }
 
 #[derive(clap::Args)]
@@ -83,6 +109,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.mode {
         Mode::Produce(a) => produce(a),
         Mode::Consume(a) => consume(a),
+        Mode::Rebalance(a) => rebalance(a),
+        Mode::Commit(a) => commit(a),
     }
 }
 
@@ -351,4 +379,75 @@ fn cpu_used(pid: Option<u32>, before: Option<f64>, elapsed: f64) -> String {
         },
         _ => String::new(),
     }
+}
+
+fn rebalance(a: RebalanceArgs) -> anyhow::Result<()> {
+    ensure_topic(&a.common.bootstrap, &a.common.topic, a.partitions)?;
+    let group = format!("strom-bench-rebalance-{}", std::process::id());
+    let consumers: Vec<BaseConsumer> = (0..a.consumers)
+        .map(|_| {
+            ClientConfig::new()
+                .set("bootstrap.servers", &a.common.bootstrap)
+                .set("group.id", &group)
+                .set("enable.auto.commit", "false")
+                .create()
+                .context("creating consumer")
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let started = Instant::now();
+    for c in &consumers {
+        c.subscribe(&[&a.common.topic])?;
+    }
+    let fair = a.partitions as usize / a.consumers.max(1);
+    loop {
+        if started.elapsed() > Duration::from_secs(120) {
+            bail!("the group did not settle in 120 s");
+        }
+        for c in &consumers {
+            if let Some(Err(e)) = c.poll(Duration::from_millis(1)) {
+                bail!("consumer error: {e}");
+            }
+        }
+        let counts: Vec<usize> = consumers
+            .iter()
+            .map(|c| c.assignment().map(|t| t.count()).unwrap_or(0))
+            .collect();
+        if counts.iter().sum::<usize>() == a.partitions as usize
+            && counts.iter().all(|n| *n >= fair)
+        {
+            break;
+        }
+    }
+    println!(
+        "rebalance consumers={} partitions={} first_assignment_s={:.3}",
+        a.consumers,
+        a.partitions,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn commit(a: CommitArgs) -> anyhow::Result<()> {
+    ensure_topic(&a.common.bootstrap, &a.common.topic, a.partitions)?;
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &a.common.bootstrap)
+        .set("group.id", &a.group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .context("creating consumer")?;
+    let started = Instant::now();
+    for round in 0..a.commits {
+        let mut offsets = TopicPartitionList::new();
+        for p in 0..a.partitions {
+            offsets.add_partition_offset(&a.common.topic, p, Offset::Offset(round))?;
+        }
+        consumer.commit(&offsets, rdkafka::consumer::CommitMode::Sync)?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let total = a.commits * i64::from(a.partitions);
+    println!(
+        "commit offsets={total} elapsed_s={elapsed:.2} offsets_per_s={:.0}",
+        total as f64 / elapsed
+    );
+    Ok(())
 }

@@ -209,6 +209,11 @@ struct Group {
     rebalance_deadline: Option<Instant>,
     initial_delay_until: Option<Instant>,
     offsets: BTreeMap<(String, i32), CommittedOffset>,
+    /// When each offset was committed (ms since the epoch), for retention.
+    offset_times: BTreeMap<(String, i32), i64>,
+    /// When the group last became empty (ms since the epoch); offsets of an empty group
+    /// expire `offsets.retention.minutes` after it (KIP-211).
+    empty_since_ms: Option<i64>,
     next_seq: u64,
 }
 
@@ -227,6 +232,8 @@ impl Group {
             rebalance_deadline: None,
             initial_delay_until: None,
             offsets: BTreeMap::new(),
+            offset_times: BTreeMap::new(),
+            empty_since_ms: None,
             next_seq: 0,
         }
     }
@@ -330,6 +337,8 @@ impl GroupCoordinator {
                 g.generation = v.generation;
                 g.protocol_type = Some(v.protocol_type).filter(|p| !p.is_empty());
                 g.protocol = v.protocol;
+                // A loaded group has no members until they rejoin.
+                g.empty_since_ms = Some(v.state_timestamp_ms);
             }
             OffsetsRecord::Group { group, value: None } => {
                 groups.remove(&group);
@@ -613,6 +622,7 @@ impl GroupCoordinator {
         group.generation += 1;
         if group.members.is_empty() {
             group.state = GroupState::Empty;
+            group.empty_since_ms = Some(wall_ms());
             group.protocol = None;
             group.leader = None;
             let _ = self.persist(
@@ -964,6 +974,9 @@ impl GroupCoordinator {
         }
         for ((topic, partition, offset), code) in offsets.into_iter().zip(&codes) {
             if *code == 0 {
+                group
+                    .offset_times
+                    .insert((topic.clone(), partition), now_ms);
                 group.offsets.insert((topic, partition), offset);
             }
         }
@@ -971,6 +984,64 @@ impl GroupCoordinator {
             member.last_heartbeat = Instant::now();
         }
         codes
+    }
+
+    /// Expires the offsets of empty groups: those committed (or whose group became empty)
+    /// `retention_ms` or more before `now_ms`, as Kafka's `offsets.retention.minutes`.
+    /// A group left with no offsets and no members is removed. Returns offsets expired.
+    pub fn expire_offsets(&self, now_ms: i64, retention_ms: i64) -> usize {
+        let mut groups = self.groups.lock();
+        let mut expired_total = 0;
+        let mut removed = Vec::new();
+        for group in groups.values_mut() {
+            if !group.members.is_empty() || group.state != GroupState::Empty {
+                continue;
+            }
+            let expired: Vec<(String, i32)> = group
+                .offsets
+                .keys()
+                .filter(|key| {
+                    let committed = group.offset_times.get(*key).copied().unwrap_or(0);
+                    let since = group
+                        .empty_since_ms
+                        .map_or(committed, |empty| empty.max(committed));
+                    now_ms.saturating_sub(since) >= retention_ms
+                })
+                .cloned()
+                .collect();
+            let drop_group = expired.len() == group.offsets.len();
+            let mut records: Vec<OffsetsRecord> = expired
+                .iter()
+                .map(|(t, p)| OffsetsRecord::Offset {
+                    group: group.id.clone(),
+                    topic: t.clone(),
+                    partition: *p,
+                    value: None,
+                })
+                .collect();
+            if drop_group {
+                records.push(OffsetsRecord::Group {
+                    group: group.id.clone(),
+                    value: None,
+                });
+            }
+            if records.is_empty() || self.persist(&group.id, records).is_err() {
+                continue;
+            }
+            for key in &expired {
+                group.offsets.remove(key);
+                group.offset_times.remove(key);
+            }
+            expired_total += expired.len();
+            if drop_group {
+                removed.push(group.id.clone());
+            }
+        }
+        for id in removed {
+            info!(group = %id, "removed empty group whose offsets expired");
+            groups.remove(&id);
+        }
+        expired_total
     }
 
     /// Committed offsets of a group: those asked for, or all with `None`.
@@ -1122,6 +1193,7 @@ impl GroupCoordinator {
         for ((topic, partition), code) in partitions.iter().zip(&codes) {
             if *code == 0 {
                 group.offsets.remove(&(topic.clone(), *partition));
+                group.offset_times.remove(&(topic.clone(), *partition));
             }
         }
         Ok(codes)
@@ -1157,4 +1229,95 @@ fn select_protocol(group: &Group) -> String {
         .max_by_key(|(_, v)| *v)
         .map(|(n, _)| n.clone())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Written = Vec<(i32, Vec<u8>, Option<Vec<u8>>)>;
+
+    /// Keeps what the coordinator writes, for replay.
+    #[derive(Default)]
+    struct MemoryLog(Mutex<Written>);
+
+    impl OffsetsLog for MemoryLog {
+        fn append(
+            &self,
+            partition: i32,
+            records: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+        ) -> Result<(), String> {
+            self.0
+                .lock()
+                .extend(records.into_iter().map(|(k, v)| (partition, k, v)));
+            Ok(())
+        }
+    }
+
+    fn offset(n: i64) -> CommittedOffset {
+        CommittedOffset {
+            offset: n,
+            leader_epoch: -1,
+            metadata: String::new(),
+        }
+    }
+
+    #[test]
+    fn offsets_of_an_empty_group_expire_after_the_retention_and_the_group_goes() {
+        let log = Arc::new(MemoryLog::default());
+        let coordinator = GroupCoordinator::new(CoordinatorConfig::default(), log.clone());
+        let codes = coordinator.commit_offsets(
+            "simple",
+            -1,
+            "",
+            None,
+            vec![("t".into(), 0, offset(5)), ("t".into(), 1, offset(7))],
+        );
+        assert_eq!(codes, vec![0, 0]);
+        let now = wall_ms();
+        assert_eq!(coordinator.expire_offsets(now, 60_000), 0, "not yet");
+        assert_eq!(coordinator.expire_offsets(now + 60_000, 60_000), 2);
+        assert!(coordinator.fetch_offsets("simple", None).is_empty());
+        assert!(
+            coordinator.list_groups().is_empty(),
+            "the group went with its last offset"
+        );
+        // The tombstones replay to the same state.
+        let replayed =
+            GroupCoordinator::new(CoordinatorConfig::default(), Arc::new(MemoryLog::default()));
+        for (_, k, v) in log.0.lock().iter() {
+            replayed.replay(k, v.as_deref());
+        }
+        assert!(replayed.fetch_offsets("simple", None).is_empty());
+        assert!(replayed.list_groups().is_empty());
+    }
+
+    #[test]
+    fn replay_rebuilds_committed_offsets_and_groups() {
+        let log = Arc::new(MemoryLog::default());
+        let coordinator = GroupCoordinator::new(CoordinatorConfig::default(), log.clone());
+        coordinator.commit_offsets("g", -1, "", None, vec![("t".into(), 0, offset(1))]);
+        coordinator.commit_offsets(
+            "g",
+            -1,
+            "",
+            None,
+            vec![("t".into(), 0, offset(9)), ("u".into(), 3, offset(4))],
+        );
+        let replayed =
+            GroupCoordinator::new(CoordinatorConfig::default(), Arc::new(MemoryLog::default()));
+        for (partition, k, v) in log.0.lock().iter() {
+            assert_eq!(*partition, records::partition_for("g", 50));
+            replayed.replay(k, v.as_deref());
+        }
+        let mut got = replayed.fetch_offsets("g", None);
+        got.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        assert_eq!(
+            got,
+            vec![
+                ("t".into(), 0, Some(offset(9))),
+                ("u".into(), 3, Some(offset(4)))
+            ]
+        );
+    }
 }
