@@ -96,18 +96,24 @@ fn server(config_path: Option<std::path::PathBuf>, overrides: Vec<String>) -> Ex
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(strom_broker::server::run(
-        config,
-        shutdown_signal(),
-        |running| {
+    // Signal handlers are installed before the broker starts: a SIGTERM that arrives right
+    // after the listening line must still shut down cleanly, not kill the process.
+    let result = runtime.block_on(async {
+        let Some(shutdown) = shutdown_signal() else {
+            return Err(strom_broker::BrokerError::Config(
+                "cannot install signal handlers".into(),
+            ));
+        };
+        strom_broker::server::run(config, shutdown, |running| {
             // One machine-readable line on stdout: scripts and tests wait for it.
             println!(
                 "strom listening on {} cluster.id={}",
                 running.local_addr, running.cluster_id
             );
             let _ = std::io::stdout().flush();
-        },
-    ));
+        })
+        .await
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -117,17 +123,15 @@ fn server(config_path: Option<std::path::PathBuf>, overrides: Vec<String>) -> Ex
     }
 }
 
-async fn shutdown_signal() {
+/// Installs SIGTERM and SIGINT handlers now and returns the future that completes on either.
+fn shutdown_signal() -> Option<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
-    }
+    let mut term = signal(SignalKind::terminate()).ok()?;
+    let mut int = signal(SignalKind::interrupt()).ok()?;
+    Some(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+    })
 }
