@@ -187,6 +187,9 @@ fn coordinator_config(config: &BrokerConfig) -> CoordinatorConfig {
         max_session_timeout_ms: config.group_max_session_timeout_ms,
         offset_metadata_max_bytes: config.offset_metadata_max_bytes.max(0) as usize,
         max_group_size: config.group_max_size.max(1) as usize,
+        consumer_session_timeout_ms: config.group_consumer_session_timeout_ms.max(1) as u64,
+        consumer_heartbeat_interval_ms: config.group_consumer_heartbeat_interval_ms.max(1),
+        consumer_max_size: config.group_consumer_max_size.max(1) as usize,
     }
 }
 
@@ -204,6 +207,7 @@ async fn group_timer_loop(broker: Arc<Broker>) {
     loop {
         ticker.tick().await;
         broker.groups.tick();
+        broker.groups.expire_consumer_members(&*broker.topics);
         if tokio::time::Instant::now() >= next_retention_check {
             next_retention_check += retention_check;
             let groups = Arc::clone(&broker.groups);

@@ -536,6 +536,12 @@ fn remove_if_exists(path: &Path) -> std::io::Result<()> {
     }
 }
 
+impl strom_coordinator::consumer_group::TopicMetadata for TopicManager {
+    fn topic(&self, name: &str) -> Option<(Uuid, i32)> {
+        self.get(name).map(|t| (t.id, t.partitions.len() as i32))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -454,3 +454,109 @@ while True:
     poll_until(&[&survivor], &mut seen, |_| assigned(&survivor) == 4);
     assert!(broker.log().contains("member session expired"));
 }
+
+#[test]
+fn kip_848_heartbeats_assign_partitions_and_get_kafkas_error_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), FAST_GROUPS);
+    create_topic(&broker.addr, "t848", 3);
+    let mut c = RawClient::connect(&broker.addr);
+    let hb = |group: &str, member: &str, epoch: i32| {
+        ConsumerGroupHeartbeatRequest::default()
+            .with_group_id(GroupId(s(group)))
+            .with_member_id(s(member))
+            .with_member_epoch(epoch)
+            .with_rebalance_timeout_ms(30_000)
+            .with_subscribed_topic_names(Some(vec![TopicName(s("t848"))]))
+            .with_topic_partitions(Some(vec![]))
+    };
+    let send = |c: &mut RawClient, req: ConsumerGroupHeartbeatRequest| {
+        c.send(ApiKey::ConsumerGroupHeartbeat, 1, &req);
+        c.recv::<ConsumerGroupHeartbeatResponse>(1)
+    };
+    assert_eq!(
+        send(&mut c, hb("", "m1", 0)).error_code,
+        E::InvalidRequest.code()
+    );
+    assert_eq!(
+        send(
+            &mut c,
+            hb("g848", "m1", 0).with_server_assignor(Some(s("sticky-ish")))
+        )
+        .error_code,
+        E::UnsupportedAssignor.code()
+    );
+    assert_eq!(
+        send(
+            &mut c,
+            hb("g848", "m1", 0).with_subscribed_topic_regex(Some(s("t.*")))
+        )
+        .error_code,
+        E::InvalidRequest.code()
+    );
+    let joined = send(&mut c, hb("g848", "m1", 0));
+    assert_eq!(joined.error_code, 0);
+    let epoch = joined.member_epoch;
+    let partitions: usize = joined
+        .assignment
+        .as_ref()
+        .unwrap()
+        .topic_partitions
+        .iter()
+        .map(|t| t.partitions.len())
+        .sum();
+    assert_eq!(partitions, 3, "a lone member gets every partition");
+    assert_eq!(
+        send(&mut c, hb("g848", "m1", epoch + 3)).error_code,
+        E::FencedMemberEpoch.code()
+    );
+    assert_eq!(
+        send(&mut c, hb("g848", "ghost", 5)).error_code,
+        E::UnknownMemberId.code()
+    );
+    // A classic member cannot join a group run by the new protocol.
+    assert_eq!(
+        join(&mut c, 9, "g848", "", None, "consumer").error_code,
+        E::InconsistentGroupProtocol.code()
+    );
+    // Commits must carry the member's current epoch.
+    let commit = |epoch: i32| {
+        OffsetCommitRequest::default()
+            .with_group_id(GroupId(s("g848")))
+            .with_generation_id_or_member_epoch(epoch)
+            .with_member_id(s("m1"))
+            .with_topics(vec![OffsetCommitRequestTopic::default()
+                .with_name(TopicName(s("t848")))
+                .with_partitions(vec![OffsetCommitRequestPartition::default()
+                    .with_partition_index(0)
+                    .with_committed_offset(1)])])
+    };
+    c.send(ApiKey::OffsetCommit, 9, &commit(epoch - 1));
+    assert_eq!(
+        c.recv::<OffsetCommitResponse>(9).topics[0].partitions[0].error_code,
+        E::StaleMemberEpoch.code()
+    );
+    c.send(ApiKey::OffsetCommit, 9, &commit(epoch));
+    assert_eq!(
+        c.recv::<OffsetCommitResponse>(9).topics[0].partitions[0].error_code,
+        0
+    );
+    c.send(
+        ApiKey::ConsumerGroupDescribe,
+        1,
+        &ConsumerGroupDescribeRequest::default()
+            .with_group_ids(vec![GroupId(s("g848")), GroupId(s("none"))]),
+    );
+    let described: ConsumerGroupDescribeResponse = c.recv(1);
+    assert_eq!(
+        (
+            described.groups[0].group_state.as_str(),
+            described.groups[0].members.len()
+        ),
+        ("Stable", 1)
+    );
+    assert_eq!(described.groups[1].error_code, E::GroupIdNotFound.code());
+    // Leaving (epoch -1) empties the group.
+    let left = send(&mut c, hb("g848", "m1", -1));
+    assert_eq!((left.error_code, left.member_epoch), (0, -1));
+}

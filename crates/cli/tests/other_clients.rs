@@ -15,9 +15,16 @@ fn env(name: &str) -> String {
 }
 
 /// Runs a client check program against a fresh broker; it must exit 0 and print `ok_line`.
+/// Group settings are shortened so that rebalances take heartbeats of half a second.
 fn check(mut command: Command, ok_line: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(dir.path(), &[]);
+    let broker = Broker::start(
+        dir.path(),
+        &[
+            "group.consumer.heartbeat.interval.ms=500",
+            "group.initial.rebalance.delay.ms=0",
+        ],
+    );
     let output = command
         .arg(&broker.addr)
         .output()
@@ -42,7 +49,7 @@ fn kafka_python_and_confluent_kafka_produce_consume_and_administer() {
 }
 
 #[test]
-fn the_java_client_produces_consumes_and_administers() {
+fn the_java_client_produces_consumes_in_classic_and_kip_848_groups_and_administers() {
     let mut command = Command::new("java");
     command
         .arg("-cp")

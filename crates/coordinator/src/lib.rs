@@ -11,9 +11,10 @@
 //! The coordinator never opens sockets or files itself and never decides partition
 //! assignment: the group leader's client does (client-side assignors pass through untouched).
 
+pub mod consumer_group;
 pub mod records;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,6 +53,12 @@ pub struct CoordinatorConfig {
     pub offset_metadata_max_bytes: usize,
     /// `group.max.size`
     pub max_group_size: usize,
+    /// `group.consumer.session.timeout.ms` (KIP-848 groups)
+    pub consumer_session_timeout_ms: u64,
+    /// `group.consumer.heartbeat.interval.ms`
+    pub consumer_heartbeat_interval_ms: i32,
+    /// `group.consumer.max.size`
+    pub consumer_max_size: usize,
 }
 
 impl Default for CoordinatorConfig {
@@ -63,6 +70,9 @@ impl Default for CoordinatorConfig {
             max_session_timeout_ms: 1_800_000,
             offset_metadata_max_bytes: 4096,
             max_group_size: i32::MAX as usize,
+            consumer_session_timeout_ms: 45_000,
+            consumer_heartbeat_interval_ms: 5_000,
+            consumer_max_size: i32::MAX as usize,
         }
     }
 }
@@ -158,6 +168,25 @@ pub struct GroupDescription {
     pub members: Vec<MemberDescription>,
 }
 
+/// A group as ListGroups shows it.
+#[derive(Debug, Clone)]
+pub struct ListedGroup {
+    pub id: String,
+    pub protocol_type: String,
+    pub state: &'static str,
+    pub group_type: &'static str,
+}
+
+/// A KIP-848 group's description: members with their current and target assignments.
+#[derive(Debug, Clone)]
+pub struct ConsumerGroupSnapshot {
+    pub state: &'static str,
+    pub epoch: i32,
+    pub assignment_epoch: i32,
+    pub assignor: String,
+    pub members: Vec<(consumer_group::ConsumerMember, consumer_group::Assignment)>,
+}
+
 /// A committed offset.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommittedOffset {
@@ -214,7 +243,17 @@ struct Group {
     /// When the group last became empty (ms since the epoch); offsets of an empty group
     /// expire `offsets.retention.minutes` after it (KIP-211).
     empty_since_ms: Option<i64>,
+    /// Membership when the group uses the KIP-848 protocol (offsets stay in this struct).
+    consumer: Option<consumer_group::ConsumerGroup>,
     next_seq: u64,
+}
+
+impl Group {
+    fn has_consumer_members(&self) -> bool {
+        self.consumer
+            .as_ref()
+            .is_some_and(|c| !c.members.is_empty())
+    }
 }
 
 impl Group {
@@ -234,6 +273,7 @@ impl Group {
             offsets: BTreeMap::new(),
             offset_times: BTreeMap::new(),
             empty_since_ms: None,
+            consumer: None,
             next_seq: 0,
         }
     }
@@ -386,6 +426,9 @@ impl GroupCoordinator {
             .or_insert_with(|| Group::new(&req.group_id));
         if group.state == GroupState::Dead {
             return fail(E::CoordinatorNotAvailable);
+        }
+        if group.has_consumer_members() {
+            return fail(E::InconsistentGroupProtocol);
         }
         if !group.supports(&req.protocol_type, &req.protocols) {
             return fail(E::InconsistentGroupProtocol);
@@ -923,7 +966,13 @@ impl GroupCoordinator {
             }
         }
         let simple = generation_id < 0 && member_id.is_empty();
-        if simple {
+        if let Some(consumer) = group.consumer.as_ref().filter(|c| !c.members.is_empty()) {
+            match consumer.members.get(member_id) {
+                None => return all(E::UnknownMemberId),
+                Some(m) if m.epoch != generation_id => return all(E::StaleMemberEpoch),
+                Some(_) => {}
+            }
+        } else if simple {
             if group.state != GroupState::Empty {
                 return all(E::UnknownMemberId);
             }
@@ -994,7 +1043,10 @@ impl GroupCoordinator {
         let mut expired_total = 0;
         let mut removed = Vec::new();
         for group in groups.values_mut() {
-            if !group.members.is_empty() || group.state != GroupState::Empty {
+            if !group.members.is_empty()
+                || group.state != GroupState::Empty
+                || group.has_consumer_members()
+            {
                 continue;
             }
             let expired: Vec<(String, i32)> = group
@@ -1074,22 +1126,103 @@ impl GroupCoordinator {
         }
     }
 
-    /// Groups with their protocol type and state.
-    pub fn list_groups(&self) -> Vec<(String, String, GroupState)> {
+    /// Every group: id, protocol type, state name and group type (classic or consumer).
+    pub fn list_groups(&self) -> Vec<ListedGroup> {
         let groups = self.groups.lock();
-        let mut list: Vec<_> = groups
+        let mut list: Vec<ListedGroup> = groups
             .values()
             .filter(|g| g.state != GroupState::Dead)
-            .map(|g| {
-                (
-                    g.id.clone(),
-                    g.protocol_type.clone().unwrap_or_default(),
-                    g.state,
-                )
-            })
+            .map(
+                |g| match g.consumer.as_ref().filter(|c| !c.members.is_empty()) {
+                    Some(c) => ListedGroup {
+                        id: g.id.clone(),
+                        protocol_type: "consumer".into(),
+                        state: c.state(),
+                        group_type: "consumer",
+                    },
+                    None => ListedGroup {
+                        id: g.id.clone(),
+                        protocol_type: g.protocol_type.clone().unwrap_or_default(),
+                        state: g.state.name(),
+                        group_type: if g.consumer.is_some() {
+                            "consumer"
+                        } else {
+                            "classic"
+                        },
+                    },
+                },
+            )
             .collect();
-        list.sort_by(|a, b| a.0.cmp(&b.0));
+        list.sort_by(|a, b| a.id.cmp(&b.id));
         list
+    }
+
+    /// ConsumerGroupHeartbeat (KIP-848).
+    pub fn consumer_heartbeat(
+        &self,
+        group_id: &str,
+        hb: consumer_group::Heartbeat,
+        topics: &dyn consumer_group::TopicMetadata,
+    ) -> consumer_group::HeartbeatResult {
+        use consumer_group::HeartbeatResult;
+        if group_id.is_empty() {
+            return HeartbeatResult::error(E::InvalidRequest, "GroupId can't be empty.");
+        }
+        let mut groups = self.groups.lock();
+        let group = groups
+            .entry(group_id.to_string())
+            .or_insert_with(|| Group::new(group_id));
+        if !group.members.is_empty() {
+            return HeartbeatResult::error(
+                E::GroupIdNotFound,
+                &format!("Group {group_id} is not a consumer group."),
+            );
+        }
+        let consumer = group
+            .consumer
+            .get_or_insert_with(|| consumer_group::ConsumerGroup::new(group_id));
+        let was_empty = consumer.members.is_empty();
+        let result = consumer.heartbeat(hb, topics, self.config.consumer_max_size);
+        if consumer.members.is_empty() && !was_empty {
+            group.empty_since_ms = Some(wall_ms());
+        }
+        result
+    }
+
+    /// Expires KIP-848 members whose session ran out.
+    pub fn expire_consumer_members(&self, topics: &dyn consumer_group::TopicMetadata) {
+        let timeout = Duration::from_millis(self.config.consumer_session_timeout_ms);
+        let mut groups = self.groups.lock();
+        for group in groups.values_mut() {
+            let Some(consumer) = group.consumer.as_mut() else {
+                continue;
+            };
+            let expired = consumer.expire(timeout, topics);
+            for id in &expired {
+                info!(group = %group.id, member = %id, "consumer group member session expired");
+            }
+            if !expired.is_empty() && consumer.members.is_empty() {
+                group.empty_since_ms = Some(wall_ms());
+            }
+        }
+    }
+
+    /// A KIP-848 group as ConsumerGroupDescribe shows it; `None` if there is no such group.
+    pub fn describe_consumer_group(&self, group_id: &str) -> Option<ConsumerGroupSnapshot> {
+        let groups = self.groups.lock();
+        let g = groups.get(group_id)?;
+        let c = g.consumer.as_ref()?;
+        Some(ConsumerGroupSnapshot {
+            state: c.state(),
+            epoch: c.epoch,
+            assignment_epoch: c.target_epoch,
+            assignor: c.assignor().to_string(),
+            members: c
+                .members
+                .values()
+                .map(|m| (m.clone(), c.target.get(&m.id).cloned().unwrap_or_default()))
+                .collect(),
+        })
     }
 
     pub fn describe(&self, group_id: &str) -> Option<GroupDescription> {
@@ -1130,7 +1263,10 @@ impl GroupCoordinator {
         let Some(group) = groups.get(group_id) else {
             return E::GroupIdNotFound.code();
         };
-        if !group.members.is_empty() || group.state != GroupState::Empty {
+        if !group.members.is_empty()
+            || group.state != GroupState::Empty
+            || group.has_consumer_members()
+        {
             return E::NonEmptyGroup.code();
         }
         let mut records: Vec<OffsetsRecord> = group
@@ -1172,10 +1308,21 @@ impl GroupCoordinator {
             .values()
             .map(|m| m.metadata_for(&protocol))
             .collect();
+        let consumer_topics: BTreeSet<String> = group
+            .consumer
+            .iter()
+            .flat_map(|c| {
+                c.members
+                    .values()
+                    .flat_map(|m| m.subscribed.iter().cloned())
+            })
+            .collect();
         let mut codes = Vec::with_capacity(partitions.len());
         let mut records = Vec::new();
         for (topic, partition) in partitions {
-            if !metadata.is_empty() && subscribed(&metadata, topic) {
+            if (!metadata.is_empty() && subscribed(&metadata, topic))
+                || consumer_topics.contains(topic)
+            {
                 codes.push(E::GroupSubscribedToTopic.code());
                 continue;
             }

@@ -42,6 +42,8 @@ pub const SUPPORTED: &[ApiSupport] = &[
     api(ApiKey::DescribeCluster, 0, 0, 1),
     api(ApiKey::DeleteGroups, 0, 0, 2),
     api(ApiKey::OffsetDelete, 0, 0, 0),
+    api(ApiKey::ConsumerGroupHeartbeat, 0, 0, 1),
+    api(ApiKey::ConsumerGroupDescribe, 0, 0, 1),
 ];
 
 const fn api(key: ApiKey, advertised_min: i16, served_min: i16, max: i16) -> ApiSupport {

@@ -133,10 +133,81 @@ public class JavaClientCheck {
             admin.deleteConsumerGroups(List.of("java-check-group")).all().get();
         }
 
+        checkConsumerProtocol(common);
+
         try (Admin admin = Admin.create(common)) {
             admin.deleteTopics(List.of(topic)).all().get();
             expect(!admin.listTopics().names().get().contains(topic), "topic deleted");
         }
         System.out.println("JAVA-CLIENT-OK");
+    }
+
+    /// KIP-848: two consumers with group.protocol=consumer split a 4-partition topic by
+    /// server-side assignment, and together read every record exactly once.
+    static void checkConsumerProtocol(Properties common) throws Exception {
+        String topic = "java-848";
+        int n = 1000;
+        try (Admin admin = Admin.create(common)) {
+            admin.createTopics(List.of(new NewTopic(topic, 4, (short) 1))).all().get();
+        }
+        Properties np = new Properties();
+        np.putAll(common);
+        np.put("group.id", "java-848-group");
+        np.put("group.protocol", "consumer");
+        np.put("auto.offset.reset", "earliest");
+        np.put("enable.auto.commit", "false");
+        try (Consumer<String, String> a = new KafkaConsumer<>(np, new StringDeserializer(), new StringDeserializer());
+             Consumer<String, String> b = new KafkaConsumer<>(np, new StringDeserializer(), new StringDeserializer())) {
+            a.subscribe(List.of(topic));
+            b.subscribe(List.of(topic));
+            long deadline = System.currentTimeMillis() + 60_000;
+            List<ConsumerRecord<String, String>> seen = new ArrayList<>();
+            while (System.currentTimeMillis() < deadline
+                    && !(a.assignment().size() + b.assignment().size() == 4 && !a.assignment().isEmpty() && !b.assignment().isEmpty())) {
+                a.poll(Duration.ofMillis(100)).forEach(seen::add);
+                b.poll(Duration.ofMillis(100)).forEach(seen::add);
+            }
+            expect(a.assignment().size() + b.assignment().size() == 4, "all four partitions assigned: " + a.assignment() + " " + b.assignment());
+            expect(!a.assignment().isEmpty() && !b.assignment().isEmpty(), "both members own partitions");
+            Set<TopicPartition> overlap = new HashSet<>(a.assignment());
+            overlap.retainAll(b.assignment());
+            expect(overlap.isEmpty(), "no partition owned twice");
+            Properties pp = new Properties();
+            pp.putAll(common);
+            pp.put("enable.idempotence", "false");
+            try (Producer<String, String> producer = new KafkaProducer<>(pp, new StringSerializer(), new StringSerializer())) {
+                for (int i = 0; i < n; i++) producer.send(new ProducerRecord<>(topic, "k" + i, "v" + i));
+                producer.flush();
+            }
+            Map<Integer, Set<Integer>> owners = new HashMap<>();
+            Set<String> unique = new HashSet<>();
+            deadline = System.currentTimeMillis() + 60_000;
+            while (unique.size() < n && System.currentTimeMillis() < deadline) {
+                for (ConsumerRecord<String, String> r : a.poll(Duration.ofMillis(100))) {
+                    unique.add(r.partition() + "/" + r.offset());
+                    owners.computeIfAbsent(r.partition(), x -> new HashSet<>()).add(0);
+                }
+                for (ConsumerRecord<String, String> r : b.poll(Duration.ofMillis(100))) {
+                    unique.add(r.partition() + "/" + r.offset());
+                    owners.computeIfAbsent(r.partition(), x -> new HashSet<>()).add(1);
+                }
+            }
+            expect(unique.size() == n, "every record read once by the KIP-848 group: " + unique.size());
+            for (Set<Integer> o : owners.values()) expect(o.size() == 1, "each partition read by one member");
+            a.commitSync();
+            b.commitSync();
+            try (Admin admin = Admin.create(common)) {
+                ConsumerGroupDescription group = admin.describeConsumerGroups(List.of("java-848-group")).all().get().get("java-848-group");
+                expect(group.type() == GroupType.CONSUMER, "described as a consumer-protocol group: " + group.type());
+                expect(group.members().size() == 2, "two members described");
+                long committed = 0;
+                for (org.apache.kafka.clients.consumer.OffsetAndMetadata o :
+                        admin.listConsumerGroupOffsets("java-848-group").partitionsToOffsetAndMetadata().get().values()) committed += o.offset();
+                expect(committed == n, "both members committed with their member epochs: " + committed);
+            }
+        }
+        try (Admin admin = Admin.create(common)) {
+            admin.deleteTopics(List.of(topic)).all().get();
+        }
     }
 }

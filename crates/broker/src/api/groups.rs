@@ -151,19 +151,19 @@ pub fn list(broker: &Broker, req: ListGroupsRequest, ctx: &Ctx) -> ListGroupsRes
         .groups
         .list_groups()
         .into_iter()
-        .filter(|(_, _, state)| states.is_empty() || states.contains(&state.name().to_lowercase()))
-        .filter(|_| types.is_empty() || types.iter().any(|t| t == "classic"))
-        .map(|(id, protocol_type, state)| {
-            let mut g = ListedGroup::default()
-                .with_group_id(GroupId(s(&id)))
-                .with_protocol_type(s(&protocol_type));
+        .filter(|g| states.is_empty() || states.contains(&g.state.to_lowercase()))
+        .filter(|g| types.is_empty() || types.iter().any(|t| t == g.group_type))
+        .map(|g| {
+            let mut listed = ListedGroup::default()
+                .with_group_id(GroupId(s(&g.id)))
+                .with_protocol_type(s(&g.protocol_type));
             if ctx.version >= 4 {
-                g.group_state = s(state.name());
+                listed.group_state = s(g.state);
             }
             if ctx.version >= 5 {
-                g.group_type = s("classic");
+                listed.group_type = s(g.group_type);
             }
-            g
+            listed
         })
         .collect();
     ListGroupsResponse::default().with_groups(groups)

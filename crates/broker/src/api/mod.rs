@@ -5,6 +5,7 @@
 //! connection are appended in the order they were sent.
 
 mod api_versions;
+mod consumer_groups;
 mod create_topics;
 mod delete_topics;
 mod describe_cluster;
@@ -79,6 +80,12 @@ pub async fn handle(
         RequestKind::OffsetCommit(req) => ctx.respond(&offsets::commit(broker, req, &ctx)),
         RequestKind::OffsetFetch(req) => ctx.respond(&offsets::fetch(broker, req, &ctx)),
         RequestKind::OffsetDelete(req) => ctx.respond(&offsets::delete(broker, req)),
+        RequestKind::ConsumerGroupHeartbeat(req) => {
+            ctx.respond(&consumer_groups::consumer_heartbeat(broker, req, &ctx))
+        }
+        RequestKind::ConsumerGroupDescribe(req) => {
+            ctx.respond(&consumer_groups::consumer_describe(broker, req, &ctx))
+        }
         RequestKind::FindCoordinator(req) => {
             ctx.respond(&find_coordinator::handle(broker, req, version))
         }
