@@ -113,6 +113,49 @@ def check_confluent_kafka():
     print("confluent-kafka ok")
 
 
+def check_confluent_kip848():
+    """librdkafka's KIP-848 consumer (group.protocol=consumer): two members split a topic."""
+    from confluent_kafka import Consumer, Producer
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
+    admin.create_topics([NewTopic("ck848", num_partitions=4, replication_factor=1)])["ck848"].result(30)
+    conf = {"bootstrap.servers": BOOTSTRAP, "group.id": "ck848-group", "group.protocol": "consumer", "auto.offset.reset": "earliest"}
+    members = [Consumer(conf), Consumer(conf)]
+    for c in members:
+        c.subscribe(["ck848"])
+    deadline = time.time() + 60
+    sizes = [0, 0]
+    while time.time() < deadline:
+        for c in members:
+            c.poll(0.05)
+        sizes = [len(c.assignment()) for c in members]
+        if sum(sizes) == 4 and min(sizes) > 0:
+            break
+    expect(sum(sizes) == 4 and min(sizes) > 0, f"KIP-848 assignment {sizes}")
+    producer = Producer({"bootstrap.servers": BOOTSTRAP})
+    for i in range(400):
+        producer.produce("ck848", value=str(i).encode())
+    producer.flush(30)
+    seen = {}
+    deadline = time.time() + 60
+    while len(seen) < 400 and time.time() < deadline:
+        for i, c in enumerate(members):
+            m = c.poll(0.05)
+            if m is not None and m.error() is None:
+                expect((m.partition(), m.offset()) not in seen, "no record read twice")
+                seen[(m.partition(), m.offset())] = i
+    expect(len(seen) == 400, f"KIP-848 group read {len(seen)} of 400")
+    owners = {}
+    for (p, _), i in seen.items():
+        owners.setdefault(p, set()).add(i)
+    expect(all(len(o) == 1 for o in owners.values()), "each partition read by one member")
+    for c in members:
+        c.close()
+    print("confluent-kafka KIP-848 ok")
+
+
 check_kafka_python()
 check_confluent_kafka()
+check_confluent_kip848()
 print("PYTHON-CLIENTS-OK")

@@ -560,3 +560,93 @@ fn kip_848_heartbeats_assign_partitions_and_get_kafkas_error_codes() {
     let left = send(&mut c, hb("g848", "m1", -1));
     assert_eq!((left.error_code, left.member_epoch), (0, -1));
 }
+
+#[test]
+fn a_fourth_member_joins_and_a_killed_member_is_replaced_without_skipping_records() {
+    let python =
+        std::env::var("STROM_TEST_PYTHON").expect("STROM_TEST_PYTHON: run through scripts/test");
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), FAST_GROUPS);
+    create_topic(&broker.addr, "churn", 6);
+    produce_all(&broker.addr, "churn", "none", &records(1000), "1");
+    // Members commit what they read; the cooperative-sticky assignor rebalances incrementally.
+    let extra: &[(&str, &str)] = &[
+        ("partition.assignment.strategy", "cooperative-sticky"),
+        ("enable.auto.commit", "true"),
+        ("auto.commit.interval.ms", "200"),
+    ];
+    let a = consumer(&broker.addr, "churners", extra);
+    let b = consumer(&broker.addr, "churners", extra);
+    a.subscribe(&["churn"]).unwrap();
+    b.subscribe(&["churn"]).unwrap();
+    // A third member in another process, which never commits and is killed without leaving.
+    let script = r#"
+import sys
+from confluent_kafka import Consumer
+c = Consumer({"bootstrap.servers": sys.argv[1], "group.id": "churners", "session.timeout.ms": 6000,
+              "heartbeat.interval.ms": 500, "enable.auto.commit": False, "auto.offset.reset": "earliest",
+              "partition.assignment.strategy": "cooperative-sticky"})
+c.subscribe(["churn"])
+while True:
+    c.poll(0.1)
+    if len(c.assignment()) > 0:
+        print("OWNS", len(c.assignment()), flush=True)
+"#;
+    let mut killed = std::process::Command::new(python)
+        .args(["-c", script, &broker.addr])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python consumer");
+    // Keep polling the in-process members while waiting for the other process: a member
+    // that does not poll does not rejoin, and the rebalance would wait out its timeout.
+    let (owns_tx, owns_rx) = std::sync::mpsc::channel();
+    let stdout = killed.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+            if line.starts_with("OWNS") && owns_tx.send(()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let owns = std::cell::Cell::new(false);
+    poll_until(&[&a, &b], &mut seen, |_| {
+        owns.set(owns.get() || owns_rx.try_recv().is_ok());
+        owns.get() && assigned(&a) == 2 && assigned(&b) == 2
+    });
+    // A fourth member joins; the six partitions are spread over four.
+    let d = consumer(&broker.addr, "churners", extra);
+    d.subscribe(&["churn"]).unwrap();
+    poll_until(&[&a, &b, &d], &mut seen, |_| {
+        [assigned(&a), assigned(&b), assigned(&d)]
+            .iter()
+            .all(|n| (1..=2).contains(n))
+    });
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    produce_all(&broker.addr, "churn", "none", &records(1000), "1");
+    // After the killed member's session expires its partitions move to the survivors, who
+    // start them from the committed offsets (none: the start), so nothing is skipped.
+    poll_until(&[&a, &b, &d], &mut seen, |_| {
+        assigned(&a) + assigned(&b) + assigned(&d) == 6
+    });
+    poll_until(&[&a, &b, &d], &mut seen, |s| {
+        s.iter()
+            .map(|(_, p, o, _)| (*p, *o))
+            .collect::<BTreeSet<_>>()
+            .len()
+            == 2000
+    });
+    let offsets: BTreeSet<(i32, i64)> = seen.iter().map(|(_, p, o, _)| (*p, *o)).collect();
+    let mut ends = BTreeMap::new();
+    for (p, o) in &offsets {
+        let end = ends.entry(*p).or_insert(0i64);
+        *end = (*end).max(*o + 1);
+    }
+    assert_eq!(
+        ends.values().sum::<i64>(),
+        2000,
+        "the survivors read every offset of every partition"
+    );
+    assert!(broker.log().contains("member session expired"));
+}

@@ -39,7 +39,7 @@ fn check(mut command: Command, ok_line: &str) {
 }
 
 #[test]
-fn kafka_python_and_confluent_kafka_produce_consume_and_administer() {
+fn kafka_python_and_confluent_kafka_produce_consume_in_groups_and_administer() {
     let mut command = Command::new(env("STROM_TEST_PYTHON"));
     command.arg(concat!(
         env!("CARGO_MANIFEST_DIR"),
