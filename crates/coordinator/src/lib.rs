@@ -465,19 +465,13 @@ impl GroupCoordinator {
                 let _ = tx.send(self.join_result_for(group, &req.member_id));
                 return Ok(rx);
             }
-            group
-                .members
-                .get_mut(&req.member_id)
-                .expect("known member")
-                .join_waiter = Some(tx);
-            if group.state != GroupState::PreparingRebalance {
-                self.prepare_rebalance(
-                    group,
-                    now,
-                    "member rejoined with new metadata or as leader",
-                );
-            }
-            self.maybe_complete_join(group, now);
+            self.park_join(
+                group,
+                &req.member_id,
+                tx,
+                now,
+                "member rejoined with new metadata or as leader",
+            );
             return Ok(rx);
         }
         // A new member.
@@ -527,19 +521,13 @@ impl GroupCoordinator {
                         let _ = tx.send(result);
                         return Ok(rx);
                     }
-                    group
-                        .members
-                        .get_mut(&member_id)
-                        .expect("replaced")
-                        .join_waiter = Some(tx);
-                    if group.state != GroupState::PreparingRebalance {
-                        self.prepare_rebalance(
-                            group,
-                            now,
-                            "static member rejoined with new metadata",
-                        );
-                    }
-                    self.maybe_complete_join(group, now);
+                    self.park_join(
+                        group,
+                        &member_id,
+                        tx,
+                        now,
+                        "static member rejoined with new metadata",
+                    );
                     return Ok(rx);
                 }
             }
@@ -584,6 +572,24 @@ impl GroupCoordinator {
         }
         self.maybe_complete_join(group, now);
         Ok(rx)
+    }
+
+    /// Parks a known member's JoinGroup until the rebalance completes, starting one if needed.
+    fn park_join(
+        &self,
+        group: &mut Group,
+        member_id: &str,
+        tx: oneshot::Sender<JoinResult>,
+        now: Instant,
+        reason: &str,
+    ) {
+        if let Some(member) = group.members.get_mut(member_id) {
+            member.join_waiter = Some(tx);
+        }
+        if group.state != GroupState::PreparingRebalance {
+            self.prepare_rebalance(group, now, reason);
+        }
+        self.maybe_complete_join(group, now);
     }
 
     fn join_result_for(&self, group: &Group, member_id: &str) -> JoinResult {
