@@ -540,6 +540,9 @@ pub struct BrokerConfig {
     pub offsets_retention_check_interval_ms: i64,
     /// `queued.max.request.bytes`: -1 for no limit.
     pub queued_max_request_bytes: i64,
+    /// Not a Kafka key: whether unformatted log dirs are formatted at start (the embedded
+    /// default, `strom server` without `--config`) or refused (a node started from a file).
+    pub format_on_start: bool,
     /// Effective text value of every implemented key, derived ones resolved.
     values: BTreeMap<&'static str, String>,
     /// Keys set by the file or an override.
@@ -689,6 +692,7 @@ impl BrokerConfig {
             offset_metadata_max_bytes: int("offset.metadata.max.bytes") as i32,
             offsets_retention_minutes: int("offsets.retention.minutes") as i32,
             offsets_retention_check_interval_ms: int("offsets.retention.check.interval.ms"),
+            format_on_start: true,
             values,
             explicit,
         })

@@ -39,11 +39,15 @@ pub async fn run(
     on_ready: impl FnOnce(&Running),
 ) -> Result<(), BrokerError> {
     let config = Arc::new(config);
-    let cluster_id = storage_format::ensure_formatted(
-        &config.log_dirs,
-        config.node_id,
-        &storage_format::random_cluster_id(),
-    )?;
+    let cluster_id = if config.format_on_start {
+        storage_format::ensure_formatted(
+            &config.log_dirs,
+            config.node_id,
+            &storage_format::random_cluster_id(),
+        )?
+    } else {
+        storage_format::check_formatted(&config.log_dirs, config.node_id)?
+    };
     let listener_cfg = config.client_listener().ok_or_else(|| {
         BrokerError::Config(
             "no client listener in `listeners` (besides controller.listener.names)".into(),

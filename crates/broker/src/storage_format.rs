@@ -31,19 +31,31 @@ fn base64_url(bytes: &[u8]) -> String {
     out
 }
 
-/// Reads the cluster id from formatted log dirs, formatting unformatted ones with
-/// `new_cluster_id` (or the id found in a sibling directory). Errors on a node id or
-/// cluster id mismatch.
-pub fn ensure_formatted(
+/// Whether `id` has the shape of a Kafka cluster id: a 16-byte UUID in unpadded base64url.
+pub fn valid_cluster_id(id: &str) -> bool {
+    id.len() == 22
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// The cluster id of the formatted log dirs (checking node id and cluster id agree) and the
+/// dirs not formatted yet.
+fn read_formatted(
     log_dirs: &[String],
     node_id: i32,
-    new_cluster_id: &str,
-) -> Result<String, BrokerError> {
+) -> Result<(Option<String>, Vec<String>), BrokerError> {
     let mut cluster_id: Option<String> = None;
+    let mut unformatted = Vec::new();
     for dir in log_dirs {
         let path = Path::new(dir).join(META_PROPERTIES);
-        let Ok(text) = std::fs::read_to_string(&path) else {
-            continue;
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                unformatted.push(dir.clone());
+                continue;
+            }
+            Err(e) => return Err(e.into()),
         };
         let props = parse(&text);
         let bad = |reason: String| BrokerError::LogDir {
@@ -72,21 +84,78 @@ pub fn ensure_formatted(
             _ => cluster_id = Some(found_cluster),
         }
     }
-    let cluster_id = cluster_id.unwrap_or_else(|| new_cluster_id.to_string());
-    for dir in log_dirs {
-        let path = Path::new(dir).join(META_PROPERTIES);
-        if path.exists() {
-            continue;
-        }
-        std::fs::create_dir_all(dir)?;
-        let text = format!(
-            "#\n#Written by strom\ncluster.id={cluster_id}\ndirectory.id={}\nnode.id={node_id}\nversion=1\n",
-            base64_url(uuid::Uuid::new_v4().as_bytes())
-        );
-        std::fs::write(&path, text)?;
-        tracing::info!(dir = %dir, cluster_id = %cluster_id, "formatted log directory");
+    Ok((cluster_id, unformatted))
+}
+
+fn write_meta(dir: &str, cluster_id: &str, node_id: i32) -> Result<(), BrokerError> {
+    std::fs::create_dir_all(dir)?;
+    let text = format!(
+        "#\n#Written by strom\ncluster.id={cluster_id}\ndirectory.id={}\nnode.id={node_id}\nversion=1\n",
+        base64_url(uuid::Uuid::new_v4().as_bytes())
+    );
+    strom_storage::checkpoint::write_atomically(&Path::new(dir).join(META_PROPERTIES), &text)?;
+    tracing::info!(dir = %dir, cluster_id = %cluster_id, "formatted log directory");
+    Ok(())
+}
+
+/// The embedded default: formats what is not formatted yet (with the cluster id already in
+/// use, or `new_cluster_id`) and returns the cluster id.
+pub fn ensure_formatted(
+    log_dirs: &[String],
+    node_id: i32,
+    new_cluster_id: &str,
+) -> Result<String, BrokerError> {
+    let (found, unformatted) = read_formatted(log_dirs, node_id)?;
+    let cluster_id = found.unwrap_or_else(|| new_cluster_id.to_string());
+    for dir in &unformatted {
+        write_meta(dir, &cluster_id, node_id)?;
     }
     Ok(cluster_id)
+}
+
+/// A node started from a configuration file: every log dir must have been formatted.
+pub fn check_formatted(log_dirs: &[String], node_id: i32) -> Result<String, BrokerError> {
+    let (found, unformatted) = read_formatted(log_dirs, node_id)?;
+    if let Some(dir) = unformatted.first() {
+        return Err(BrokerError::LogDir {
+            path: dir.clone(),
+            reason: "not formatted: run `strom storage format --cluster-id $(strom storage random-uuid) --config <server.properties>` first".into(),
+        });
+    }
+    found.ok_or_else(|| BrokerError::Config("no log directory configured".into()))
+}
+
+/// `strom storage format`: writes `meta.properties` into every log dir. A dir formatted
+/// already is an error unless `ignore_formatted` (then it must be of the same cluster).
+pub fn format(
+    log_dirs: &[String],
+    node_id: i32,
+    cluster_id: &str,
+    ignore_formatted: bool,
+) -> Result<(), BrokerError> {
+    if !valid_cluster_id(cluster_id) {
+        return Err(BrokerError::Config(format!(
+            "cluster id {cluster_id:?} is not a base64url UUID (use `strom storage random-uuid`)"
+        )));
+    }
+    let (found, unformatted) = read_formatted(log_dirs, node_id)?;
+    if let Some(existing) = found {
+        if !ignore_formatted {
+            return Err(BrokerError::Config(
+                "log directories are already formatted (use --ignore-formatted to skip them)"
+                    .into(),
+            ));
+        }
+        if existing != cluster_id {
+            return Err(BrokerError::Config(format!(
+                "log directories belong to cluster {existing}, not {cluster_id}"
+            )));
+        }
+    }
+    for dir in &unformatted {
+        write_meta(dir, cluster_id, node_id)?;
+    }
+    Ok(())
 }
 
 fn parse(text: &str) -> BTreeMap<String, String> {

@@ -37,6 +37,29 @@ enum Command {
     },
     /// Drive a broker with librdkafka and print throughput and latency percentiles.
     Bench(bench::BenchArgs),
+    /// Prepare log directories, as Kafka's kafka-storage tool.
+    Storage {
+        #[command(subcommand)]
+        command: StorageCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum StorageCommand {
+    /// Print a new random cluster id.
+    RandomUuid,
+    /// Write meta.properties (cluster id, node id) into every log dir of a configuration.
+    Format {
+        #[arg(long)]
+        cluster_id: String,
+        #[arg(long)]
+        config: std::path::PathBuf,
+        #[arg(long = "override", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        /// Skip log dirs that are formatted already (of the same cluster).
+        #[arg(long)]
+        ignore_formatted: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -44,6 +67,43 @@ fn main() -> ExitCode {
     init_tracing();
     match cli.command {
         Command::Server { config, overrides } => server(config, overrides),
+        Command::Storage {
+            command: StorageCommand::RandomUuid,
+        } => {
+            println!("{}", strom_broker::storage_format::random_cluster_id());
+            ExitCode::SUCCESS
+        }
+        Command::Storage {
+            command:
+                StorageCommand::Format {
+                    cluster_id,
+                    config,
+                    overrides,
+                    ignore_formatted,
+                },
+        } => {
+            let Some(config) = load_config(Some(&config), &overrides) else {
+                return ExitCode::from(2);
+            };
+            match strom_broker::storage_format::format(
+                &config.log_dirs,
+                config.node_id,
+                &cluster_id,
+                ignore_formatted,
+            ) {
+                Ok(()) => {
+                    println!(
+                        "Formatted {} with cluster.id {cluster_id}",
+                        config.log_dirs.join(", ")
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("strom storage format: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Bench(args) => match bench::run(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -63,28 +123,39 @@ fn init_tracing() {
         .init();
 }
 
-fn server(config_path: Option<std::path::PathBuf>, overrides: Vec<String>) -> ExitCode {
-    let text = match &config_path {
+/// Reads the configuration (file and overrides), printing warnings; `None` after printing
+/// the error (exit code 2).
+fn load_config(path: Option<&std::path::Path>, overrides: &[String]) -> Option<BrokerConfig> {
+    let text = match path {
         Some(path) => match std::fs::read_to_string(path) {
             Ok(text) => text,
             Err(e) => {
                 eprintln!("strom: cannot read {}: {e}", path.display());
-                return ExitCode::from(2);
+                return None;
             }
         },
         None => String::new(),
     };
-    let config = match BrokerConfig::from_properties(&text, &overrides) {
-        Ok((config, warnings)) => {
+    match BrokerConfig::from_properties(&text, overrides) {
+        Ok((mut config, warnings)) => {
             for warning in warnings {
                 tracing::warn!("{warning}");
             }
-            config
+            // Only the embedded default formats its own storage; a configured node must be
+            // formatted with `strom storage format` first, as Kafka's kafka-storage requires.
+            config.format_on_start = path.is_none();
+            Some(config)
         }
         Err(e) => {
             eprintln!("strom: {e}");
-            return ExitCode::from(2);
+            None
         }
+    }
+}
+
+fn server(config_path: Option<std::path::PathBuf>, overrides: Vec<String>) -> ExitCode {
+    let Some(config) = load_config(config_path.as_deref(), &overrides) else {
+        return ExitCode::from(2);
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

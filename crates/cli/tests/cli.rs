@@ -3,6 +3,13 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
+fn strom(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_strom"))
+        .args(args)
+        .output()
+        .expect("run strom")
+}
+
 fn strom_server(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_strom"))
         .arg("server")
@@ -46,6 +53,46 @@ fn a_kafka_server_properties_file_starts_with_one_warning_per_unimplemented_key(
     )
     .unwrap();
     let config = format!("--config={}", file.display());
+    let logs = format!("log.dirs={}", dir.path().join("logs").display());
+    // A node started from a file refuses unformatted storage, naming the fix.
+    let refused = strom_server(&[
+        &config,
+        "--override",
+        "listeners=PLAINTEXT://127.0.0.1:0",
+        "--override",
+        &logs,
+    ]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("strom storage format"));
+    let cluster_id = String::from_utf8(strom(&["storage", "random-uuid"]).stdout)
+        .unwrap()
+        .trim()
+        .to_string();
+    assert_eq!(cluster_id.len(), 22);
+    let formatted = strom(&[
+        "storage",
+        "format",
+        "--cluster-id",
+        &cluster_id,
+        &config,
+        "--override",
+        &logs,
+    ]);
+    assert!(
+        formatted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&formatted.stderr)
+    );
+    let again = strom(&[
+        "storage",
+        "format",
+        "--cluster-id",
+        &cluster_id,
+        &config,
+        "--override",
+        &logs,
+    ]);
+    assert!(!again.status.success(), "formatting twice is refused");
     let mut child = Command::new(env!("CARGO_BIN_EXE_strom"))
         .args([
             "server",
@@ -64,6 +111,10 @@ fn a_kafka_server_properties_file_starts_with_one_warning_per_unimplemented_key(
     let mut line = String::new();
     stdout.read_line(&mut line).unwrap();
     assert!(line.starts_with("strom listening on 127.0.0.1:"), "{line}");
+    assert!(
+        line.contains(&format!("cluster.id={cluster_id}")),
+        "the formatted cluster id is used: {line}"
+    );
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let out = child.wait_with_output().unwrap();
