@@ -1,0 +1,344 @@
+//! [`MetadataImage`]: the cluster as the metadata log describes it after applying records in
+//! order. Images are values: applying records returns a new image and never changes the old
+//! one, so readers keep a consistent view while a delta is applied.
+
+use std::collections::BTreeMap;
+
+use uuid::Uuid;
+
+use crate::records::MetadataRecord;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerImage {
+    pub id: i32,
+    pub incarnation_id: Uuid,
+    pub epoch: i64,
+    pub host: String,
+    pub port: u16,
+    pub rack: Option<String>,
+    /// Fenced brokers lead nothing and are not listed to clients.
+    pub fenced: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionImage {
+    pub replicas: Vec<i32>,
+    pub isr: Vec<i32>,
+    pub leader: i32,
+    pub leader_epoch: i32,
+    pub partition_epoch: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicImage {
+    pub name: String,
+    pub id: Uuid,
+    pub partitions: BTreeMap<i32, PartitionImage>,
+}
+
+/// A record that cannot apply to the image: the controller wrote something inconsistent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApplyError {
+    #[error("topic {0} already exists")]
+    TopicExists(String),
+    #[error("unknown topic id {0}")]
+    UnknownTopic(Uuid),
+    #[error("unknown partition {1} of topic {0}")]
+    UnknownPartition(Uuid, i32),
+}
+
+/// The cluster metadata at some point of the log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetadataImage {
+    /// Records applied so far.
+    pub records_applied: u64,
+    pub brokers: BTreeMap<i32, BrokerImage>,
+    pub topics: BTreeMap<Uuid, TopicImage>,
+    pub topic_ids: BTreeMap<String, Uuid>,
+    /// (resource type, resource name) → key → value.
+    pub configs: BTreeMap<(i8, String), BTreeMap<String, String>>,
+}
+
+impl MetadataImage {
+    /// The image after `records`; `self` is unchanged.
+    pub fn apply(&self, records: &[MetadataRecord]) -> Result<MetadataImage, ApplyError> {
+        let mut next = self.clone();
+        for record in records {
+            next.apply_one(record)?;
+            next.records_applied += 1;
+        }
+        Ok(next)
+    }
+
+    fn apply_one(&mut self, record: &MetadataRecord) -> Result<(), ApplyError> {
+        match record {
+            MetadataRecord::RegisterBroker {
+                broker_id,
+                incarnation_id,
+                epoch,
+                host,
+                port,
+                rack,
+            } => {
+                // A (re-)registered broker is fenced until it has caught up with the log.
+                self.brokers.insert(
+                    *broker_id,
+                    BrokerImage {
+                        id: *broker_id,
+                        incarnation_id: *incarnation_id,
+                        epoch: *epoch,
+                        host: host.clone(),
+                        port: *port,
+                        rack: rack.clone(),
+                        fenced: true,
+                    },
+                );
+            }
+            MetadataRecord::FenceBroker { broker_id, epoch }
+            | MetadataRecord::UnfenceBroker { broker_id, epoch } => {
+                let fence = matches!(record, MetadataRecord::FenceBroker { .. });
+                // A fence for an older registration is stale and changes nothing.
+                if let Some(broker) = self
+                    .brokers
+                    .get_mut(broker_id)
+                    .filter(|b| b.epoch == *epoch)
+                {
+                    broker.fenced = fence;
+                }
+            }
+            MetadataRecord::Topic { name, topic_id } => {
+                if self.topic_ids.contains_key(name) || self.topics.contains_key(topic_id) {
+                    return Err(ApplyError::TopicExists(name.clone()));
+                }
+                self.topic_ids.insert(name.clone(), *topic_id);
+                self.topics.insert(
+                    *topic_id,
+                    TopicImage {
+                        name: name.clone(),
+                        id: *topic_id,
+                        partitions: BTreeMap::new(),
+                    },
+                );
+            }
+            MetadataRecord::Partition {
+                topic_id,
+                partition,
+                replicas,
+                isr,
+                leader,
+                leader_epoch,
+                partition_epoch,
+            } => {
+                let topic = self
+                    .topics
+                    .get_mut(topic_id)
+                    .ok_or(ApplyError::UnknownTopic(*topic_id))?;
+                topic.partitions.insert(
+                    *partition,
+                    PartitionImage {
+                        replicas: replicas.clone(),
+                        isr: isr.clone(),
+                        leader: *leader,
+                        leader_epoch: *leader_epoch,
+                        partition_epoch: *partition_epoch,
+                    },
+                );
+            }
+            MetadataRecord::PartitionChange {
+                topic_id,
+                partition,
+                isr,
+                leader,
+                replicas,
+            } => {
+                let topic = self
+                    .topics
+                    .get_mut(topic_id)
+                    .ok_or(ApplyError::UnknownTopic(*topic_id))?;
+                let p = topic
+                    .partitions
+                    .get_mut(partition)
+                    .ok_or(ApplyError::UnknownPartition(*topic_id, *partition))?;
+                if let Some(isr) = isr {
+                    p.isr = isr.clone();
+                }
+                if let Some(replicas) = replicas {
+                    p.replicas = replicas.clone();
+                }
+                if let Some(leader) = leader {
+                    if *leader != p.leader {
+                        p.leader = *leader;
+                        p.leader_epoch += 1;
+                    }
+                }
+                p.partition_epoch += 1;
+            }
+            MetadataRecord::Config {
+                resource_type,
+                resource_name,
+                key,
+                value,
+            } => {
+                let entry = self
+                    .configs
+                    .entry((*resource_type, resource_name.clone()))
+                    .or_default();
+                match value {
+                    Some(v) => {
+                        entry.insert(key.clone(), v.clone());
+                    }
+                    None => {
+                        entry.remove(key);
+                    }
+                }
+            }
+            MetadataRecord::RemoveTopic { topic_id } => {
+                let topic = self
+                    .topics
+                    .remove(topic_id)
+                    .ok_or(ApplyError::UnknownTopic(*topic_id))?;
+                self.topic_ids.remove(&topic.name);
+                self.configs.remove(&(2, topic.name));
+            }
+        }
+        Ok(())
+    }
+
+    /// Brokers clients may use: registered and not fenced.
+    pub fn live_brokers(&self) -> impl Iterator<Item = &BrokerImage> {
+        self.brokers.values().filter(|b| !b.fenced)
+    }
+
+    pub fn topic_by_name(&self, name: &str) -> Option<&TopicImage> {
+        self.topic_ids.get(name).and_then(|id| self.topics.get(id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::strategy;
+    use proptest::prelude::*;
+
+    fn topic(name: &str) -> (Uuid, MetadataRecord) {
+        let id = Uuid::new_v4();
+        (
+            id,
+            MetadataRecord::Topic {
+                name: name.into(),
+                topic_id: id,
+            },
+        )
+    }
+
+    #[test]
+    fn a_topic_with_partitions_then_a_leader_change_bumps_the_epochs() {
+        let (id, t) = topic("orders");
+        let image = MetadataImage::default()
+            .apply(&[
+                MetadataRecord::RegisterBroker {
+                    broker_id: 1,
+                    incarnation_id: Uuid::nil(),
+                    epoch: 5,
+                    host: "h".into(),
+                    port: 1,
+                    rack: None,
+                },
+                MetadataRecord::UnfenceBroker {
+                    broker_id: 1,
+                    epoch: 5,
+                },
+                t,
+                MetadataRecord::Partition {
+                    topic_id: id,
+                    partition: 0,
+                    replicas: vec![1, 2],
+                    isr: vec![1, 2],
+                    leader: 1,
+                    leader_epoch: 0,
+                    partition_epoch: 0,
+                },
+            ])
+            .unwrap();
+        assert_eq!(image.live_brokers().count(), 1);
+        let changed = image
+            .apply(&[
+                MetadataRecord::PartitionChange {
+                    topic_id: id,
+                    partition: 0,
+                    isr: Some(vec![2]),
+                    leader: Some(2),
+                    replicas: None,
+                },
+                MetadataRecord::FenceBroker {
+                    broker_id: 1,
+                    epoch: 4,
+                },
+            ])
+            .unwrap();
+        let p = &changed.topic_by_name("orders").unwrap().partitions[&0];
+        assert_eq!(
+            (p.leader, p.leader_epoch, p.partition_epoch, p.isr.clone()),
+            (2, 1, 1, vec![2])
+        );
+        assert!(
+            !changed.brokers[&1].fenced,
+            "a fence for a stale epoch changes nothing"
+        );
+        assert_eq!(
+            image.topic_by_name("orders").unwrap().partitions[&0].leader,
+            1,
+            "the old image is unchanged"
+        );
+        assert_eq!(changed.records_applied, 6);
+    }
+
+    #[test]
+    fn inconsistent_records_are_errors() {
+        let (id, t) = topic("a");
+        let image = MetadataImage::default()
+            .apply(std::slice::from_ref(&t))
+            .unwrap();
+        assert_eq!(image.apply(&[t]), Err(ApplyError::TopicExists("a".into())));
+        let change = MetadataRecord::PartitionChange {
+            topic_id: id,
+            partition: 3,
+            isr: None,
+            leader: None,
+            replicas: None,
+        };
+        assert_eq!(
+            image.apply(&[change]),
+            Err(ApplyError::UnknownPartition(id, 3))
+        );
+        let removed = image
+            .apply(&[MetadataRecord::RemoveTopic { topic_id: id }])
+            .unwrap();
+        assert!(removed.topic_by_name("a").is_none());
+    }
+
+    proptest! {
+        /// Applying a log in one step or record by record gives the same image, and leader
+        /// epochs never go back.
+        #[test]
+        fn applying_in_steps_equals_applying_at_once(records in proptest::collection::vec(strategy::record(), 0..40)) {
+            let mut stepwise = MetadataImage::default();
+            let mut applied = Vec::new();
+            for record in &records {
+                if let Ok(next) = stepwise.apply(std::slice::from_ref(record)) {
+                        for (id, topic) in &stepwise.topics {
+                            for (p, before) in &topic.partitions {
+                                if let Some(after) = next.topics.get(id).and_then(|t| t.partitions.get(p)) {
+                                    let rewritten = matches!(record, MetadataRecord::Partition { .. });
+                                    prop_assert!(rewritten || after.leader_epoch >= before.leader_epoch);
+                                }
+                            }
+                        }
+                        stepwise = next;
+                        applied.push(record.clone());
+                }
+            }
+            prop_assert_eq!(MetadataImage::default().apply(&applied).unwrap(), stepwise);
+        }
+    }
+}
