@@ -492,7 +492,6 @@ static NOT_ENFORCED_YET: &[&str] = &[
     "log.cleanup.policy",
     "compression.type",
     "log.message.timestamp.type",
-    "controller.quorum.voters",
     "inter.broker.listener.name",
 ];
 
@@ -513,6 +512,8 @@ pub struct BrokerConfig {
     pub advertised_listeners: Vec<Listener>,
     pub controller_listener_names: Vec<String>,
     pub log_dirs: Vec<String>,
+    /// `controller.quorum.voters`: (node id, host, port) of each voter.
+    pub controller_quorum_voters: Vec<(i32, String, u16)>,
     pub num_partitions: i32,
     pub default_replication_factor: i16,
     pub min_insync_replicas: i32,
@@ -637,6 +638,7 @@ impl BrokerConfig {
         };
         values.insert("log.retention.ms", retention.to_string());
         let listeners = parse_listeners("listeners", &values["listeners"])?;
+        let controller_quorum_voters = parse_voters(&values["controller.quorum.voters"])?;
         derive(&mut values, "advertised.listeners", |v| {
             v["listeners"].clone()
         });
@@ -665,6 +667,7 @@ impl BrokerConfig {
             advertised_listeners,
             controller_listener_names: list(&values["controller.listener.names"]),
             log_dirs,
+            controller_quorum_voters,
             num_partitions: int("num.partitions") as i32,
             default_replication_factor: int("default.replication.factor") as i16,
             min_insync_replicas: int("min.insync.replicas") as i32,
@@ -787,6 +790,70 @@ fn minutes_to_ms(minutes: i64) -> i64 {
         -1
     } else {
         minutes.saturating_mul(60_000)
+    }
+}
+
+/// `id@host:port,...`, Kafka's static quorum format.
+fn parse_voters(text: &str) -> Result<Vec<(i32, String, u16)>, ConfigError> {
+    let bad = |reason: &str| ConfigError::InvalidValue {
+        key: "controller.quorum.voters".into(),
+        value: text.into(),
+        reason: reason.into(),
+    };
+    let mut voters = Vec::new();
+    for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (id, address) = item
+            .split_once('@')
+            .ok_or_else(|| bad("expected id@host:port"))?;
+        let id: i32 = id.parse().map_err(|_| bad("voter ids are integers"))?;
+        let (host, port) = address
+            .rsplit_once(':')
+            .ok_or_else(|| bad("expected id@host:port"))?;
+        let port: u16 = port.parse().map_err(|_| bad("port must be 0-65535"))?;
+        if host.is_empty() {
+            return Err(bad("a voter needs a host"));
+        }
+        if voters.iter().any(|(v, _, _)| *v == id) {
+            return Err(bad("each voter id may appear once"));
+        }
+        voters.push((id, host.to_string(), port));
+    }
+    Ok(voters)
+}
+
+impl BrokerConfig {
+    /// What this single-node build can run: combined roles, and at most itself as the voter.
+    /// Anything else would silently run as a lone node, so it is refused until the
+    /// controller quorum exists.
+    pub fn check_single_node(&self) -> Result<(), ConfigError> {
+        let mut roles = self.process_roles.clone();
+        roles.sort();
+        if roles != ["broker", "controller"] {
+            return Err(ConfigError::InvalidValue {
+                key: "process.roles".into(),
+                value: self.process_roles.join(","),
+                reason: "only broker,controller (one combined node) is supported until the controller quorum lands".into(),
+            });
+        }
+        if self
+            .controller_quorum_voters
+            .iter()
+            .any(|(id, _, _)| *id != self.node_id)
+        {
+            return Err(ConfigError::InvalidValue {
+                key: "controller.quorum.voters".into(),
+                value: self
+                    .controller_quorum_voters
+                    .iter()
+                    .map(|(id, h, p)| format!("{id}@{h}:{p}"))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                reason:
+                    "a quorum of other nodes is not supported until the controller quorum lands"
+                        .into(),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -1011,6 +1078,42 @@ log.retention.check.interval.ms=300000
             BrokerConfig::from_properties("log.retention.ms=5\nlog.retention.minutes=30\n", &[])
                 .unwrap();
         assert_eq!(config.log_retention_ms, 5);
+    }
+
+    #[test]
+    fn quorum_voters_parse_and_only_a_single_combined_node_runs() {
+        let (config, _) = BrokerConfig::from_properties(
+            "node.id=3\ncontroller.quorum.voters=3@localhost:9093\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            config.controller_quorum_voters,
+            vec![(3, "localhost".to_string(), 9093)]
+        );
+        assert!(config.check_single_node().is_ok());
+        for bad in [
+            "controller.quorum.voters=x@h:1",
+            "controller.quorum.voters=1@h",
+            "controller.quorum.voters=1@h:1,1@h:2",
+        ] {
+            assert!(BrokerConfig::from_properties(bad, &[]).is_err(), "{bad}");
+        }
+        let (three, _) =
+            BrokerConfig::from_properties("controller.quorum.voters=1@a:1,2@b:1,3@c:1\n", &[])
+                .unwrap();
+        assert!(three
+            .check_single_node()
+            .unwrap_err()
+            .to_string()
+            .contains("controller.quorum.voters"));
+        let (broker_only, _) =
+            BrokerConfig::from_properties("process.roles=broker\n", &[]).unwrap();
+        assert!(broker_only
+            .check_single_node()
+            .unwrap_err()
+            .to_string()
+            .contains("process.roles"));
     }
 
     #[test]

@@ -157,6 +157,10 @@ fn server(config_path: Option<std::path::PathBuf>, overrides: Vec<String>) -> Ex
     let Some(config) = load_config(config_path.as_deref(), &overrides) else {
         return ExitCode::from(2);
     };
+    if let Err(e) = config.check_single_node() {
+        eprintln!("strom: {e}");
+        return ExitCode::from(2);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
