@@ -380,12 +380,13 @@ impl HeartbeatResult {
     }
 }
 
-fn subtract(a: &Assignment, b: &Assignment) -> Assignment {
+/// The partitions of `a` that are (`in_b`) or are not (`!in_b`) also in `b`.
+fn filter_by(a: &Assignment, b: &Assignment, in_b: bool) -> Assignment {
     let mut out = Assignment::new();
     for (t, ps) in a {
         let keep: BTreeSet<i32> = ps
             .iter()
-            .filter(|p| !b.get(t).is_some_and(|bs| bs.contains(p)))
+            .filter(|p| b.get(t).is_some_and(|bs| bs.contains(p)) == in_b)
             .copied()
             .collect();
         if !keep.is_empty() {
@@ -395,19 +396,12 @@ fn subtract(a: &Assignment, b: &Assignment) -> Assignment {
     out
 }
 
+fn subtract(a: &Assignment, b: &Assignment) -> Assignment {
+    filter_by(a, b, false)
+}
+
 fn intersect(a: &Assignment, b: &Assignment) -> Assignment {
-    let mut out = Assignment::new();
-    for (t, ps) in a {
-        let keep: BTreeSet<i32> = ps
-            .iter()
-            .filter(|p| b.get(t).is_some_and(|bs| bs.contains(p)))
-            .copied()
-            .collect();
-        if !keep.is_empty() {
-            out.insert(*t, keep);
-        }
-    }
-    out
+    filter_by(a, b, true)
 }
 
 /// The uniform assignor: partitions spread evenly over the members subscribed to their
