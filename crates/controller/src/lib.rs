@@ -1,0 +1,67 @@
+//! The controller quorum's replicated metadata log, on openraft.
+//!
+//! Main types: [`TypeConfig`] (openraft's type parameters: a [`Command`] carries encoded
+//! [`MetadataRecord`]s), [`LogStore`] (the Raft log and vote), [`StateMachine`] (applies
+//! committed records to a [`MetadataImage`]; snapshots are the image written as records) and
+//! [`router::Router`], an in-process network for tests and simulations.
+//!
+//! Status: the log store keeps the log in memory, so it is not yet durable — openraft's
+//! contract (durable before acknowledged) is met only once it is backed by a file; nothing
+//! in the broker uses this crate yet.
+
+pub mod router;
+mod state_machine;
+mod store;
+
+use std::io::Cursor;
+
+use serde::{Deserialize, Serialize};
+use strom_metadata::records::DecodeError;
+pub use strom_metadata::{MetadataImage, MetadataRecord};
+
+pub use state_machine::StateMachine;
+pub use store::LogStore;
+
+/// A node of the quorum.
+pub type NodeId = u64;
+
+/// A replicated command: metadata records, encoded, applied together.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    pub records: Vec<Vec<u8>>,
+}
+
+impl Command {
+    pub fn new(records: &[MetadataRecord]) -> Command {
+        Command {
+            records: records.iter().map(MetadataRecord::encode).collect(),
+        }
+    }
+
+    pub fn decode(&self) -> Result<Vec<MetadataRecord>, DecodeError> {
+        self.records
+            .iter()
+            .map(|r| MetadataRecord::decode(r))
+            .collect()
+    }
+}
+
+/// The outcome of applying a command: `None` if it applied, the reason if the image refused it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    pub error: Option<String>,
+}
+
+openraft::declare_raft_types!(
+    /// openraft's types for the metadata quorum.
+    pub TypeConfig:
+        D = Command,
+        R = Applied,
+        NodeId = NodeId,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+pub type Raft = openraft::Raft<TypeConfig>;

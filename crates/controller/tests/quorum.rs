@@ -1,0 +1,150 @@
+//! Three controllers on an in-process network: one leader is elected, committed metadata
+//! records reach every live node in the same order, a new leader takes over when the leader
+//! is cut off, and the cut-off node catches up when it returns.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::{BasicNode, Config};
+use strom_controller::router::Router;
+use strom_controller::{Command, LogStore, MetadataRecord, NodeId, Raft, StateMachine};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+struct Node {
+    raft: Raft,
+    state: StateMachine,
+}
+
+async fn start(router: &Router, id: NodeId) -> Node {
+    let config = Config {
+        heartbeat_interval: 50,
+        election_timeout_min: 200,
+        election_timeout_max: 400,
+        ..Default::default()
+    };
+    let config = Arc::new(config.validate().expect("valid raft config"));
+    let state = StateMachine::default();
+    let raft = Raft::new(
+        id,
+        config,
+        router.network_for(id),
+        LogStore::default(),
+        state.clone(),
+    )
+    .await
+    .expect("raft");
+    router.add(id, raft.clone()).await;
+    Node { raft, state }
+}
+
+fn topic(name: &str) -> MetadataRecord {
+    MetadataRecord::Topic {
+        name: name.to_string(),
+        topic_id: uuid::Uuid::new_v4(),
+    }
+}
+
+async fn leader_of(nodes: &BTreeMap<NodeId, Node>, among: &[NodeId]) -> NodeId {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        for id in among {
+            let metrics = nodes[id].raft.metrics().borrow().clone();
+            if metrics.current_leader == Some(*id) {
+                return *id;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no leader elected among {among:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn wait_applied(node: &Node, index: u64) {
+    node.raft
+        .wait(Some(WAIT))
+        .applied_index_at_least(Some(index), "applied")
+        .await
+        .expect("the node applies the committed entries");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_records_reach_every_node_in_order_across_a_leader_change() {
+    let router = Router::default();
+    let mut nodes = BTreeMap::new();
+    for id in 1..=3 {
+        nodes.insert(id, start(&router, id).await);
+    }
+    let members: BTreeMap<NodeId, BasicNode> = (1..=3)
+        .map(|id| (id, BasicNode::new(id.to_string())))
+        .collect();
+    nodes[&1]
+        .raft
+        .initialize(members)
+        .await
+        .expect("initialize");
+
+    let first = leader_of(&nodes, &[1, 2, 3]).await;
+    let written = nodes[&first]
+        .raft
+        .client_write(Command::new(&[topic("orders"), topic("payments")]))
+        .await
+        .expect("write");
+    assert_eq!(written.data.error, None);
+    for node in nodes.values() {
+        wait_applied(node, written.log_id.index).await;
+    }
+    let image = nodes[&1].state.image().await;
+    assert!(image.topic_by_name("orders").is_some() && image.topic_by_name("payments").is_some());
+    for node in nodes.values() {
+        assert_eq!(
+            node.state.image().await,
+            image,
+            "every node applied the same records"
+        );
+    }
+
+    // An inconsistent command is refused by the image on every node alike.
+    let dup = nodes[&first]
+        .raft
+        .client_write(Command::new(&[topic("orders")]))
+        .await
+        .expect("write");
+    assert!(dup.data.error.is_some());
+
+    // The leader is cut off: the other two elect a new leader and keep committing.
+    router.down(first).await;
+    let survivors: Vec<NodeId> = (1..=3).filter(|id| *id != first).collect();
+    let second = leader_of(&nodes, &survivors).await;
+    assert_ne!(second, first);
+    let more = nodes[&second]
+        .raft
+        .client_write(Command::new(&[topic("refunds")]))
+        .await
+        .expect("write after failover");
+    for id in &survivors {
+        wait_applied(&nodes[id], more.log_id.index).await;
+        assert!(nodes[id]
+            .state
+            .image()
+            .await
+            .topic_by_name("refunds")
+            .is_some());
+    }
+
+    // The old leader returns and catches up with everything committed without it.
+    router.up(first).await;
+    wait_applied(&nodes[&first], more.log_id.index).await;
+    let caught_up = nodes[&first].state.image().await;
+    assert_eq!(
+        caught_up.topic_ids.keys().collect::<Vec<_>>(),
+        vec!["orders", "payments", "refunds"]
+    );
+    assert_eq!(caught_up, nodes[&second].state.image().await);
+    for node in nodes.values() {
+        node.raft.shutdown().await.expect("shutdown");
+    }
+}
