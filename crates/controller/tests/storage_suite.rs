@@ -14,7 +14,6 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, ()> for InMemory {
 }
 
 #[test]
-fn the_in_memory_store_and_the_state_machine_pass_openrafts_suite(
-) -> Result<(), StorageError<NodeId>> {
-    Suite::test_all(InMemory)
+fn the_in_memory_store_and_the_state_machine_pass_openrafts_suite() {
+    Suite::test_all(InMemory).expect("openraft's storage suite passes");
 }
