@@ -5,10 +5,11 @@
 //! committed records to a [`MetadataImage`]; snapshots are the image written as records) and
 //! [`router::Router`], an in-process network for tests and simulations.
 //!
-//! Status: the log store keeps the log in memory, so it is not yet durable — openraft's
-//! contract (durable before acknowledged) is met only once it is backed by a file; nothing
-//! in the broker uses this crate yet.
+//! Two log stores: [`FileLogStore`], durable (every append and vote is fsynced before it is
+//! acknowledged, a torn tail is cut at start), and [`LogStore`], in memory, for simulations.
+//! Both pass openraft's storage test suite. Nothing in the broker uses this crate yet.
 
+mod file_store;
 pub mod router;
 mod state_machine;
 mod store;
@@ -19,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use strom_metadata::records::DecodeError;
 pub use strom_metadata::{MetadataImage, MetadataRecord};
 
+pub use file_store::FileLogStore;
 pub use state_machine::StateMachine;
 pub use store::LogStore;
 

@@ -3,7 +3,7 @@
 
 use openraft::testing::{StoreBuilder, Suite};
 use openraft::StorageError;
-use strom_controller::{LogStore, NodeId, StateMachine, TypeConfig};
+use strom_controller::{FileLogStore, LogStore, NodeId, StateMachine, TypeConfig};
 
 struct InMemory;
 
@@ -16,4 +16,21 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, ()> for InMemory {
 #[test]
 fn the_in_memory_store_and_the_state_machine_pass_openrafts_suite() {
     Suite::test_all(InMemory).expect("openraft's storage suite passes");
+}
+
+struct OnDisk;
+
+impl StoreBuilder<TypeConfig, FileLogStore, StateMachine, tempfile::TempDir> for OnDisk {
+    async fn build(
+        &self,
+    ) -> Result<(tempfile::TempDir, FileLogStore, StateMachine), StorageError<NodeId>> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = FileLogStore::open(dir.path()).expect("open the file log store");
+        Ok((dir, store, StateMachine::default()))
+    }
+}
+
+#[test]
+fn the_file_log_store_passes_openrafts_suite() {
+    Suite::test_all(OnDisk).expect("openraft's storage suite passes");
 }
