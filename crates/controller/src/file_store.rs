@@ -19,6 +19,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::Mutex;
 
+use crate::store::Entries;
 use crate::{NodeId, TypeConfig};
 
 const LOG_FILE: &str = "raft.log";
@@ -32,8 +33,7 @@ const ENTRY_BYTES_MAX: usize = 64 << 20;
 struct Inner {
     dir: PathBuf,
     log: File,
-    entries: BTreeMap<u64, Entry<TypeConfig>>,
-    last_purged: Option<LogId<NodeId>>,
+    log_entries: Entries,
     committed: Option<LogId<NodeId>>,
     vote: Option<Vote<NodeId>>,
 }
@@ -123,8 +123,10 @@ impl FileLogStore {
         let inner = Inner {
             dir: dir.to_path_buf(),
             log,
-            entries,
-            last_purged,
+            log_entries: Entries {
+                last_purged,
+                entries,
+            },
             committed: read_json(&dir.join(COMMITTED_FILE))?,
             vote: read_json(&dir.join(VOTE_FILE))?,
         };
@@ -138,7 +140,7 @@ impl Inner {
     /// Rewrites the log file from the entries kept (after a truncate or a purge).
     fn rewrite(&mut self) -> std::io::Result<()> {
         let mut bytes = Vec::new();
-        for entry in self.entries.values() {
+        for entry in self.log_entries.entries.values() {
             frame(entry, &mut bytes)?;
         }
         let path = self.dir.join(LOG_FILE);
@@ -153,8 +155,7 @@ impl RaftLogReader<TypeConfig> for FileLogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
-        let inner = self.inner.lock().await;
-        Ok(inner.entries.range(range).map(|(_, e)| e.clone()).collect())
+        Ok(self.inner.lock().await.log_entries.range(range))
     }
 }
 
@@ -162,17 +163,7 @@ impl RaftLogStorage<TypeConfig> for FileLogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
-        let inner = self.inner.lock().await;
-        let last = inner
-            .entries
-            .values()
-            .next_back()
-            .map(|e| *e.get_log_id())
-            .or(inner.last_purged);
-        Ok(LogState {
-            last_purged_log_id: inner.last_purged,
-            last_log_id: last,
-        })
+        Ok(self.inner.lock().await.log_entries.state())
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -229,16 +220,14 @@ impl RaftLogStorage<TypeConfig> for FileLogStore {
             callback.log_io_completed(Err(std::io::Error::new(e.kind(), e.to_string())));
             return Err(io_error(ErrorVerb::Write, e));
         }
-        for entry in entries {
-            inner.entries.insert(entry.get_log_id().index, entry);
-        }
+        inner.log_entries.insert(entries);
         callback.log_io_completed(Ok(()));
         Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
         let mut inner = self.inner.lock().await;
-        inner.entries.retain(|index, _| *index < log_id.index);
+        inner.log_entries.truncate(log_id);
         inner.rewrite().map_err(|e| io_error(ErrorVerb::Delete, e))
     }
 
@@ -246,8 +235,7 @@ impl RaftLogStorage<TypeConfig> for FileLogStore {
         let mut inner = self.inner.lock().await;
         write_json(&inner.dir.join(PURGED_FILE), &log_id)
             .map_err(|e| io_error(ErrorVerb::Delete, e))?;
-        inner.last_purged = Some(log_id);
-        inner.entries.retain(|index, _| *index > log_id.index);
+        inner.log_entries.purge(log_id);
         inner.rewrite().map_err(|e| io_error(ErrorVerb::Delete, e))
     }
 }

@@ -11,10 +11,53 @@ use tokio::sync::Mutex;
 
 use crate::{NodeId, TypeConfig};
 
+/// The entries of a log and its purge point, with the operations both log stores share; the
+/// file store adds persistence around it.
+#[derive(Debug, Default)]
+pub(crate) struct Entries {
+    pub(crate) last_purged: Option<LogId<NodeId>>,
+    pub(crate) entries: BTreeMap<u64, Entry<TypeConfig>>,
+}
+
+impl Entries {
+    pub(crate) fn state(&self) -> LogState<TypeConfig> {
+        let last = self
+            .entries
+            .values()
+            .next_back()
+            .map(|e| *e.get_log_id())
+            .or(self.last_purged);
+        LogState {
+            last_purged_log_id: self.last_purged,
+            last_log_id: last,
+        }
+    }
+
+    pub(crate) fn range<RB: RangeBounds<u64>>(&self, range: RB) -> Vec<Entry<TypeConfig>> {
+        self.entries.range(range).map(|(_, e)| e.clone()).collect()
+    }
+
+    pub(crate) fn insert(&mut self, entries: impl IntoIterator<Item = Entry<TypeConfig>>) {
+        for entry in entries {
+            self.entries.insert(entry.get_log_id().index, entry);
+        }
+    }
+
+    /// Removes entries at and after `log_id`.
+    pub(crate) fn truncate(&mut self, log_id: LogId<NodeId>) {
+        self.entries.retain(|index, _| *index < log_id.index);
+    }
+
+    /// Removes entries up to and including `log_id` and records it as the purge point.
+    pub(crate) fn purge(&mut self, log_id: LogId<NodeId>) {
+        self.last_purged = Some(log_id);
+        self.entries.retain(|index, _| *index > log_id.index);
+    }
+}
+
 #[derive(Debug, Default)]
 struct Inner {
-    last_purged: Option<LogId<NodeId>>,
-    log: BTreeMap<u64, Entry<TypeConfig>>,
+    log: Entries,
     committed: Option<LogId<NodeId>>,
     vote: Option<Vote<NodeId>>,
 }
@@ -30,8 +73,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
-        let inner = self.inner.lock().await;
-        Ok(inner.log.range(range).map(|(_, e)| e.clone()).collect())
+        Ok(self.inner.lock().await.log.range(range))
     }
 }
 
@@ -39,17 +81,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
-        let inner = self.inner.lock().await;
-        let last = inner
-            .log
-            .values()
-            .next_back()
-            .map(|e| *e.get_log_id())
-            .or(inner.last_purged);
-        Ok(LogState {
-            last_purged_log_id: inner.last_purged,
-            last_log_id: last,
-        })
+        Ok(self.inner.lock().await.log.state())
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -86,24 +118,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
     {
-        let mut inner = self.inner.lock().await;
-        for entry in entries {
-            inner.log.insert(entry.get_log_id().index, entry);
-        }
+        self.inner.lock().await.log.insert(entries);
         callback.log_io_completed(Ok(()));
         Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
-        let mut inner = self.inner.lock().await;
-        inner.log.retain(|index, _| *index < log_id.index);
+        self.inner.lock().await.log.truncate(log_id);
         Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
-        let mut inner = self.inner.lock().await;
-        inner.last_purged = Some(log_id);
-        inner.log.retain(|index, _| *index > log_id.index);
+        self.inner.lock().await.log.purge(log_id);
         Ok(())
     }
 }

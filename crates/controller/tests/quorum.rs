@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use openraft::storage::RaftLogStorage;
 use openraft::{BasicNode, Config};
 use strom_controller::router::Router;
-use strom_controller::{Command, LogStore, MetadataRecord, NodeId, Raft, StateMachine};
+use strom_controller::{Command, LogStore, MetadataRecord, NodeId, Raft, StateMachine, TypeConfig};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -18,6 +19,19 @@ struct Node {
 }
 
 async fn start(router: &Router, id: NodeId) -> Node {
+    start_with(router, id, LogStore::default()).await
+}
+
+async fn start_on_disk(router: &Router, id: NodeId, dir: &std::path::Path) -> Node {
+    start_with(
+        router,
+        id,
+        strom_controller::FileLogStore::open(dir).expect("open log"),
+    )
+    .await
+}
+
+async fn start_with<S: RaftLogStorage<TypeConfig>>(router: &Router, id: NodeId, store: S) -> Node {
     let config = Config {
         heartbeat_interval: 50,
         election_timeout_min: 200,
@@ -26,15 +40,9 @@ async fn start(router: &Router, id: NodeId) -> Node {
     };
     let config = Arc::new(config.validate().expect("valid raft config"));
     let state = StateMachine::default();
-    let raft = Raft::new(
-        id,
-        config,
-        router.network_for(id),
-        LogStore::default(),
-        state.clone(),
-    )
-    .await
-    .expect("raft");
+    let raft = Raft::new(id, config, router.network_for(id), store, state.clone())
+        .await
+        .expect("raft");
     router.add(id, raft.clone()).await;
     Node { raft, state }
 }
@@ -147,23 +155,6 @@ async fn committed_records_reach_every_node_in_order_across_a_leader_change() {
     for node in nodes.values() {
         node.raft.shutdown().await.expect("shutdown");
     }
-}
-
-async fn start_on_disk(router: &Router, id: NodeId, dir: &std::path::Path) -> Node {
-    let config = Config {
-        heartbeat_interval: 50,
-        election_timeout_min: 200,
-        election_timeout_max: 400,
-        ..Default::default()
-    };
-    let config = Arc::new(config.validate().expect("valid raft config"));
-    let state = StateMachine::default();
-    let store = strom_controller::FileLogStore::open(dir).expect("open log");
-    let raft = Raft::new(id, config, router.network_for(id), store, state.clone())
-        .await
-        .expect("raft");
-    router.add(id, raft.clone()).await;
-    Node { raft, state }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

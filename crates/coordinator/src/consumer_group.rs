@@ -404,6 +404,25 @@ fn intersect(a: &Assignment, b: &Assignment) -> Assignment {
     filter_by(a, b, true)
 }
 
+/// An empty assignment for every member.
+fn empty_assignments(members: &[(&String, &Vec<String>)]) -> HashMap<String, Assignment> {
+    members
+        .iter()
+        .map(|(id, _)| ((*id).clone(), Assignment::new()))
+        .collect()
+}
+
+/// The members subscribed to `topic`, in member-id order.
+fn subscribers<'a>(members: &[(&'a String, &Vec<String>)], topic: &str) -> Vec<&'a String> {
+    let mut ids: Vec<&String> = members
+        .iter()
+        .filter(|(_, subs)| subs.iter().any(|s| s == topic))
+        .map(|(id, _)| *id)
+        .collect();
+    ids.sort();
+    ids
+}
+
 /// The uniform assignor: partitions spread evenly over the members subscribed to their
 /// topic, keeping partitions where they are when that stays balanced (sticky).
 pub fn uniform_assign(
@@ -411,18 +430,10 @@ pub fn uniform_assign(
     topics: &BTreeMap<String, (Uuid, i32)>,
     current: &HashMap<String, Assignment>,
 ) -> HashMap<String, Assignment> {
-    let mut result: HashMap<String, Assignment> = members
-        .iter()
-        .map(|(id, _)| ((*id).clone(), Assignment::new()))
-        .collect();
+    let mut result = empty_assignments(members);
     let mut counts: HashMap<&String, usize> = members.iter().map(|(id, _)| (*id, 0)).collect();
     for (name, (topic_id, partitions)) in topics {
-        let mut eligible: Vec<&String> = members
-            .iter()
-            .filter(|(_, subs)| subs.contains(name))
-            .map(|(id, _)| *id)
-            .collect();
-        eligible.sort();
+        let eligible = subscribers(members, name);
         if eligible.is_empty() {
             continue;
         }
@@ -480,17 +491,9 @@ pub fn range_assign(
     members: &[(&String, &Vec<String>)],
     topics: &BTreeMap<String, (Uuid, i32)>,
 ) -> HashMap<String, Assignment> {
-    let mut result: HashMap<String, Assignment> = members
-        .iter()
-        .map(|(id, _)| ((*id).clone(), Assignment::new()))
-        .collect();
+    let mut result = empty_assignments(members);
     for (name, (topic_id, partitions)) in topics {
-        let mut eligible: Vec<&String> = members
-            .iter()
-            .filter(|(_, subs)| subs.contains(name))
-            .map(|(id, _)| *id)
-            .collect();
-        eligible.sort();
+        let eligible = subscribers(members, name);
         if eligible.is_empty() {
             continue;
         }
