@@ -48,7 +48,7 @@ fn io_error(verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageErro
     StorageIOError::new(ErrorSubject::Logs, verb, openraft::AnyError::new(&e)).into()
 }
 
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     let mut file = File::create(&tmp)?;
     file.write_all(bytes)?;

@@ -7,10 +7,21 @@
 //!
 //! Two log stores: [`FileLogStore`], durable (every append and vote is fsynced before it is
 //! acknowledged, a torn tail is cut at start), and [`LogStore`], in memory, for simulations.
-//! Both pass openraft's storage test suite. Nothing in the broker uses this crate yet.
+//! Both pass openraft's storage test suite.
+//!
+//! Over TCP ([`net`]): voters exchange Raft's RPCs on the controller listener, and brokers
+//! send it [`service::ControllerRequest`]s through a [`client::ControllerClient`]; the
+//! active [`service::Controller`] decides (registration, fencing, placement) and commits.
+//! This crate never touches partition data.
 
+// openraft's error types are large by design and are what its traits return.
+#![allow(clippy::result_large_err)]
+
+pub mod client;
 mod file_store;
+pub mod net;
 pub mod router;
+pub mod service;
 mod state_machine;
 mod store;
 
@@ -21,7 +32,7 @@ use strom_metadata::records::DecodeError;
 pub use strom_metadata::{MetadataImage, MetadataRecord};
 
 pub use file_store::FileLogStore;
-pub use state_machine::StateMachine;
+pub use state_machine::{Changes, Published, StateMachine, DELTAS_MAX};
 pub use store::LogStore;
 
 /// A node of the quorum.

@@ -1,0 +1,998 @@
+//! The active controller's decisions: broker registration, heartbeats and fencing, topic
+//! creation with replica placement, topic deletion, new partitions, and serving the log to
+//! brokers that follow it.
+//!
+//! Every change is decided on the leader from its image and written through Raft as one
+//! command, under one lock, so decisions never interleave (Kafka's controller is a single
+//! event queue for the same reason). A non-leader answers [`ControllerResponse::NotController`]
+//! with the leader it knows, so the caller can go there.
+//!
+//! Heartbeats live in memory on the active controller only: a new active controller gives
+//! every broker a fresh session before it fences anyone.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, Config, ServerState};
+use serde::{Deserialize, Serialize};
+use strom_metadata::placement::{self, Candidate};
+use strom_metadata::{MetadataImage, MetadataRecord};
+use tokio::net::TcpListener;
+use tokio::sync::Mutex;
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use crate::net::{self, Request, Response, TcpNetwork};
+use crate::state_machine::Changes;
+use crate::{Command, FileLogStore, NodeId, Raft, StateMachine};
+
+/// Kafka error codes the controller answers with.
+pub mod code {
+    pub const NONE: i16 = 0;
+    pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+    pub const REQUEST_TIMED_OUT: i16 = 7;
+    pub const TOPIC_ALREADY_EXISTS: i16 = 36;
+    pub const INVALID_PARTITIONS: i16 = 37;
+    pub const INVALID_REPLICATION_FACTOR: i16 = 38;
+    pub const INVALID_REPLICA_ASSIGNMENT: i16 = 39;
+    pub const INVALID_TOPIC_EXCEPTION: i16 = 17;
+    pub const NOT_CONTROLLER: i16 = 41;
+    pub const INVALID_REQUEST: i16 = 42;
+    pub const STALE_BROKER_EPOCH: i16 = 77;
+}
+
+/// Longest a change may wait for the quorum to commit it.
+const COMMIT_TIMEOUT_MS: u64 = 5_000;
+/// How often the active controller looks for brokers whose session expired.
+const FENCE_CHECK_INTERVAL_MS: u64 = 200;
+/// Longest a follower of the log is kept waiting for a change.
+const FETCH_WAIT_MAX_MS: u64 = 5_000;
+/// Largest number of partitions one topic may have.
+const PARTITIONS_MAX: i32 = 1 << 20;
+
+/// A topic to create, validated by the broker for name and config values already.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NewTopic {
+    pub name: String,
+    pub num_partitions: i32,
+    pub replication_factor: i16,
+    /// Manual assignment: partition → replicas. When given, count and factor are -1.
+    pub assignments: Vec<(i32, Vec<i32>)>,
+    pub configs: Vec<(String, String)>,
+}
+
+/// New partitions for a topic (CreatePartitions).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NewPartitions {
+    pub name: String,
+    pub count: i32,
+    pub assignments: Option<Vec<Vec<i32>>>,
+}
+
+/// The outcome for one topic.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicResult {
+    pub name: String,
+    pub error_code: i16,
+    pub message: Option<String>,
+    pub topic_id: u128,
+    pub num_partitions: i32,
+    pub replication_factor: i16,
+}
+
+/// A voter's progress as the active controller sees it (DescribeQuorum).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VoterState {
+    pub id: NodeId,
+    pub log_end_offset: i64,
+}
+
+/// The quorum as the active controller sees it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct QuorumInfo {
+    pub leader_id: NodeId,
+    pub leader_epoch: u64,
+    pub high_watermark: i64,
+    pub voters: Vec<VoterState>,
+}
+
+/// Requests from brokers (and tools) to the controllers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ControllerRequest {
+    RegisterBroker {
+        broker_id: i32,
+        incarnation_id: u128,
+        host: String,
+        port: u16,
+        rack: Option<String>,
+    },
+    BrokerHeartbeat {
+        broker_id: i32,
+        broker_epoch: i64,
+        /// The last log index the broker applied.
+        metadata_index: u64,
+        want_shutdown: bool,
+    },
+    CreateTopics {
+        topics: Vec<NewTopic>,
+        validate_only: bool,
+    },
+    DeleteTopics {
+        names: Vec<String>,
+    },
+    CreatePartitions {
+        topics: Vec<NewPartitions>,
+        validate_only: bool,
+    },
+    /// The log after `after_index`; waits up to `max_wait_ms` for something new.
+    FetchMetadata {
+        after_index: u64,
+        max_wait_ms: u64,
+    },
+    DescribeQuorum,
+}
+
+/// Answers to [`ControllerRequest`]s.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ControllerResponse {
+    NotController {
+        leader: Option<NodeId>,
+    },
+    Error {
+        code: i16,
+        message: String,
+    },
+    Registered {
+        broker_epoch: i64,
+    },
+    Heartbeat {
+        fenced: bool,
+    },
+    Topics(Vec<TopicResult>),
+    /// Encoded records per log index. `image` means the first entry is the whole image
+    /// (replace, do not apply).
+    Metadata {
+        index: u64,
+        image: bool,
+        entries: Vec<(u64, Vec<Vec<u8>>)>,
+    },
+    Quorum(QuorumInfo),
+}
+
+/// How a controller node runs.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    pub node_id: NodeId,
+    /// Every voter and the address of its controller listener.
+    pub voters: BTreeMap<NodeId, String>,
+    /// Where the Raft log and snapshots live (`__cluster_metadata-0`).
+    pub dir: PathBuf,
+    /// `controller.quorum.election.timeout.ms`: a follower waits between this and twice it.
+    pub election_timeout_ms: u64,
+    /// `broker.session.timeout.ms`: a broker silent this long is fenced.
+    pub broker_session_timeout_ms: u64,
+}
+
+#[derive(Debug, Default)]
+struct Sessions {
+    /// The Raft term in which the deadlines below were set.
+    term: u64,
+    last_heartbeat: HashMap<i32, Instant>,
+}
+
+/// One controller of the quorum.
+pub struct Controller {
+    node_id: NodeId,
+    raft: Raft,
+    state: StateMachine,
+    config: ControllerConfig,
+    /// Held while a decision is made and committed.
+    decide: Mutex<()>,
+    sessions: parking_lot::Mutex<Sessions>,
+    server: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Controller {
+    /// Opens the log in `config.dir`, joins the quorum, serves the controller listener (when
+    /// given) and starts fencing expired brokers while active.
+    pub async fn start(
+        config: ControllerConfig,
+        listener: Option<TcpListener>,
+    ) -> std::io::Result<Arc<Controller>> {
+        let store = FileLogStore::open(&config.dir)?;
+        let state = StateMachine::open(config.dir.join("snapshot"))?;
+        let raft_config = Config {
+            cluster_name: "strom".into(),
+            heartbeat_interval: (config.election_timeout_ms / 5).max(20),
+            election_timeout_min: config.election_timeout_ms,
+            election_timeout_max: config.election_timeout_ms * 2,
+            ..Default::default()
+        };
+        let raft_config = Arc::new(raft_config.validate().map_err(std::io::Error::other)?);
+        let raft = Raft::new(
+            config.node_id,
+            raft_config,
+            TcpNetwork,
+            store,
+            state.clone(),
+        )
+        .await
+        .map_err(std::io::Error::other)?;
+        let members: BTreeMap<NodeId, BasicNode> = config
+            .voters
+            .iter()
+            .map(|(id, addr)| (*id, BasicNode::new(addr)))
+            .collect();
+        if !raft.is_initialized().await.map_err(std::io::Error::other)? {
+            // Every voter initializes with the same voters, which openraft allows; the first
+            // election decides.
+            if let Err(e) = raft.initialize(members).await {
+                info!(error = %e, "quorum already initialized");
+            }
+        }
+        let controller = Arc::new(Controller {
+            node_id: config.node_id,
+            raft,
+            state,
+            config,
+            decide: Mutex::new(()),
+            sessions: parking_lot::Mutex::new(Sessions::default()),
+            server: parking_lot::Mutex::new(None),
+        });
+        if let Some(listener) = listener {
+            let server = tokio::spawn(serve(listener, Arc::clone(&controller)));
+            *controller.server.lock() = Some(server);
+        }
+        tokio::spawn(fence_loop(Arc::downgrade(&controller)));
+        Ok(controller)
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    pub fn state_machine(&self) -> &StateMachine {
+        &self.state
+    }
+
+    /// The leader this node knows of.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    /// Stops taking part in the quorum and closes the controller listener.
+    pub async fn shutdown(&self) {
+        if let Some(server) = self.server.lock().take() {
+            server.abort();
+        }
+        if let Err(e) = self.raft.shutdown().await {
+            warn!(error = %e, "controller shutdown");
+        }
+    }
+
+    /// Serves one request.
+    pub async fn handle(&self, request: ControllerRequest) -> ControllerResponse {
+        if let ControllerRequest::FetchMetadata {
+            after_index,
+            max_wait_ms,
+        } = request
+        {
+            return self.fetch_metadata(after_index, max_wait_ms).await;
+        }
+        let metrics = self.raft.metrics().borrow().clone();
+        if metrics.state != ServerState::Leader {
+            return ControllerResponse::NotController {
+                leader: metrics.current_leader,
+            };
+        }
+        let _deciding = self.decide.lock().await;
+        let image = self.state.subscribe().borrow().image.clone();
+        match request {
+            ControllerRequest::RegisterBroker {
+                broker_id,
+                incarnation_id,
+                host,
+                port,
+                rack,
+            } => {
+                // The broker epoch is the index the registration will have: only the
+                // leader writes, under `decide`, so nothing else takes that index.
+                let broker_epoch = metrics.last_log_index.unwrap_or(0) as i64 + 1;
+                let record = MetadataRecord::RegisterBroker {
+                    broker_id,
+                    incarnation_id: Uuid::from_u128(incarnation_id),
+                    epoch: broker_epoch,
+                    host,
+                    port,
+                    rack,
+                };
+                self.touch(broker_id, metrics.current_term);
+                match self.commit(&[record]).await {
+                    Ok(()) => {
+                        info!(broker_id, broker_epoch, "registered broker");
+                        ControllerResponse::Registered { broker_epoch }
+                    }
+                    Err(e) => e,
+                }
+            }
+            ControllerRequest::BrokerHeartbeat {
+                broker_id,
+                broker_epoch,
+                metadata_index,
+                want_shutdown,
+            } => {
+                let Some(broker) = image
+                    .brokers
+                    .get(&broker_id)
+                    .filter(|b| b.epoch == broker_epoch)
+                else {
+                    return ControllerResponse::Error {
+                        code: code::STALE_BROKER_EPOCH,
+                        message: format!("broker {broker_id} epoch {broker_epoch} is not current"),
+                    };
+                };
+                self.touch(broker_id, metrics.current_term);
+                let records = if want_shutdown && !broker.fenced {
+                    fence(&image, broker_id, broker_epoch)
+                } else if !want_shutdown
+                    && broker.fenced
+                    && metadata_index >= broker_epoch.max(0) as u64
+                {
+                    unfence(&image, broker_id, broker_epoch)
+                } else {
+                    Vec::new()
+                };
+                if records.is_empty() {
+                    return ControllerResponse::Heartbeat {
+                        fenced: broker.fenced,
+                    };
+                }
+                match self.commit(&records).await {
+                    Ok(()) => {
+                        info!(broker_id, fenced = want_shutdown, "broker fence changed");
+                        ControllerResponse::Heartbeat {
+                            fenced: want_shutdown,
+                        }
+                    }
+                    Err(e) => e,
+                }
+            }
+            ControllerRequest::CreateTopics {
+                topics,
+                validate_only,
+            } => self.create_topics(&image, topics, validate_only).await,
+            ControllerRequest::DeleteTopics { names } => self.delete_topics(&image, names).await,
+            ControllerRequest::CreatePartitions {
+                topics,
+                validate_only,
+            } => self.create_partitions(&image, topics, validate_only).await,
+            ControllerRequest::DescribeQuorum => {
+                let progress = metrics.replication.clone().unwrap_or_default();
+                let voters = self
+                    .config
+                    .voters
+                    .keys()
+                    .map(|id| VoterState {
+                        id: *id,
+                        log_end_offset: progress
+                            .get(id)
+                            .copied()
+                            .flatten()
+                            .map_or(-1, |l| l.index as i64 + 1),
+                    })
+                    .collect();
+                ControllerResponse::Quorum(QuorumInfo {
+                    leader_id: self.node_id,
+                    leader_epoch: metrics.current_term,
+                    high_watermark: metrics.last_applied.map_or(0, |l| l.index as i64 + 1),
+                    voters,
+                })
+            }
+            ControllerRequest::FetchMetadata { .. } => ControllerResponse::Error {
+                code: code::INVALID_REQUEST,
+                message: "unreachable".into(),
+            },
+        }
+    }
+
+    /// Starts (or continues) a broker's session; a new term restarts every session.
+    fn touch(&self, broker_id: i32, term: u64) {
+        let mut sessions = self.sessions.lock();
+        if sessions.term != term {
+            sessions.term = term;
+            sessions.last_heartbeat.clear();
+        }
+        sessions.last_heartbeat.insert(broker_id, Instant::now());
+    }
+
+    async fn commit(&self, records: &[MetadataRecord]) -> Result<(), ControllerResponse> {
+        let write = self.raft.client_write(Command::new(records));
+        match tokio::time::timeout(Duration::from_millis(COMMIT_TIMEOUT_MS), write).await {
+            Err(_) => Err(ControllerResponse::Error {
+                code: code::REQUEST_TIMED_OUT,
+                message: "the controller quorum did not commit the change in time".into(),
+            }),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                Err(ControllerResponse::NotController {
+                    leader: f.leader_id,
+                })
+            }
+            Ok(Err(e)) => Err(ControllerResponse::Error {
+                code: code::NOT_CONTROLLER,
+                message: e.to_string(),
+            }),
+            Ok(Ok(written)) => match written.data.error {
+                None => Ok(()),
+                Some(reason) => Err(ControllerResponse::Error {
+                    code: code::INVALID_REQUEST,
+                    message: reason,
+                }),
+            },
+        }
+    }
+
+    async fn create_topics(
+        &self,
+        image: &MetadataImage,
+        topics: Vec<NewTopic>,
+        validate_only: bool,
+    ) -> ControllerResponse {
+        let mut results = Vec::with_capacity(topics.len());
+        let mut records = Vec::new();
+        let mut names_in_batch: Vec<String> = Vec::new();
+        for topic in topics {
+            let mut result = TopicResult {
+                name: topic.name.clone(),
+                ..TopicResult::default()
+            };
+            match plan_topic(image, &topic, &names_in_batch) {
+                Ok((id, assignment, mut topic_records)) => {
+                    result.topic_id = id.as_u128();
+                    result.num_partitions = assignment.len() as i32;
+                    result.replication_factor = assignment.first().map_or(0, |r| r.len() as i16);
+                    names_in_batch.push(topic.name.clone());
+                    records.append(&mut topic_records);
+                }
+                Err((code, message)) => {
+                    result.error_code = code;
+                    result.message = Some(message);
+                }
+            }
+            results.push(result);
+        }
+        if !validate_only && !records.is_empty() {
+            if let Err(e) = self.commit(&records).await {
+                let (code, message) = failure(&e);
+                for r in results.iter_mut().filter(|r| r.error_code == code::NONE) {
+                    r.error_code = code;
+                    r.message = Some(message.clone());
+                }
+            } else {
+                for r in results.iter().filter(|r| r.error_code == code::NONE) {
+                    info!(topic = %r.name, partitions = r.num_partitions, "created topic");
+                }
+            }
+        }
+        ControllerResponse::Topics(results)
+    }
+
+    async fn delete_topics(&self, image: &MetadataImage, names: Vec<String>) -> ControllerResponse {
+        let mut results = Vec::with_capacity(names.len());
+        let mut records = Vec::new();
+        for name in names {
+            let mut result = TopicResult {
+                name: name.clone(),
+                ..TopicResult::default()
+            };
+            match image.topic_by_name(&name) {
+                Some(topic) => {
+                    result.topic_id = topic.id.as_u128();
+                    if !records.iter().any(|r| {
+                        matches!(r, MetadataRecord::RemoveTopic { topic_id } if *topic_id == topic.id)
+                    }) {
+                        records.push(MetadataRecord::RemoveTopic { topic_id: topic.id });
+                    }
+                }
+                None => {
+                    result.error_code = code::UNKNOWN_TOPIC_OR_PARTITION;
+                    result.message = Some("This server does not host this topic-partition.".into());
+                }
+            }
+            results.push(result);
+        }
+        if !records.is_empty() {
+            if let Err(e) = self.commit(&records).await {
+                let (code, message) = failure(&e);
+                for r in results.iter_mut().filter(|r| r.error_code == code::NONE) {
+                    r.error_code = code;
+                    r.message = Some(message.clone());
+                }
+            }
+        }
+        ControllerResponse::Topics(results)
+    }
+
+    async fn create_partitions(
+        &self,
+        image: &MetadataImage,
+        topics: Vec<NewPartitions>,
+        validate_only: bool,
+    ) -> ControllerResponse {
+        let mut results = Vec::with_capacity(topics.len());
+        let mut records = Vec::new();
+        for request in topics {
+            let mut result = TopicResult {
+                name: request.name.clone(),
+                ..TopicResult::default()
+            };
+            match plan_partitions(image, &request) {
+                Ok(mut new_records) => records.append(&mut new_records),
+                Err((code, message)) => {
+                    result.error_code = code;
+                    result.message = Some(message);
+                }
+            }
+            results.push(result);
+        }
+        if !validate_only && !records.is_empty() {
+            if let Err(e) = self.commit(&records).await {
+                let (code, message) = failure(&e);
+                for r in results.iter_mut().filter(|r| r.error_code == code::NONE) {
+                    r.error_code = code;
+                    r.message = Some(message.clone());
+                }
+            }
+        }
+        ControllerResponse::Topics(results)
+    }
+
+    async fn fetch_metadata(&self, after_index: u64, max_wait_ms: u64) -> ControllerResponse {
+        let mut published = self.state.subscribe();
+        let wait = Duration::from_millis(max_wait_ms.min(FETCH_WAIT_MAX_MS));
+        let _ = tokio::time::timeout(wait, published.wait_for(|p| p.index > after_index)).await;
+        let encode = |records: &[MetadataRecord]| -> Vec<Vec<u8>> {
+            records.iter().map(MetadataRecord::encode).collect()
+        };
+        match self.state.changes_since(after_index).await {
+            Changes::None => ControllerResponse::Metadata {
+                index: after_index,
+                image: false,
+                entries: Vec::new(),
+            },
+            Changes::Deltas(deltas) => ControllerResponse::Metadata {
+                index: deltas.last().map_or(after_index, |(i, _)| *i),
+                image: false,
+                entries: deltas.iter().map(|(i, r)| (*i, encode(r))).collect(),
+            },
+            Changes::Image { index, records } => ControllerResponse::Metadata {
+                index,
+                image: true,
+                entries: vec![(index, encode(&records))],
+            },
+        }
+    }
+
+    /// Fences the brokers whose session expired, moving their partitions' leadership.
+    async fn fence_expired(&self) {
+        let metrics = self.raft.metrics().borrow().clone();
+        if metrics.state != ServerState::Leader {
+            return;
+        }
+        let _deciding = self.decide.lock().await;
+        let image = self.state.subscribe().borrow().image.clone();
+        let timeout = Duration::from_millis(self.config.broker_session_timeout_ms);
+        let expired: Vec<(i32, i64)> = {
+            let mut sessions = self.sessions.lock();
+            if sessions.term != metrics.current_term {
+                sessions.term = metrics.current_term;
+                sessions.last_heartbeat.clear();
+            }
+            let now = Instant::now();
+            image
+                .live_brokers()
+                .filter(|b| {
+                    let last = *sessions.last_heartbeat.entry(b.id).or_insert(now);
+                    now.duration_since(last) > timeout
+                })
+                .map(|b| (b.id, b.epoch))
+                .collect()
+        };
+        for (broker_id, epoch) in expired {
+            let image = self.state.subscribe().borrow().image.clone();
+            let records = fence(&image, broker_id, epoch);
+            match self.commit(&records).await {
+                Ok(()) => warn!(broker_id, "fenced a broker whose session expired"),
+                Err(e) => warn!(broker_id, error = ?e, "fencing a broker failed"),
+            }
+        }
+    }
+}
+
+fn failure(response: &ControllerResponse) -> (i16, String) {
+    match response {
+        ControllerResponse::Error { code, message } => (*code, message.clone()),
+        ControllerResponse::NotController { .. } => (
+            code::NOT_CONTROLLER,
+            "this controller is no longer active".into(),
+        ),
+        other => (code::INVALID_REQUEST, format!("{other:?}")),
+    }
+}
+
+/// Kafka's collision rule: `a.b` and `a_b` cannot both exist (metric names would clash).
+fn unified(name: &str) -> String {
+    name.replace('.', "_")
+}
+
+type Plan = (Uuid, Vec<Vec<i32>>, Vec<MetadataRecord>);
+
+/// The records creating a topic, or Kafka's error for it.
+fn plan_topic(
+    image: &MetadataImage,
+    topic: &NewTopic,
+    names_in_batch: &[String],
+) -> Result<Plan, (i16, String)> {
+    if image.topic_by_name(&topic.name).is_some() || names_in_batch.contains(&topic.name) {
+        return Err((
+            code::TOPIC_ALREADY_EXISTS,
+            format!("Topic '{}' already exists.", topic.name),
+        ));
+    }
+    let key = unified(&topic.name);
+    if let Some(other) = image
+        .topic_ids
+        .keys()
+        .chain(names_in_batch)
+        .find(|k| unified(k) == key)
+    {
+        return Err((
+            code::INVALID_TOPIC_EXCEPTION,
+            format!(
+                "Topic '{}' collides with existing topic: {other}",
+                topic.name
+            ),
+        ));
+    }
+    let assignment = if topic.assignments.is_empty() {
+        place_new(image, topic.num_partitions, topic.replication_factor, 0)?
+    } else {
+        manual_assignment(image, &topic.assignments)?
+    };
+    let topic_id = Uuid::new_v4();
+    let mut records = vec![MetadataRecord::Topic {
+        name: topic.name.clone(),
+        topic_id,
+    }];
+    records.extend(partition_records(image, topic_id, 0, &assignment));
+    for (key, value) in &topic.configs {
+        records.push(MetadataRecord::Config {
+            resource_type: 2,
+            resource_name: topic.name.clone(),
+            key: key.clone(),
+            value: Some(value.clone()),
+        });
+    }
+    Ok((topic_id, assignment, records))
+}
+
+/// Replicas for `count` new partitions numbered from `first`, over the unfenced brokers.
+fn place_new(
+    image: &MetadataImage,
+    count: i32,
+    replication_factor: i16,
+    first: i32,
+) -> Result<Vec<Vec<i32>>, (i16, String)> {
+    if count <= 0 || count > PARTITIONS_MAX {
+        return Err((
+            code::INVALID_PARTITIONS,
+            "Number of partitions must be larger than 0.".into(),
+        ));
+    }
+    if replication_factor <= 0 {
+        return Err((
+            code::INVALID_REPLICATION_FACTOR,
+            "Replication factor must be larger than 0.".into(),
+        ));
+    }
+    let brokers: Vec<Candidate> = image
+        .live_brokers()
+        .map(|b| Candidate {
+            id: b.id,
+            rack: b.rack.clone(),
+        })
+        .collect();
+    if usize::from(replication_factor as u16) > brokers.len() {
+        return Err((
+            code::INVALID_REPLICATION_FACTOR,
+            format!(
+                "Unable to replicate the partition {replication_factor} time(s): The target replication factor of {replication_factor} cannot be reached because only {} broker(s) are registered.",
+                brokers.len()
+            ),
+        ));
+    }
+    if replication_factor > 1 {
+        return Err((
+            code::INVALID_REPLICATION_FACTOR,
+            "Replication factor above 1 needs partition replication, which this cluster does not have yet.".into(),
+        ));
+    }
+    let start_index = rand::random::<u32>() as usize % brokers.len().max(1);
+    let shift = rand::random::<u32>() as usize % brokers.len().max(1);
+    placement::place(
+        &brokers,
+        count,
+        replication_factor,
+        first,
+        start_index,
+        shift,
+    )
+    .map_err(|e| {
+        let code = match e {
+            placement::PlacementError::InvalidPartitions => code::INVALID_PARTITIONS,
+            placement::PlacementError::PartialRackInformation => code::INVALID_REPLICATION_FACTOR,
+            _ => code::INVALID_REPLICATION_FACTOR,
+        };
+        (code, e.to_string())
+    })
+}
+
+/// Checks a manual assignment (partitions numbered from 0, equal replica counts, registered
+/// brokers, no duplicates) and returns it in partition order.
+fn manual_assignment(
+    image: &MetadataImage,
+    assignments: &[(i32, Vec<i32>)],
+) -> Result<Vec<Vec<i32>>, (i16, String)> {
+    let mut by_partition = BTreeMap::new();
+    for (partition, replicas) in assignments {
+        if by_partition.insert(*partition, replicas.clone()).is_some() {
+            return Err((
+                code::INVALID_REPLICA_ASSIGNMENT,
+                format!("Partition {partition} is assigned twice."),
+            ));
+        }
+    }
+    let rf = assignments[0].1.len();
+    for (i, (partition, replicas)) in by_partition.iter().enumerate() {
+        if *partition != i as i32 {
+            return Err((
+                code::INVALID_REPLICA_ASSIGNMENT,
+                "Partitions should be consecutive and start from 0.".into(),
+            ));
+        }
+        check_replicas(image, replicas, rf)?;
+    }
+    Ok(by_partition.into_values().collect())
+}
+
+fn check_replicas(
+    image: &MetadataImage,
+    replicas: &[i32],
+    replication_factor: usize,
+) -> Result<(), (i16, String)> {
+    if replicas.is_empty() || replicas.len() != replication_factor {
+        return Err((
+            code::INVALID_REPLICA_ASSIGNMENT,
+            "All partitions should have the same number of replicas.".into(),
+        ));
+    }
+    let mut seen = replicas.to_vec();
+    seen.sort_unstable();
+    seen.dedup();
+    if seen.len() != replicas.len() {
+        return Err((
+            code::INVALID_REPLICA_ASSIGNMENT,
+            format!("Duplicate brokers not allowed in replica assignment: {replicas:?}"),
+        ));
+    }
+    if let Some(unknown) = replicas.iter().find(|b| !image.brokers.contains_key(b)) {
+        return Err((
+            code::INVALID_REPLICA_ASSIGNMENT,
+            format!("Unknown broker {unknown} in replica assignment."),
+        ));
+    }
+    if replicas.len() > 1 {
+        return Err((
+            code::INVALID_REPLICATION_FACTOR,
+            "Replication factor above 1 needs partition replication, which this cluster does not have yet.".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Partition records: the leader is the first unfenced replica (none: -1), the ISR all
+/// replicas.
+fn partition_records(
+    image: &MetadataImage,
+    topic_id: Uuid,
+    first: i32,
+    assignment: &[Vec<i32>],
+) -> Vec<MetadataRecord> {
+    assignment
+        .iter()
+        .enumerate()
+        .map(|(i, replicas)| {
+            let leader = replicas
+                .iter()
+                .copied()
+                .find(|b| image.brokers.get(b).is_some_and(|b| !b.fenced))
+                .unwrap_or(-1);
+            MetadataRecord::Partition {
+                topic_id,
+                partition: first + i as i32,
+                replicas: replicas.clone(),
+                isr: replicas.clone(),
+                leader,
+                leader_epoch: 0,
+                partition_epoch: 0,
+            }
+        })
+        .collect()
+}
+
+fn plan_partitions(
+    image: &MetadataImage,
+    request: &NewPartitions,
+) -> Result<Vec<MetadataRecord>, (i16, String)> {
+    let topic = image.topic_by_name(&request.name).ok_or((
+        code::UNKNOWN_TOPIC_OR_PARTITION,
+        format!("The topic '{}' does not exist.", request.name),
+    ))?;
+    let current = topic.partitions.len() as i32;
+    if request.count <= current {
+        return Err((
+            code::INVALID_PARTITIONS,
+            format!(
+                "Topic currently has {current} partitions, which is higher than the requested {}.",
+                request.count
+            ),
+        ))
+        .map_err(|(c, m)| {
+            if request.count == current {
+                (c, format!("Topic already has {current} partitions."))
+            } else {
+                (c, m)
+            }
+        });
+    }
+    let rf = topic
+        .partitions
+        .values()
+        .next()
+        .map_or(1, |p| p.replicas.len());
+    let added = request.count - current;
+    let assignment = match &request.assignments {
+        Some(assignments) => {
+            if assignments.len() as i32 != added {
+                return Err((
+                    code::INVALID_REPLICA_ASSIGNMENT,
+                    format!(
+                        "Increasing the number of partitions by {added} but {} assignments provided.",
+                        assignments.len()
+                    ),
+                ));
+            }
+            for replicas in assignments {
+                check_replicas(image, replicas, rf)?;
+            }
+            assignments.clone()
+        }
+        None => place_new(image, added, rf as i16, current)?,
+    };
+    Ok(partition_records(image, topic.id, current, &assignment))
+}
+
+/// Fences a broker and moves leadership of the partitions it leads to another in-sync
+/// replica, or to none (-1) when it was the only one.
+fn fence(image: &MetadataImage, broker_id: i32, epoch: i64) -> Vec<MetadataRecord> {
+    let mut records = vec![MetadataRecord::FenceBroker { broker_id, epoch }];
+    for topic in image.topics.values() {
+        for (partition, p) in &topic.partitions {
+            if p.leader != broker_id {
+                continue;
+            }
+            let next = p
+                .isr
+                .iter()
+                .copied()
+                .find(|b| *b != broker_id && image.brokers.get(b).is_some_and(|b| !b.fenced))
+                .unwrap_or(-1);
+            let isr = (p.isr.len() > 1).then(|| {
+                p.isr
+                    .iter()
+                    .copied()
+                    .filter(|b| *b != broker_id)
+                    .collect::<Vec<_>>()
+            });
+            records.push(MetadataRecord::PartitionChange {
+                topic_id: topic.id,
+                partition: *partition,
+                isr,
+                leader: Some(next),
+                replicas: None,
+            });
+        }
+    }
+    records
+}
+
+/// Unfences a broker and gives it leadership of the leaderless partitions it is in sync for.
+fn unfence(image: &MetadataImage, broker_id: i32, epoch: i64) -> Vec<MetadataRecord> {
+    let mut records = vec![MetadataRecord::UnfenceBroker { broker_id, epoch }];
+    for topic in image.topics.values() {
+        for (partition, p) in &topic.partitions {
+            if p.leader == -1 && p.isr.contains(&broker_id) {
+                records.push(MetadataRecord::PartitionChange {
+                    topic_id: topic.id,
+                    partition: *partition,
+                    isr: None,
+                    leader: Some(broker_id),
+                    replicas: None,
+                });
+            }
+        }
+    }
+    records
+}
+
+async fn fence_loop(controller: std::sync::Weak<Controller>) {
+    let mut ticker = tokio::time::interval(Duration::from_millis(FENCE_CHECK_INTERVAL_MS));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let Some(controller) = controller.upgrade() else {
+            return;
+        };
+        controller.fence_expired().await;
+    }
+}
+
+/// Serves the controller listener: Raft RPCs from the other voters and requests from brokers.
+async fn serve(listener: TcpListener, controller: Arc<Controller>) {
+    // Dropping the set (when this task is aborted at shutdown) closes every connection.
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        while connections.try_join_next().is_some() {}
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                warn!(error = %e, "controller accept failed; backing off");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let controller = Arc::clone(&controller);
+        connections.spawn(async move {
+            if let Err(e) = serve_connection(stream, &controller).await {
+                warn!(%peer, error = %e, "closing controller connection");
+            }
+        });
+    }
+}
+
+async fn serve_connection(
+    mut stream: tokio::net::TcpStream,
+    controller: &Controller,
+) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    while let Some(request) = net::read_frame::<Request>(&mut stream).await? {
+        let response = match request {
+            Request::Vote(rpc) => Response::Vote(controller.raft.vote(rpc).await),
+            Request::AppendEntries(rpc) => {
+                Response::AppendEntries(controller.raft.append_entries(rpc).await)
+            }
+            Request::InstallSnapshot(rpc) => {
+                Response::InstallSnapshot(controller.raft.install_snapshot(rpc).await)
+            }
+            Request::Controller(request) => Response::Controller(controller.handle(request).await),
+        };
+        net::write_frame(&mut stream, &response).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,197 @@
+//! Three controllers over TCP on 127.0.0.1: brokers register through any voter, topics are
+//! placed over the unfenced brokers, a silent broker is fenced, the quorum survives losing
+//! its active controller, and a restarted controller catches up from its own log.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use strom_controller::client::ControllerClient;
+use strom_controller::service::{
+    code, Controller, ControllerConfig, ControllerRequest, ControllerResponse, NewTopic,
+};
+use strom_controller::NodeId;
+use tokio::net::TcpListener;
+
+const CALL: Duration = Duration::from_secs(20);
+
+fn config(
+    id: NodeId,
+    voters: &BTreeMap<NodeId, String>,
+    dir: &std::path::Path,
+) -> ControllerConfig {
+    ControllerConfig {
+        node_id: id,
+        voters: voters.clone(),
+        dir: dir.join(format!("node-{id}")),
+        election_timeout_ms: 300,
+        broker_session_timeout_ms: 1_500,
+    }
+}
+
+async fn free_listeners(n: usize) -> (Vec<TcpListener>, BTreeMap<NodeId, String>) {
+    let mut listeners = Vec::new();
+    let mut voters = BTreeMap::new();
+    for id in 1..=n as NodeId {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        voters.insert(id, l.local_addr().expect("addr").to_string());
+        listeners.push(l);
+    }
+    (listeners, voters)
+}
+
+async fn register(client: &ControllerClient, broker_id: i32) -> i64 {
+    let answer = client
+        .call(
+            ControllerRequest::RegisterBroker {
+                broker_id,
+                incarnation_id: broker_id as u128,
+                host: "127.0.0.1".into(),
+                port: 9000 + broker_id as u16,
+                rack: None,
+            },
+            CALL,
+        )
+        .await;
+    let ControllerResponse::Registered { broker_epoch } = answer else {
+        panic!("registration failed: {answer:?}");
+    };
+    broker_epoch
+}
+
+async fn heartbeat(client: &ControllerClient, broker_id: i32, epoch: i64) -> ControllerResponse {
+    client
+        .call(
+            ControllerRequest::BrokerHeartbeat {
+                broker_id,
+                broker_epoch: epoch,
+                metadata_index: u64::MAX,
+                want_shutdown: false,
+            },
+            CALL,
+        )
+        .await
+}
+
+async fn create(client: &ControllerClient, name: &str, partitions: i32) -> ControllerResponse {
+    client
+        .call(
+            ControllerRequest::CreateTopics {
+                topics: vec![NewTopic {
+                    name: name.into(),
+                    num_partitions: partitions,
+                    replication_factor: 1,
+                    assignments: Vec::new(),
+                    configs: Vec::new(),
+                }],
+                validate_only: false,
+            },
+            CALL,
+        )
+        .await
+}
+
+fn created(answer: &ControllerResponse) -> bool {
+    matches!(answer, ControllerResponse::Topics(r) if r.len() == 1 && r[0].error_code == code::NONE)
+}
+
+async fn active(nodes: &BTreeMap<NodeId, Arc<Controller>>) -> NodeId {
+    for _ in 0..400 {
+        for (id, node) in nodes {
+            if node.leader() == Some(*id) {
+                return *id;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("no active controller");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_quorum_places_topics_fences_silent_brokers_and_survives_losing_its_leader() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (listeners, voters) = free_listeners(3).await;
+    let mut nodes = BTreeMap::new();
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let id = i as NodeId + 1;
+        let node = Controller::start(config(id, &voters, dir.path()), Some(listener))
+            .await
+            .expect("start controller");
+        nodes.insert(id, node);
+    }
+    let client = ControllerClient::new(&voters, None);
+    let mut epochs = BTreeMap::new();
+    for broker in 1..=3 {
+        epochs.insert(broker, register(&client, broker).await);
+    }
+    for (broker, epoch) in &epochs {
+        let answer = heartbeat(&client, *broker, *epoch).await;
+        assert!(
+            matches!(answer, ControllerResponse::Heartbeat { fenced: false }),
+            "{answer:?}"
+        );
+    }
+    let answer = create(&client, "orders", 6).await;
+    assert!(created(&answer), "{answer:?}");
+    let leader = active(&nodes).await;
+    let image = nodes[&leader].state_machine().image().await;
+    let topic = image.topic_by_name("orders").expect("topic");
+    let mut led: BTreeMap<i32, usize> = BTreeMap::new();
+    for p in topic.partitions.values() {
+        *led.entry(p.leader).or_default() += 1;
+    }
+    assert_eq!(
+        led,
+        BTreeMap::from([(1, 2), (2, 2), (3, 2)]),
+        "two leaders per broker"
+    );
+
+    // Broker 3 goes silent: it is fenced and its partitions lose their leader.
+    for _ in 0..12 {
+        for broker in [1, 2] {
+            heartbeat(&client, broker, epochs[&broker]).await;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let leader = active(&nodes).await;
+    let image = nodes[&leader].state_machine().image().await;
+    assert!(image.brokers[&3].fenced, "the silent broker is fenced");
+    assert!(!image.brokers[&1].fenced && !image.brokers[&2].fenced);
+    let topic = image.topic_by_name("orders").expect("topic");
+    assert!(topic.partitions.values().all(|p| p.leader != 3));
+    // It comes back: unfenced, and it leads its partitions again.
+    let answer = heartbeat(&client, 3, epochs[&3]).await;
+    assert!(
+        matches!(answer, ControllerResponse::Heartbeat { fenced: false }),
+        "{answer:?}"
+    );
+
+    // The active controller dies: another takes over and metadata changes work again.
+    let old = active(&nodes).await;
+    nodes[&old].shutdown().await;
+    let survivors: BTreeMap<NodeId, Arc<Controller>> = nodes
+        .iter()
+        .filter(|(id, _)| **id != old)
+        .map(|(id, n)| (*id, Arc::clone(n)))
+        .collect();
+    let new = active(&survivors).await;
+    assert_ne!(new, old);
+    let answer = create(&client, "payments", 3).await;
+    assert!(created(&answer), "{answer:?}");
+
+    // The old leader restarts from its files on the same address and catches up.
+    nodes.remove(&old);
+    let listener = TcpListener::bind(&voters[&old]).await.expect("rebind");
+    let restarted = Controller::start(config(old, &voters, dir.path()), Some(listener))
+        .await
+        .expect("restart");
+    let target = survivors[&new].state_machine().subscribe().borrow().index;
+    let mut caught_up = restarted.state_machine().subscribe();
+    tokio::time::timeout(CALL, caught_up.wait_for(|p| p.index >= target))
+        .await
+        .expect("the restarted controller catches up")
+        .expect("state machine alive");
+    let image = restarted.state_machine().image().await;
+    assert!(image.topic_by_name("payments").is_some() && image.topic_by_name("orders").is_some());
+    assert!(!image.brokers[&3].fenced);
+}
