@@ -288,6 +288,34 @@ static KEYS: &[KeyDef] = &[
         "Bytes of requests being read or served before the broker pauses reading sockets (-1: no limit).",
     ),
     key(
+        "broker.heartbeat.interval.ms",
+        "2000",
+        I,
+        Check::AtLeast(1),
+        "How often a broker heartbeats to the active controller.",
+    ),
+    key(
+        "broker.session.timeout.ms",
+        "9000",
+        I,
+        Check::AtLeast(1),
+        "A broker that has not heartbeated for this long is fenced.",
+    ),
+    key(
+        "controller.quorum.election.timeout.ms",
+        "1000",
+        I,
+        Check::AtLeast(1),
+        "How long a controller waits without hearing from the leader before standing for election.",
+    ),
+    key(
+        "broker.rack",
+        "",
+        Str,
+        Check::Any,
+        "The rack of this broker, for rack-aware replica placement.",
+    ),
+    key(
         "log.message.timestamp.type",
         "CreateTime",
         Str,
@@ -313,10 +341,7 @@ static KNOWN_UNIMPLEMENTED: &[&str] = &[
     "auto.include.jmx.reporter",
     "auto.leader.rebalance.enable",
     "background.threads",
-    "broker.heartbeat.interval.ms",
     "broker.id",
-    "broker.rack",
-    "broker.session.timeout.ms",
     "client.quota.callback.class",
     "compression.gzip.level",
     "compression.lz4.level",
@@ -328,7 +353,6 @@ static KNOWN_UNIMPLEMENTED: &[&str] = &[
     "controller.quorum.append.linger.ms",
     "controller.quorum.bootstrap.servers",
     "controller.quorum.election.backoff.max.ms",
-    "controller.quorum.election.timeout.ms",
     "controller.quorum.fetch.timeout.ms",
     "controller.quorum.request.timeout.ms",
     "controller.quorum.retry.backoff.ms",
@@ -544,6 +568,10 @@ pub struct BrokerConfig {
     /// Not a Kafka key: whether unformatted log dirs are formatted at start (the embedded
     /// default, `strom server` without `--config`) or refused (a node started from a file).
     pub format_on_start: bool,
+    pub broker_heartbeat_interval_ms: i32,
+    pub broker_session_timeout_ms: i32,
+    pub controller_quorum_election_timeout_ms: i32,
+    pub broker_rack: Option<String>,
     /// Effective text value of every implemented key, derived ones resolved.
     values: BTreeMap<&'static str, String>,
     /// Keys set by the file or an override.
@@ -696,6 +724,11 @@ impl BrokerConfig {
             offsets_retention_minutes: int("offsets.retention.minutes") as i32,
             offsets_retention_check_interval_ms: int("offsets.retention.check.interval.ms"),
             format_on_start: true,
+            broker_heartbeat_interval_ms: int("broker.heartbeat.interval.ms") as i32,
+            broker_session_timeout_ms: int("broker.session.timeout.ms") as i32,
+            controller_quorum_election_timeout_ms: int("controller.quorum.election.timeout.ms")
+                as i32,
+            broker_rack: Some(values["broker.rack"].clone()).filter(|r| !r.is_empty()),
             values,
             explicit,
         })
@@ -825,33 +858,97 @@ impl BrokerConfig {
     /// What this single-node build can run: combined roles, and at most itself as the voter.
     /// Anything else would silently run as a lone node, so it is refused until the
     /// controller quorum exists.
-    pub fn check_single_node(&self) -> Result<(), ConfigError> {
-        let mut roles = self.process_roles.clone();
-        roles.sort();
-        if roles != ["broker", "controller"] {
-            return Err(ConfigError::InvalidValue {
-                key: "process.roles".into(),
-                value: self.process_roles.join(","),
-                reason: "only broker,controller (one combined node) is supported until the controller quorum lands".into(),
-            });
-        }
-        if self
+    pub fn is_broker(&self) -> bool {
+        self.process_roles.iter().any(|r| r == "broker")
+    }
+
+    pub fn is_controller(&self) -> bool {
+        self.process_roles.iter().any(|r| r == "controller")
+    }
+
+    /// The listener the controller quorum talks on, if one is configured.
+    pub fn controller_listener(&self) -> Option<Listener> {
+        self.listeners
+            .iter()
+            .find(|l| self.controller_listener_names.contains(&l.name))
+            .cloned()
+    }
+
+    /// Checks that roles, voters and listeners fit together, as Kafka does at start:
+    /// a controller is one of the voters (or, with no voters, the only one), a broker-only
+    /// node is not a voter and needs voters to find the quorum, a quorum of several needs a
+    /// controller listener on each of its voters, a broker needs a client listener.
+    pub fn check_roles(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, value: String, reason: &str| ConfigError::InvalidValue {
+            key: key.into(),
+            value,
+            reason: reason.into(),
+        };
+        let voters = self
             .controller_quorum_voters
             .iter()
-            .any(|(id, _, _)| *id != self.node_id)
-        {
-            return Err(ConfigError::InvalidValue {
-                key: "controller.quorum.voters".into(),
-                value: self
-                    .controller_quorum_voters
+            .map(|(id, h, p)| format!("{id}@{h}:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let is_voter = self
+            .controller_quorum_voters
+            .iter()
+            .any(|(id, _, _)| *id == self.node_id);
+        if self.process_roles.is_empty() {
+            return Err(invalid(
+                "process.roles",
+                String::new(),
+                "needs broker, controller or both",
+            ));
+        }
+        if self.is_controller() && !self.controller_quorum_voters.is_empty() && !is_voter {
+            return Err(invalid(
+                "controller.quorum.voters",
+                voters,
+                &format!(
+                    "a controller must be one of the voters, and node.id {} is not",
+                    self.node_id
+                ),
+            ));
+        }
+        if !self.is_controller() {
+            if self.controller_quorum_voters.is_empty() {
+                return Err(invalid(
+                    "controller.quorum.voters",
+                    voters,
+                    "a broker-only node needs the voters to find the controller quorum",
+                ));
+            }
+            if is_voter {
+                return Err(invalid(
+                    "node.id",
+                    self.node_id.to_string(),
+                    "a broker-only node cannot have the node id of a voter",
+                ));
+            }
+        }
+        let needs_controller_listener =
+            self.is_controller() && (self.controller_quorum_voters.len() > 1 || !self.is_broker());
+        if needs_controller_listener && self.controller_listener().is_none() {
+            return Err(invalid(
+                "listeners",
+                self.listeners
                     .iter()
-                    .map(|(id, h, p)| format!("{id}@{h}:{p}"))
+                    .map(|l| format!("{}://{}:{}", l.name, l.host, l.port))
                     .collect::<Vec<_>>()
                     .join(","),
-                reason:
-                    "a quorum of other nodes is not supported until the controller quorum lands"
-                        .into(),
-            });
+                &format!(
+                    "a controller of a quorum needs a listener named in controller.listener.names ({})",
+                    self.controller_listener_names.join(",")
+                ),
+            ));
+        }
+        if self.is_broker() && self.client_listener().is_none() {
+            return Err(invalid(
+                "listeners",
+                String::new(),
+                "a broker needs a client listener besides controller.listener.names",
+            ));
         }
         Ok(())
     }
@@ -1081,7 +1178,7 @@ log.retention.check.interval.ms=300000
     }
 
     #[test]
-    fn quorum_voters_parse_and_only_a_single_combined_node_runs() {
+    fn roles_voters_and_listeners_must_fit_together() {
         let (config, _) = BrokerConfig::from_properties(
             "node.id=3\ncontroller.quorum.voters=3@localhost:9093\n",
             &[],
@@ -1091,7 +1188,8 @@ log.retention.check.interval.ms=300000
             config.controller_quorum_voters,
             vec![(3, "localhost".to_string(), 9093)]
         );
-        assert!(config.check_single_node().is_ok());
+        assert!(config.check_roles().is_ok());
+        assert!(BrokerConfig::embedded_default().check_roles().is_ok());
         for bad in [
             "controller.quorum.voters=x@h:1",
             "controller.quorum.voters=1@h",
@@ -1099,21 +1197,29 @@ log.retention.check.interval.ms=300000
         ] {
             assert!(BrokerConfig::from_properties(bad, &[]).is_err(), "{bad}");
         }
-        let (three, _) =
-            BrokerConfig::from_properties("controller.quorum.voters=1@a:1,2@b:1,3@c:1\n", &[])
-                .unwrap();
-        assert!(three
-            .check_single_node()
+        let check = |text: &str| {
+            BrokerConfig::from_properties(text, &[])
+                .unwrap()
+                .0
+                .check_roles()
+                .map_err(|e| e.to_string())
+        };
+        let three = "controller.quorum.voters=1@a:1,2@b:1,3@c:1\n";
+        assert!(check(three).unwrap_err().contains("listeners"));
+        assert!(check(&format!(
+            "{three}listeners=PLAINTEXT://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093\n"
+        ))
+        .is_ok());
+        assert!(check(&format!("{three}node.id=4\n"))
             .unwrap_err()
-            .to_string()
             .contains("controller.quorum.voters"));
-        let (broker_only, _) =
-            BrokerConfig::from_properties("process.roles=broker\n", &[]).unwrap();
-        assert!(broker_only
-            .check_single_node()
+        assert!(check("process.roles=broker\n")
             .unwrap_err()
-            .to_string()
-            .contains("process.roles"));
+            .contains("controller.quorum.voters"));
+        assert!(check(&format!("process.roles=broker\nnode.id=4\n{three}")).is_ok());
+        assert!(check(&format!("process.roles=broker\n{three}"))
+            .unwrap_err()
+            .contains("node.id"));
     }
 
     #[test]

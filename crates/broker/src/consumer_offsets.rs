@@ -11,7 +11,7 @@ use strom_coordinator::{GroupCoordinator, OffsetsLog};
 use strom_protocol::batch;
 use tracing::info;
 
-use crate::topics::{now_ms, NewTopic, Topic, TopicManager};
+use crate::topics::{now_ms, TopicManager};
 use crate::BrokerError;
 
 /// The internal topic's name.
@@ -19,35 +19,18 @@ pub const TOPIC: &str = "__consumer_offsets";
 /// Bytes read per step while loading a partition.
 const LOAD_READ_BYTES: usize = 1 << 20;
 
-/// The coordinator's writer: appends record batches to the topic's partitions, creating the
-/// topic on first use with `offsets.topic.num.partitions` partitions.
+/// The coordinator's writer: appends record batches to the partitions of the topic this
+/// broker leads. The topic itself is created through the controller by FindCoordinator.
 pub struct OffsetsTopic {
     pub topics: Arc<TopicManager>,
-    pub partitions: i32,
 }
 
-impl OffsetsTopic {
-    fn topic(&self) -> Result<Arc<Topic>, String> {
-        if let Some(topic) = self.topics.get(TOPIC) {
-            return Ok(topic);
-        }
-        let mut configs = std::collections::BTreeMap::new();
-        configs.insert("cleanup.policy".to_string(), "compact".to_string());
-        configs.insert("segment.bytes".to_string(), "104857600".to_string());
-        let created = self.topics.create(NewTopic {
-            name: TOPIC.into(),
-            num_partitions: self.partitions,
-            replication_factor: 1,
-            configs,
-        });
-        match created {
-            Ok(topic) => Ok(topic),
-            Err(_) => self
-                .topics
-                .get(TOPIC)
-                .ok_or_else(|| format!("cannot create {TOPIC}")),
-        }
-    }
+/// The configs `__consumer_offsets` is created with.
+pub fn topic_configs() -> Vec<(String, String)> {
+    vec![
+        ("cleanup.policy".to_string(), "compact".to_string()),
+        ("segment.bytes".to_string(), "104857600".to_string()),
+    ]
 }
 
 impl OffsetsLog for OffsetsTopic {
@@ -56,11 +39,13 @@ impl OffsetsLog for OffsetsTopic {
         partition: i32,
         records: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     ) -> Result<(), String> {
-        let topic = self.topic()?;
-        let target = usize::try_from(partition)
-            .ok()
-            .and_then(|p| topic.partitions.get(p))
-            .ok_or("no such partition")?;
+        let topic = self
+            .topics
+            .get(TOPIC)
+            .ok_or_else(|| format!("{TOPIC} does not exist"))?;
+        let target = topic
+            .led(partition)
+            .map_err(|code| format!("partition {partition} of {TOPIC} is not led here ({code})"))?;
         let now = now_ms();
         let records: Vec<Record> = records
             .into_iter()
@@ -90,7 +75,7 @@ impl OffsetsLog for OffsetsTopic {
         let batches = batch::validate_produce(&buf, usize::MAX).map_err(|e| e.to_string())?;
         let info = target
             .log
-            .append_as_leader(&buf, &batches, target.leader_epoch, now)
+            .append_as_leader(&buf, &batches, target.leader_epoch(), now)
             .map_err(|e| e.to_string())?;
         target.log.update_high_watermark(info.last_offset + 1);
         target.appended.notify_waiters();
@@ -105,7 +90,7 @@ pub fn load(topics: &TopicManager, groups: &GroupCoordinator) -> Result<(), Brok
     };
     let started = std::time::Instant::now();
     let mut loaded = 0usize;
-    for partition in &topic.partitions {
+    for partition in topic.local_partitions() {
         let mut offset = partition.log.offsets().log_start_offset;
         loop {
             let read = partition.log.read(offset, LOAD_READ_BYTES, true)?;

@@ -3,13 +3,15 @@
 //!
 //! Main types: [`Broker`] (the shared state every request sees), [`server::run`] (the
 //! process lifecycle), [`topics::TopicManager`] (topics and their partition logs),
-//! [`config::BrokerConfig`] (Kafka's property names). A request flows
+//! [`config::BrokerConfig`] (Kafka's property names), [`cluster::Cluster`] (the controller
+//! quorum as this broker sees it). A request flows
 //! `connection` → `api::handle` → `api::<name>` → `strom_storage`.
 //!
 //! The broker never panics on peer input: a malformed frame closes that one connection with
 //! one log line; everything a client can get wrong is answered with Kafka's error code.
 
 pub mod api;
+pub mod cluster;
 pub mod config;
 mod connection;
 mod consumer_offsets;
@@ -32,8 +34,11 @@ pub struct Broker {
     pub advertised_host: String,
     pub advertised_port: i32,
     pub topics: Arc<topics::TopicManager>,
-    /// The group coordinator for every group (this node coordinates them all).
+    /// The group coordinator for the groups whose `__consumer_offsets` partition this
+    /// broker leads.
     pub groups: Arc<strom_coordinator::GroupCoordinator>,
+    /// The controller quorum and the metadata this broker follows.
+    pub cluster: Arc<cluster::Cluster>,
     /// `queued.max.request.bytes`: bytes of requests being read or served; reading pauses
     /// while it is exhausted. `None` when unlimited (Kafka's default).
     pub request_memory: Option<Arc<tokio::sync::Semaphore>>,

@@ -1,6 +1,7 @@
-//! The broker process: formats or checks the log dirs, opens the topics, listens, flushes
-//! on an interval, and shuts down cleanly (stop accepting, finish in-flight requests, flush,
-//! close segments, mark the shutdown clean).
+//! The node process: formats or checks the log dirs, starts the controller (a voter), and as
+//! a broker follows the metadata, registers, waits to be unfenced, listens, flushes on an
+//! interval, and shuts down cleanly (fence itself, stop accepting, finish in-flight requests,
+//! flush, close segments, mark the shutdown clean, leave the quorum).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -12,6 +13,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
+use crate::cluster::{self, Cluster};
 use crate::config::BrokerConfig;
 use crate::topics::TopicManager;
 use crate::{connection, consumer_offsets, storage_format, Broker, BrokerError};
@@ -26,7 +28,11 @@ const FLUSH_CHECK_INTERVAL_MS: u64 = 100;
 /// Pause after a failed accept (e.g. out of file descriptors) before trying again.
 const ACCEPT_BACKOFF_MS: u64 = 100;
 
-/// A started broker: its bound address and a handle to wait for it.
+/// Pause between checks whether this broker has been unfenced.
+const UNFENCE_POLL_MS: u64 = 20;
+
+/// A started node: the address it serves (the client listener of a broker, else the
+/// controller listener) and the cluster id.
 pub struct Running {
     pub local_addr: SocketAddr,
     pub cluster_id: String,
@@ -48,6 +54,16 @@ pub async fn run(
     } else {
         storage_format::check_formatted(&config.log_dirs, config.node_id)?
     };
+    let (controller, controller_addr) = if config.is_controller() {
+        let (controller, addr) = cluster::start_controller(&config).await?;
+        (Some(controller), addr)
+    } else {
+        (None, None)
+    };
+    if !config.is_broker() {
+        return run_controller_only(controller, controller_addr, cluster_id, shutdown, on_ready)
+            .await;
+    }
     let listener_cfg = config.client_listener().ok_or_else(|| {
         BrokerError::Config(
             "no client listener in `listeners` (besides controller.listener.names)".into(),
@@ -64,11 +80,36 @@ pub async fn run(
     let topics = Arc::new(tokio::task::block_in_place(|| {
         TopicManager::open(Arc::clone(&config))
     })?);
+    let cluster = Cluster::new(&config, controller.clone());
+    let applier = tokio::spawn(cluster::apply_metadata(
+        Arc::clone(&cluster),
+        Arc::clone(&topics),
+    ));
+    let heartbeats = tokio::spawn(Arc::clone(&cluster).run_heartbeats(
+        Arc::clone(&config),
+        Arc::clone(&topics),
+        advertised_host.clone(),
+        advertised_port,
+    ));
+    tokio::pin!(shutdown);
+    // Clients are served once the controller has unfenced this broker, i.e. once it has
+    // applied the metadata up to its registration.
+    tokio::select! {
+        _ = &mut shutdown => {
+            info!("shut down before joining the cluster");
+            heartbeats.abort();
+            applier.abort();
+            if let Some(controller) = controller {
+                controller.shutdown().await;
+            }
+            return Ok(());
+        }
+        _ = wait_until_live(&cluster, &topics) => {}
+    }
     let groups = Arc::new(GroupCoordinator::new(
         coordinator_config(&config),
         Arc::new(consumer_offsets::OffsetsTopic {
             topics: Arc::clone(&topics),
-            partitions: config.offsets_topic_num_partitions,
         }),
     ));
     tokio::task::block_in_place(|| consumer_offsets::load(&topics, &groups))?;
@@ -80,6 +121,7 @@ pub async fn run(
         advertised_port: i32::from(advertised_port),
         topics,
         groups,
+        cluster: Arc::clone(&cluster),
         request_memory: u32::try_from(config.queued_max_request_bytes)
             .ok()
             .filter(|bytes| *bytes > 0)
@@ -97,14 +139,52 @@ pub async fn run(
 
     let connections = accept_loop(listener, Arc::clone(&broker), shutdown).await;
     info!("shutting down: no longer accepting connections");
+    heartbeats.abort();
+    cluster
+        .controlled_shutdown(&config, broker.topics.image().index)
+        .await;
     let _ = shutdown_tx.send(true);
     drain(connections).await;
     flusher.abort();
     group_timer.abort();
+    applier.abort();
     let closing = Arc::clone(&broker);
     tokio::task::spawn_blocking(move || closing.topics.close_all())
         .await
         .map_err(|e| BrokerError::Config(format!("close task failed: {e}")))??;
+    if let Some(controller) = controller {
+        controller.shutdown().await;
+    }
+    info!("shutdown complete");
+    Ok(())
+}
+
+async fn wait_until_live(cluster: &Cluster, topics: &TopicManager) {
+    while !cluster.is_live_in(&topics.image().image) {
+        tokio::time::sleep(Duration::from_millis(UNFENCE_POLL_MS)).await;
+    }
+}
+
+/// A controller-only node: takes part in the quorum until shut down.
+async fn run_controller_only(
+    controller: Option<Arc<strom_controller::service::Controller>>,
+    controller_addr: Option<SocketAddr>,
+    cluster_id: String,
+    shutdown: impl Future<Output = ()>,
+    on_ready: impl FnOnce(&Running),
+) -> Result<(), BrokerError> {
+    let (Some(controller), Some(local_addr)) = (controller, controller_addr) else {
+        return Err(BrokerError::Config(
+            "a controller-only node needs a controller listener".into(),
+        ));
+    };
+    info!(node_id = controller.node_id(), %local_addr, "strom controller started");
+    on_ready(&Running {
+        local_addr,
+        cluster_id,
+    });
+    shutdown.await;
+    controller.shutdown().await;
     info!("shutdown complete");
     Ok(())
 }

@@ -1,15 +1,20 @@
-//! Topics and their partitions on this broker: creation, deletion, persistence of topic
-//! metadata, opening and recovering the partition logs at start, and periodic flushing.
+//! Topics and their partitions on this broker, kept in step with the metadata image: each
+//! applied image opens the logs of partitions with a replica here (recovering them after an
+//! unclean shutdown), deletes the logs of removed topics, and records every partition's
+//! leader and epoch; plus periodic flushing and clean closing.
 //!
-//! Topic metadata (id, partition count, configs) is kept in `<first log dir>/.strom-topics/`,
-//! one properties file per topic, until the controller quorum holds it (issue: cluster).
+//! Topic metadata itself (ids, partitions, configs) lives in the controller quorum's log;
+//! a broker never creates or deletes a topic on its own.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::{Mutex, RwLock};
+use strom_controller::Published;
+use strom_metadata::image::{PartitionImage, TopicImage};
 use strom_storage::checkpoint::{self, write_atomically};
 use strom_storage::{LogConfig, PartitionLog};
 use tokio::sync::Notify;
@@ -22,8 +27,13 @@ use crate::BrokerError;
 
 /// Longest legal topic name (Kafka's `Topic.MAX_NAME_LENGTH`).
 pub const TOPIC_NAME_MAX_CHARS: usize = 249;
-const TOPICS_DIR: &str = ".strom-topics";
 const CLEAN_SHUTDOWN_FILE: &str = ".strom-clean-shutdown";
+/// The controller quorum's log directory (Kafka's name), never a partition of a topic.
+pub const METADATA_LOG_DIR: &str = "__cluster_metadata-0";
+/// Kafka's file naming the topic id a partition directory belongs to.
+const PARTITION_METADATA_FILE: &str = "partition.metadata";
+/// Topic configs' resource type in the metadata (Kafka's `ConfigResource.Type.TOPIC`).
+pub const TOPIC_RESOURCE: i8 = 2;
 
 /// Checks a topic name against Kafka's rules; the error text is Kafka's.
 pub fn validate_topic_name(name: &str) -> Result<(), String> {
@@ -49,11 +59,6 @@ pub fn validate_topic_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Kafka's collision rule: `a.b` and `a_b` cannot both exist (metric names would clash).
-fn unify_collision_chars(name: &str) -> String {
-    name.replace('.', "_")
-}
-
 /// Wall-clock milliseconds since the epoch.
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -62,39 +67,82 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// One partition hosted here, with what its requests need besides the log.
+/// One partition with a replica on this broker.
 #[derive(Debug)]
 pub struct Partition {
     pub index: i32,
     pub log: Arc<PartitionLog>,
-    pub leader_epoch: i32,
+    leader_epoch: AtomicI32,
     /// When the periodic flusher last fsynced this partition (ms since the epoch).
-    pub last_flush_ms: std::sync::atomic::AtomicI64,
+    pub last_flush_ms: AtomicI64,
     /// Woken on every append, for waiting fetches.
     pub appended: Notify,
 }
 
 impl Partition {
-    fn new(index: i32, log: PartitionLog) -> Partition {
+    fn new(index: i32, log: PartitionLog, leader_epoch: i32) -> Partition {
         Partition {
             index,
             log: Arc::new(log),
-            leader_epoch: 0,
-            last_flush_ms: std::sync::atomic::AtomicI64::new(now_ms()),
+            leader_epoch: AtomicI32::new(leader_epoch),
+            last_flush_ms: AtomicI64::new(now_ms()),
             appended: Notify::new(),
         }
     }
+
+    /// The partition's leader epoch as of the last applied metadata.
+    pub fn leader_epoch(&self) -> i32 {
+        self.leader_epoch.load(Ordering::Acquire)
+    }
 }
 
-/// A topic and its settings.
+/// A topic as the metadata image has it, with the partitions hosted here.
 #[derive(Debug)]
 pub struct Topic {
     pub name: String,
     pub id: Uuid,
     pub replication_factor: i16,
     pub configs: BTreeMap<String, String>,
-    pub partitions: Vec<Arc<Partition>>,
     pub settings: topic_config::LogConfig,
+    /// Every partition, indexed by partition number.
+    pub states: Vec<PartitionImage>,
+    /// The partitions with a replica on this broker, indexed by partition number.
+    pub local: Vec<Option<Arc<Partition>>>,
+    node_id: i32,
+}
+
+impl Topic {
+    pub fn partition_count(&self) -> usize {
+        self.states.len()
+    }
+
+    /// The partition if this broker leads it: UNKNOWN_TOPIC_OR_PARTITION for a partition
+    /// the topic does not have, NOT_LEADER_OR_FOLLOWER when it is led elsewhere (or not at
+    /// all), so that the client refreshes its metadata.
+    pub fn led(&self, index: i32) -> Result<&Arc<Partition>, i16> {
+        use kafka_protocol::ResponseError as E;
+        let i = usize::try_from(index).map_err(|_| E::UnknownTopicOrPartition.code())?;
+        let state = self
+            .states
+            .get(i)
+            .ok_or(E::UnknownTopicOrPartition.code())?;
+        match self.local.get(i).and_then(Option::as_ref) {
+            Some(partition) if state.leader == self.node_id => Ok(partition),
+            _ => Err(E::NotLeaderOrFollower.code()),
+        }
+    }
+
+    /// The leader of a partition and its epoch (-1 when unknown), for KIP-951 hints.
+    pub fn leader_of(&self, index: i32) -> (i32, i32) {
+        usize::try_from(index)
+            .ok()
+            .and_then(|i| self.states.get(i))
+            .map_or((-1, -1), |s| (s.leader, s.leader_epoch))
+    }
+
+    pub fn local_partitions(&self) -> impl Iterator<Item = &Arc<Partition>> {
+        self.local.iter().flatten()
+    }
 }
 
 /// What a topic creation asks for, already defaulted.
@@ -106,107 +154,227 @@ pub struct NewTopic {
     pub configs: BTreeMap<String, String>,
 }
 
-/// All topics of this broker.
+/// Checks what a broker can check of a creation without the metadata: name, counts and
+/// config values. Returns Kafka's error code and message.
+pub fn validate_new(topic: &NewTopic) -> Result<(), (i16, String)> {
+    use kafka_protocol::ResponseError as E;
+    validate_topic_name(&topic.name).map_err(|m| (E::InvalidTopicException.code(), m))?;
+    if topic.num_partitions <= 0 {
+        return Err((
+            E::InvalidPartitions.code(),
+            "Number of partitions must be larger than 0.".into(),
+        ));
+    }
+    if topic.replication_factor <= 0 {
+        return Err((
+            E::InvalidReplicationFactor.code(),
+            "Replication factor must be larger than 0.".into(),
+        ));
+    }
+    for (key, value) in &topic.configs {
+        topic_config::validate(key, value).map_err(|m| (E::InvalidConfig.code(), m))?;
+    }
+    Ok(())
+}
+
+/// All topics of the cluster as this broker last applied them.
 pub struct TopicManager {
     config: Arc<BrokerConfig>,
+    node_id: i32,
     log_dirs: Vec<PathBuf>,
     topics: RwLock<BTreeMap<String, Arc<Topic>>>,
     by_id: RwLock<HashMap<Uuid, String>>,
-    /// Serializes creations and deletions (rare; the read path never takes it).
-    admin: Mutex<()>,
+    /// The metadata the topics reflect.
+    image: RwLock<Published>,
+    /// Log dirs whose last shutdown was clean (their logs skip recovery when first opened).
+    clean: Vec<bool>,
+    recovery_points: Mutex<BTreeMap<(String, i32), i64>>,
+    /// Serializes applying images (the read path never takes it).
+    applying: Mutex<()>,
 }
 
 impl TopicManager {
-    /// Opens every topic found on disk, recovering logs unless the last shutdown was clean.
+    /// Prepares the log dirs; topics appear as metadata is applied ([`TopicManager::apply`]).
     pub fn open(config: Arc<BrokerConfig>) -> Result<TopicManager, BrokerError> {
         let log_dirs: Vec<PathBuf> = config.log_dirs.iter().map(PathBuf::from).collect();
-        for dir in &log_dirs {
-            std::fs::create_dir_all(dir.join(TOPICS_DIR))?;
-        }
-        let manager = TopicManager {
-            config,
-            log_dirs,
-            topics: RwLock::new(BTreeMap::new()),
-            by_id: RwLock::new(HashMap::new()),
-            admin: Mutex::new(()),
-        };
-        manager.load()?;
-        Ok(manager)
-    }
-
-    fn metadata_dir(&self) -> PathBuf {
-        self.log_dirs[0].join(TOPICS_DIR)
-    }
-
-    fn load(&self) -> Result<(), BrokerError> {
-        let clean: Vec<bool> = self
-            .log_dirs
-            .iter()
-            .map(|d| d.join(CLEAN_SHUTDOWN_FILE).exists())
-            .collect();
         let mut recovery_points = BTreeMap::new();
-        for dir in &self.log_dirs {
+        for dir in &log_dirs {
+            std::fs::create_dir_all(dir)?;
             recovery_points.extend(checkpoint::read(
                 &dir.join(checkpoint::RECOVERY_POINT_FILE),
             )?);
         }
-        let mut entries: Vec<_> =
-            std::fs::read_dir(self.metadata_dir())?.collect::<Result<_, _>>()?;
-        entries.sort_by_key(|e| e.file_name());
-        for entry in entries {
-            let path = entry.path();
-            if path.extension().and_then(|e| e.to_str()) != Some("properties") {
-                continue;
-            }
-            let text = std::fs::read_to_string(&path)?;
-            let (name, id, num_partitions, replication_factor, configs) =
-                parse_topic_file(&text).map_err(|reason| BrokerError::LogDir {
-                    path: path.display().to_string(),
-                    reason,
-                })?;
-            let settings = topic_config::resolve(&configs, &self.config);
-            let mut partitions = Vec::with_capacity(num_partitions as usize);
-            for index in 0..num_partitions {
-                let (dir_index, dir) = self.partition_dir(&name, index);
-                let recovery_point = recovery_points
-                    .get(&(name.clone(), index))
-                    .copied()
-                    .unwrap_or(0);
-                let log = PartitionLog::open(
-                    &dir,
-                    &name,
-                    index,
-                    log_config(&settings),
-                    recovery_point,
-                    clean[dir_index],
-                    now_ms(),
-                )?;
-                partitions.push(Arc::new(Partition::new(index, log)));
-            }
-            info!(topic = %name, partitions = num_partitions, "loaded topic");
-            self.by_id.write().insert(id, name.clone());
-            self.topics.write().insert(
-                name.clone(),
-                Arc::new(Topic {
-                    name,
-                    id,
-                    replication_factor,
-                    configs,
-                    partitions,
-                    settings,
-                }),
-            );
-        }
-        self.remove_stray_partitions()?;
+        let clean = log_dirs
+            .iter()
+            .map(|d| d.join(CLEAN_SHUTDOWN_FILE).exists())
+            .collect();
         // From here on, a crash is an unclean shutdown.
-        for dir in &self.log_dirs {
+        for dir in &log_dirs {
             remove_if_exists(&dir.join(CLEAN_SHUTDOWN_FILE))?;
         }
+        Ok(TopicManager {
+            node_id: config.node_id,
+            config,
+            log_dirs,
+            topics: RwLock::new(BTreeMap::new()),
+            by_id: RwLock::new(HashMap::new()),
+            image: RwLock::new(Published::default()),
+            clean,
+            recovery_points: Mutex::new(recovery_points),
+            applying: Mutex::new(()),
+        })
+    }
+
+    /// The metadata the topics currently reflect.
+    pub fn image(&self) -> Published {
+        self.image.read().clone()
+    }
+
+    /// Brings the topics in step with `published`: opens logs of new local partitions,
+    /// deletes those of removed topics, refreshes leaders, epochs and configs. With
+    /// `remove_strays` (once caught up with the log), also deletes partition directories no
+    /// topic owns, left by deletions this broker missed.
+    pub fn apply(&self, published: &Published, remove_strays: bool) -> Result<(), BrokerError> {
+        let _applying = self.applying.lock();
+        let image = &published.image;
+        let removed: Vec<Arc<Topic>> = self
+            .topics
+            .read()
+            .values()
+            .filter(|t| image.topics.get(&t.id).is_none_or(|i| i.name != t.name))
+            .cloned()
+            .collect();
+        for topic in removed {
+            self.remove(&topic)?;
+        }
+        for topic_image in image.topics.values() {
+            let configs = image
+                .configs
+                .get(&(TOPIC_RESOURCE, topic_image.name.clone()))
+                .cloned()
+                .unwrap_or_default();
+            let current = self.get(&topic_image.name);
+            if let Some(current) = &current {
+                if current.states.iter().eq(topic_image.partitions.values())
+                    && current.configs == configs
+                {
+                    continue;
+                }
+            }
+            let topic = self.build(topic_image, configs, current.as_deref())?;
+            self.by_id.write().insert(topic.id, topic.name.clone());
+            self.topics
+                .write()
+                .insert(topic.name.clone(), Arc::new(topic));
+        }
+        if remove_strays {
+            self.remove_stray_partitions()?;
+        }
+        *self.image.write() = published.clone();
         Ok(())
     }
 
-    /// Deletes partition directories no topic owns (left by a crash in the middle of a topic
-    /// deletion), so that a topic created later under the same name starts empty.
+    /// A topic from its image, reusing the partitions already open.
+    fn build(
+        &self,
+        image: &TopicImage,
+        configs: BTreeMap<String, String>,
+        current: Option<&Topic>,
+    ) -> Result<Topic, BrokerError> {
+        let settings = topic_config::resolve(&configs, &self.config);
+        let states: Vec<PartitionImage> = image.partitions.values().cloned().collect();
+        let mut local = Vec::with_capacity(states.len());
+        for (i, state) in states.iter().enumerate() {
+            let index = i as i32;
+            if !state.replicas.contains(&self.node_id) {
+                local.push(None);
+                continue;
+            }
+            let existing = current.and_then(|t| t.local.get(i).cloned().flatten());
+            let partition = match existing {
+                Some(p) => p,
+                None => Arc::new(self.open_partition(image, index, &settings, state)?),
+            };
+            partition
+                .leader_epoch
+                .store(state.leader_epoch, Ordering::Release);
+            local.push(Some(partition));
+        }
+        if current.is_none() {
+            info!(topic = %image.name, partitions = states.len(), topic_id = %image.id, "opened topic");
+        }
+        Ok(Topic {
+            name: image.name.clone(),
+            id: image.id,
+            replication_factor: states.first().map_or(0, |s| s.replicas.len() as i16),
+            configs,
+            settings,
+            states,
+            local,
+            node_id: self.node_id,
+        })
+    }
+
+    /// Opens (creating or recovering) the log of one partition. A directory left by an
+    /// earlier topic of the same name (another topic id) is deleted first.
+    fn open_partition(
+        &self,
+        topic: &TopicImage,
+        index: i32,
+        settings: &topic_config::LogConfig,
+        state: &PartitionImage,
+    ) -> Result<Partition, BrokerError> {
+        let (dir_index, dir) = self.partition_dir(&topic.name, index);
+        let marker = dir.join(PARTITION_METADATA_FILE);
+        let expected = partition_metadata(topic.id);
+        let mut recovery_point = self
+            .recovery_points
+            .lock()
+            .get(&(topic.name.clone(), index))
+            .copied()
+            .unwrap_or(0);
+        let mut existed = dir.is_dir();
+        if existed {
+            match std::fs::read_to_string(&marker) {
+                Ok(text) if text == expected => {}
+                _ => {
+                    warn!(dir = %dir.display(), "removing the log of an earlier topic of the same name");
+                    std::fs::remove_dir_all(&dir)?;
+                    recovery_point = 0;
+                    existed = false;
+                }
+            }
+        }
+        let log = PartitionLog::open(
+            &dir,
+            &topic.name,
+            index,
+            log_config(settings),
+            recovery_point,
+            // A new log has nothing to recover.
+            self.clean[dir_index] || !existed,
+            now_ms(),
+        )?;
+        if !marker.exists() {
+            write_atomically(&marker, &expected)?;
+        }
+        Ok(Partition::new(index, log, state.leader_epoch))
+    }
+
+    /// Forgets a topic and deletes its local logs.
+    fn remove(&self, topic: &Topic) -> Result<(), BrokerError> {
+        self.topics.write().remove(&topic.name);
+        self.by_id.write().remove(&topic.id);
+        for partition in topic.local_partitions() {
+            partition.log.delete()?;
+            partition.appended.notify_waiters();
+        }
+        info!(topic = %topic.name, "deleted topic");
+        Ok(())
+    }
+
+    /// Deletes partition directories no topic owns (left by deletions while this broker
+    /// was down, or by a crash in the middle of one).
     fn remove_stray_partitions(&self) -> Result<(), BrokerError> {
         let topics = self.topics.read();
         for dir in &self.log_dirs {
@@ -215,6 +383,9 @@ impl TopicManager {
                 let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
                     continue;
                 };
+                if name == METADATA_LOG_DIR {
+                    continue;
+                }
                 let Some((topic, partition)) = name.rsplit_once('-') else {
                     continue;
                 };
@@ -226,7 +397,7 @@ impl TopicManager {
                 }
                 let owned = topics
                     .get(topic)
-                    .is_some_and(|t| partition < t.partitions.len());
+                    .is_some_and(|t| t.local.get(partition).is_some_and(Option::is_some));
                 if !owned {
                     warn!(dir = %path.display(), "removing a partition directory that no topic owns");
                     std::fs::remove_dir_all(&path)?;
@@ -262,176 +433,16 @@ impl TopicManager {
         self.topics.read().values().cloned().collect()
     }
 
-    /// Checks a creation without performing it; returns Kafka's error code and message.
-    pub fn check_new(&self, topic: &NewTopic) -> Result<(), (i16, String)> {
-        use kafka_protocol::ResponseError as E;
-        validate_topic_name(&topic.name).map_err(|m| (E::InvalidTopicException.code(), m))?;
-        if self.topics.read().contains_key(&topic.name) {
-            return Err((
-                E::TopicAlreadyExists.code(),
-                format!("Topic '{}' already exists.", topic.name),
-            ));
-        }
-        let unified = unify_collision_chars(&topic.name);
-        if let Some(other) = self
-            .topics
-            .read()
-            .keys()
-            .find(|k| unify_collision_chars(k) == unified)
-        {
-            return Err((
-                E::InvalidTopicException.code(),
-                format!(
-                    "Topic '{}' collides with existing topic: {other}",
-                    topic.name
-                ),
-            ));
-        }
-        if topic.num_partitions <= 0 {
-            return Err((
-                E::InvalidPartitions.code(),
-                "Number of partitions must be larger than 0.".into(),
-            ));
-        }
-        if topic.replication_factor <= 0 {
-            return Err((
-                E::InvalidReplicationFactor.code(),
-                "Replication factor must be larger than 0.".into(),
-            ));
-        }
-        if topic.replication_factor > 1 {
-            return Err((
-                E::InvalidReplicationFactor.code(),
-                format!(
-                    "Unable to replicate the partition {} time(s): The target replication factor of {} cannot be reached because only 1 broker(s) are registered.",
-                    topic.replication_factor, topic.replication_factor
-                ),
-            ));
-        }
-        for (key, value) in &topic.configs {
-            topic_config::validate(key, value).map_err(|m| (E::InvalidConfig.code(), m))?;
-        }
-        Ok(())
-    }
-
-    /// Creates a topic: writes its metadata file, then creates its partition logs.
-    pub fn create(&self, topic: NewTopic) -> Result<Arc<Topic>, (i16, String)> {
-        let _admin = self.admin.lock();
-        self.check_new(&topic)?;
-        for key in topic
-            .configs
-            .keys()
-            .filter(|k| !topic_config::ENFORCED.contains(&k.as_str()))
-        {
-            warn!(topic = %topic.name, config = %key, "topic config accepted and reported but not enforced yet");
-        }
-        if !topic.name.starts_with("__") && (topic.name.contains('.') || topic.name.contains('_')) {
-            warn!(topic = %topic.name, "topic names with '.' or '_' can collide in metric names");
-        }
-        let storage_error = |e: &dyn std::fmt::Display| {
-            (
-                kafka_protocol::ResponseError::KafkaStorageError.code(),
-                e.to_string(),
-            )
-        };
-        let id = Uuid::new_v4();
-        let settings = topic_config::resolve(&topic.configs, &self.config);
-        // Metadata first: a crash before the logs exist leaves a topic whose empty logs are
-        // created at the next start, never log directories without a topic.
-        let metadata_path = self
-            .metadata_dir()
-            .join(format!("{}.properties", topic.name));
-        let text = topic_file(
-            &topic.name,
-            id,
-            topic.num_partitions,
-            topic.replication_factor,
-            &topic.configs,
-        );
-        write_atomically(&metadata_path, &text).map_err(|e| storage_error(&e))?;
-        let mut partitions = Vec::with_capacity(topic.num_partitions as usize);
-        for index in 0..topic.num_partitions {
-            let (_, dir) = self.partition_dir(&topic.name, index);
-            match PartitionLog::open(
-                &dir,
-                &topic.name,
-                index,
-                log_config(&settings),
-                0,
-                true,
-                now_ms(),
-            ) {
-                Ok(log) => partitions.push(Arc::new(Partition::new(index, log))),
-                Err(e) => {
-                    warn!(topic = %topic.name, partition = index, error = %e, "creating a partition failed; undoing the topic");
-                    for partition in &partitions {
-                        let _ = partition.log.delete();
-                    }
-                    let _ = remove_if_exists(&metadata_path);
-                    return Err(storage_error(&e));
-                }
-            }
-        }
-        info!(topic = %topic.name, partitions = topic.num_partitions, topic_id = %id, "created topic");
-        let created = Arc::new(Topic {
-            name: topic.name.clone(),
-            id,
-            replication_factor: topic.replication_factor,
-            configs: topic.configs,
-            partitions,
-            settings,
-        });
-        self.by_id.write().insert(id, topic.name.clone());
-        self.topics.write().insert(topic.name, Arc::clone(&created));
-        Ok(created)
-    }
-
-    /// Creates a topic with the broker's defaults if auto-creation is enabled.
-    pub fn auto_create(&self, name: &str) -> Result<Arc<Topic>, (i16, String)> {
-        if let Some(existing) = self.get(name) {
-            return Ok(existing);
-        }
-        let topic = NewTopic {
-            name: name.to_string(),
-            num_partitions: self.config.num_partitions,
-            replication_factor: self.config.default_replication_factor,
-            configs: BTreeMap::new(),
-        };
-        match self.create(topic) {
-            Err((code, _)) if code == kafka_protocol::ResponseError::TopicAlreadyExists.code() => {
-                self.get(name).ok_or((code, "topic vanished".into()))
-            }
-            other => other,
-        }
-    }
-
-    /// Deletes a topic: forgets it, removes its metadata file and its partition directories.
-    pub fn delete(&self, name: &str) -> Result<Arc<Topic>, BrokerError> {
-        let _admin = self.admin.lock();
-        let Some(topic) = self.topics.write().remove(name) else {
-            return Err(BrokerError::Config(format!("unknown topic {name}")));
-        };
-        self.by_id.write().remove(&topic.id);
-        remove_if_exists(&self.metadata_dir().join(format!("{name}.properties")))?;
-        for partition in &topic.partitions {
-            partition.log.delete()?;
-            partition.appended.notify_waiters();
-        }
-        info!(topic = %name, "deleted topic");
-        Ok(topic)
-    }
-
     /// Fsyncs every log whose `flush.ms` has passed since its last flush (all of them when
     /// `force`) and records the recovery points. Writing the checkpoint costs an fsync, so it
     /// is skipped when no log was flushed.
     pub fn flush_due(&self, force: bool) -> Result<(), BrokerError> {
-        use std::sync::atomic::Ordering;
         let now = now_ms();
         let mut flushed_any = false;
         let mut points: Vec<BTreeMap<(String, i32), i64>> =
             vec![BTreeMap::new(); self.log_dirs.len()];
         for topic in self.all() {
-            for partition in &topic.partitions {
+            for partition in topic.local_partitions() {
                 let since = now.saturating_sub(partition.last_flush_ms.load(Ordering::Relaxed));
                 let point = if force || since >= topic.settings.flush_ms {
                     partition.last_flush_ms.store(now, Ordering::Relaxed);
@@ -462,7 +473,7 @@ impl TopicManager {
     /// Closes every log (flushing it), writes recovery points and marks the shutdown clean.
     pub fn close_all(&self) -> Result<(), BrokerError> {
         for topic in self.all() {
-            for partition in &topic.partitions {
+            for partition in topic.local_partitions() {
                 partition.log.close()?;
             }
         }
@@ -472,6 +483,17 @@ impl TopicManager {
         }
         Ok(())
     }
+}
+
+/// Kafka's `partition.metadata` content for a topic id (base64 of the id, URL-safe, no
+/// padding, as Kafka prints topic ids).
+fn partition_metadata(topic_id: Uuid) -> String {
+    format!("version: 0\ntopic_id: {}\n", topic_id_string(topic_id))
+}
+
+/// A topic id as Kafka prints it.
+pub fn topic_id_string(id: Uuid) -> String {
+    crate::storage_format::base64_url(id.as_bytes())
 }
 
 /// The storage settings of a topic's logs.
@@ -485,50 +507,6 @@ pub fn log_config(settings: &topic_config::LogConfig) -> LogConfig {
     }
 }
 
-fn topic_file(
-    name: &str,
-    id: Uuid,
-    partitions: i32,
-    replication_factor: i16,
-    configs: &BTreeMap<String, String>,
-) -> String {
-    let mut text = format!("name={name}\ntopic.id={id}\npartitions={partitions}\nreplication.factor={replication_factor}\n");
-    for (key, value) in configs {
-        text.push_str(&format!("config.{key}={value}\n"));
-    }
-    text
-}
-
-type TopicFile = (String, Uuid, i32, i16, BTreeMap<String, String>);
-
-fn parse_topic_file(text: &str) -> Result<TopicFile, String> {
-    let mut fields = HashMap::new();
-    let mut configs = BTreeMap::new();
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let (key, value) = line
-            .split_once('=')
-            .ok_or_else(|| format!("malformed line {line:?}"))?;
-        match key.strip_prefix("config.") {
-            Some(config) => {
-                configs.insert(config.to_string(), value.to_string());
-            }
-            None => {
-                fields.insert(key.to_string(), value.to_string());
-            }
-        }
-    }
-    let get = |k: &str| fields.get(k).ok_or_else(|| format!("missing {k}"));
-    let name = get("name")?.clone();
-    let id = Uuid::parse_str(get("topic.id")?).map_err(|e| format!("bad topic.id: {e}"))?;
-    let partitions = get("partitions")?
-        .parse()
-        .map_err(|_| "bad partitions".to_string())?;
-    let replication_factor = get("replication.factor")?
-        .parse()
-        .map_err(|_| "bad replication.factor".to_string())?;
-    Ok((name, id, partitions, replication_factor, configs))
-}
-
 fn remove_if_exists(path: &Path) -> std::io::Result<()> {
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
@@ -538,7 +516,7 @@ fn remove_if_exists(path: &Path) -> std::io::Result<()> {
 
 impl strom_coordinator::consumer_group::TopicMetadata for TopicManager {
     fn topic(&self, name: &str) -> Option<(Uuid, i32)> {
-        self.get(name).map(|t| (t.id, t.partitions.len() as i32))
+        self.get(name).map(|t| (t.id, t.partition_count() as i32))
     }
 }
 
@@ -556,20 +534,5 @@ mod tests {
         assert!(validate_topic_name("é").is_err());
         assert!(validate_topic_name(&"a".repeat(249)).is_ok());
         assert!(validate_topic_name(&"a".repeat(250)).is_err());
-    }
-
-    #[test]
-    fn topic_files_round_trip() {
-        let id = Uuid::new_v4();
-        let mut configs = BTreeMap::new();
-        configs.insert("retention.ms".to_string(), "1000".to_string());
-        let text = topic_file("t.x", id, 3, 1, &configs);
-        let (name, parsed_id, partitions, rf, parsed_configs) = parse_topic_file(&text).unwrap();
-        assert_eq!(
-            (name.as_str(), parsed_id, partitions, rf),
-            ("t.x", id, 3, 1)
-        );
-        assert_eq!(parsed_configs, configs);
-        assert!(parse_topic_file("name=x\n").is_err());
     }
 }

@@ -157,7 +157,7 @@ fn server(config_path: Option<std::path::PathBuf>, overrides: Vec<String>) -> Ex
     let Some(config) = load_config(config_path.as_deref(), &overrides) else {
         return ExitCode::from(2);
     };
-    if let Err(e) = config.check_single_node() {
+    if let Err(e) = config.check_roles() {
         eprintln!("strom: {e}");
         return ExitCode::from(2);
     }

@@ -134,16 +134,24 @@ fn a_kafka_server_properties_file_starts_with_one_warning_per_unimplemented_key(
 }
 
 #[test]
-fn roles_and_quorums_beyond_one_combined_node_are_refused_until_the_quorum_exists() {
+fn roles_voters_and_listeners_that_do_not_fit_together_are_refused_with_the_key() {
     let broker_only = strom_server(&["--override", "process.roles=broker"]);
     assert_eq!(broker_only.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&broker_only.stderr).contains("'process.roles'"));
-    let three = strom_server(&[
+    assert!(String::from_utf8_lossy(&broker_only.stderr).contains("'controller.quorum.voters'"));
+    let no_controller_listener = strom_server(&[
         "--override",
         "controller.quorum.voters=1@127.0.0.1:1,2@127.0.0.1:2,3@127.0.0.1:3",
     ]);
-    assert_eq!(three.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&three.stderr).contains("'controller.quorum.voters'"));
+    assert_eq!(no_controller_listener.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&no_controller_listener.stderr).contains("'listeners'"));
+    let not_a_voter = strom_server(&[
+        "--override",
+        "node.id=7",
+        "--override",
+        "controller.quorum.voters=1@127.0.0.1:1,2@127.0.0.1:2,3@127.0.0.1:3",
+    ]);
+    assert_eq!(not_a_voter.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&not_a_voter.stderr).contains("'controller.quorum.voters'"));
     let malformed = strom_server(&["--override", "controller.quorum.voters=one@host"]);
     assert_eq!(malformed.status.code(), Some(2));
 }

@@ -196,6 +196,18 @@ fn s(v: &str) -> StrBytes {
     StrBytes::from_string(v.to_string())
 }
 
+/// Asks FindCoordinator first, as every client does (the first ask creates
+/// `__consumer_offsets`); this single broker must coordinate the group.
+fn find_coordinator(client: &mut RawClient, group: &str) {
+    client.send(
+        ApiKey::FindCoordinator,
+        3,
+        &FindCoordinatorRequest::default().with_key(s(group)),
+    );
+    let found: FindCoordinatorResponse = client.recv(3);
+    assert_eq!(found.error_code, 0, "{found:?}");
+}
+
 fn join(
     client: &mut RawClient,
     version: i16,
@@ -247,6 +259,7 @@ fn group_requests_get_kafkas_error_codes() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(dir.path(), FAST_GROUPS);
     let mut c = RawClient::connect(&broker.addr);
+    find_coordinator(&mut c, "g");
     create_topic(&broker.addr, "t", 1);
     assert_eq!(
         join(&mut c, 9, "", "", None, "consumer").error_code,
@@ -375,6 +388,7 @@ fn a_static_member_rejoins_without_a_rebalance() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(dir.path(), FAST_GROUPS);
     let mut c = RawClient::connect(&broker.addr);
+    find_coordinator(&mut c, "static");
     let first = join(&mut c, 9, "static", "", Some("instance-1"), "consumer");
     assert_eq!(
         first.error_code, 0,
@@ -461,6 +475,7 @@ fn kip_848_heartbeats_assign_partitions_and_get_kafkas_error_codes() {
     let broker = Broker::start(dir.path(), FAST_GROUPS);
     create_topic(&broker.addr, "t848", 3);
     let mut c = RawClient::connect(&broker.addr);
+    find_coordinator(&mut c, "g848");
     let hb = |group: &str, member: &str, epoch: i32| {
         ConsumerGroupHeartbeatRequest::default()
             .with_group_id(GroupId(s(group)))

@@ -16,7 +16,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-use common::clients::{consume_all, create_topic, produce_all, Rec};
+use common::clients::{consume_all, create_topic, delete_topic, produce_all, Rec};
 
 fn records(n: usize, tag: &str) -> Vec<Rec> {
     (0..n)
@@ -257,17 +257,35 @@ fn a_topic_flush_ms_fsyncs_on_its_own_interval_and_records_the_recovery_point() 
 }
 
 #[test]
-fn partition_directories_left_by_an_interrupted_delete_are_removed_at_start() {
+fn partition_directories_no_topic_owns_are_removed_and_a_recreated_topic_starts_empty() {
     let dir = tempfile::tempdir().unwrap();
     let mut broker = Broker::start(dir.path(), &[]);
     create_topic(&broker.addr, "ghost", 2);
     produce_all(&broker.addr, "ghost", "none", &records(50, "old"), "1");
     broker.kill9();
-    // A crash after the topic's metadata was removed but before its logs were.
-    std::fs::remove_file(broker.data_dir.join("logs/.strom-topics/ghost.properties")).unwrap();
+    // A directory of a topic the metadata does not have (deleted while this broker was
+    // down, or interrupted mid-deletion).
+    let orphan = broker.data_dir.join("logs/orphan-0");
+    std::fs::create_dir_all(&orphan).unwrap();
+    for entry in std::fs::read_dir(broker.data_dir.join("logs/ghost-0")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), orphan.join(entry.file_name())).unwrap();
+    }
     broker.restart();
-    assert!(!broker.data_dir.join("logs/ghost-0").exists());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while orphan.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the orphan is removed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert!(broker.log().contains("no topic owns"));
+    assert!(
+        broker.data_dir.join("logs/ghost-0").exists(),
+        "owned logs stay"
+    );
+    delete_topic(&broker.addr, "ghost");
     create_topic(&broker.addr, "ghost", 2);
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &broker.addr)

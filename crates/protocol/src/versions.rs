@@ -40,6 +40,8 @@ pub const SUPPORTED: &[ApiSupport] = &[
     api(ApiKey::DeleteTopics, 1, 1, 6),
     api(ApiKey::DescribeConfigs, 1, 1, 4),
     api(ApiKey::DescribeCluster, 0, 0, 1),
+    api(ApiKey::CreatePartitions, 0, 0, 3),
+    api(ApiKey::DescribeQuorum, 0, 0, 2),
     api(ApiKey::DeleteGroups, 0, 0, 2),
     api(ApiKey::OffsetDelete, 0, 0, 0),
     api(ApiKey::ConsumerGroupHeartbeat, 0, 0, 1),

@@ -32,6 +32,9 @@ pub fn consumer_heartbeat(
             .with_error_message(Some(s(message)))
             .with_member_epoch(-1)
     };
+    if super::groups::check_coordinator(broker, &req.group_id).is_err() {
+        return fail(E::NotCoordinator, "This is not the correct coordinator.");
+    }
     if req
         .subscribed_topic_regex
         .as_ref()

@@ -1,5 +1,7 @@
 //! CreateTopics: Kafka's validation (name, duplicates, partitions, replication factor,
 //! assignments, configs), `validate_only`, and the v5+ answer with the topic's configs.
+//! The broker checks what it can alone; the active controller checks the rest (existing
+//! names, brokers for the replicas), places the replicas and commits the topic.
 
 use std::collections::BTreeMap;
 
@@ -7,15 +9,21 @@ use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::create_topics_response::{
     CreatableTopicConfigs, CreatableTopicResult,
 };
-use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
+use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
+use strom_controller::service::{
+    self as controller, ControllerRequest, ControllerResponse, TopicResult,
+};
 
-use crate::topic_config;
-use crate::topics::NewTopic;
 use crate::Broker;
+use crate::{topic_config, topics};
 
-pub fn handle(broker: &Broker, req: CreateTopicsRequest, version: i16) -> CreateTopicsResponse {
+pub async fn handle(
+    broker: &Broker,
+    req: CreateTopicsRequest,
+    version: i16,
+) -> CreateTopicsResponse {
     let mut seen = std::collections::HashSet::new();
     let duplicates: std::collections::HashSet<String> = req
         .topics
@@ -23,21 +31,51 @@ pub fn handle(broker: &Broker, req: CreateTopicsRequest, version: i16) -> Create
         .filter(|t| !seen.insert(t.name.to_string()))
         .map(|t| t.name.to_string())
         .collect();
-    let topics = req
+    // What the broker can check alone is answered here; the rest goes to the controller in
+    // one request.
+    let mut results: Vec<Result<CreatableTopicResult, NewTopic>> = req
         .topics
         .into_iter()
         .map(|t| {
-            let name = t.name.clone();
-            let mut result = if duplicates.contains(name.as_str()) {
-                failed(
+            if duplicates.contains(t.name.as_str()) {
+                return Ok(failed(
                     ResponseError::InvalidRequest.code(),
                     format!(
                         "Create topics request from client contains multiple entries for topic {}",
-                        name.as_str()
+                        t.name.as_str()
                     ),
-                )
-            } else {
-                create_one(broker, t, req.validate_only, version)
+                ));
+            }
+            check_one(broker, t).map_err(|e| *e)
+        })
+        .collect();
+    let forwarded: Vec<controller::NewTopic> = results
+        .iter()
+        .filter_map(|r| r.as_ref().err())
+        .map(|t| controller::NewTopic {
+            name: t.topic.name.clone(),
+            num_partitions: t.topic.num_partitions,
+            replication_factor: t.topic.replication_factor,
+            assignments: t.assignments.clone(),
+            configs: t.topic.configs.clone().into_iter().collect(),
+        })
+        .collect();
+    let answers = if forwarded.is_empty() {
+        Vec::new()
+    } else {
+        create_in_controller(broker, forwarded, req.validate_only).await
+    };
+    let mut answers = answers.into_iter();
+    let topics = results
+        .iter_mut()
+        .map(|r| {
+            let (name, mut result) = match r {
+                Ok(done) => (done.name.clone(), done.clone()),
+                Err(new) => {
+                    let answer = answers.next().unwrap_or_default();
+                    let name = TopicName(StrBytes::from_string(new.topic.name.clone()));
+                    (name, answer_to_result(broker, new, answer, version))
+                }
             };
             result.name = name;
             if version < 7 {
@@ -58,6 +96,76 @@ pub fn handle(broker: &Broker, req: CreateTopicsRequest, version: i16) -> Create
     CreateTopicsResponse::default().with_topics(topics)
 }
 
+/// Forwards creations to the active controller and, for topics it created, waits until this
+/// broker has applied them, so that the client's next Metadata here sees them.
+async fn create_in_controller(
+    broker: &Broker,
+    topics: Vec<controller::NewTopic>,
+    validate_only: bool,
+) -> Vec<TopicResult> {
+    let count = topics.len();
+    let answer = broker
+        .cluster
+        .call(ControllerRequest::CreateTopics {
+            topics,
+            validate_only,
+        })
+        .await;
+    let results = match answer {
+        ControllerResponse::Topics(results) if results.len() == count => results,
+        ControllerResponse::Error { code, message } => vec![
+            TopicResult {
+                error_code: code,
+                message: Some(message),
+                ..TopicResult::default()
+            };
+            count
+        ],
+        other => vec![
+            TopicResult {
+                error_code: ResponseError::UnknownServerError.code(),
+                message: Some(format!("unexpected controller answer {other:?}")),
+                ..TopicResult::default()
+            };
+            count
+        ],
+    };
+    if !validate_only {
+        let created: Vec<uuid::Uuid> = results
+            .iter()
+            .filter(|r| r.error_code == 0)
+            .map(|r| uuid::Uuid::from_u128(r.topic_id))
+            .collect();
+        crate::cluster::wait_for_topics(broker, &created).await;
+    }
+    results
+}
+
+/// A creation the broker found valid, on its way to the controller.
+struct NewTopic {
+    topic: topics::NewTopic,
+    assignments: Vec<(i32, Vec<i32>)>,
+}
+
+fn answer_to_result(
+    broker: &Broker,
+    new: &NewTopic,
+    answer: TopicResult,
+    version: i16,
+) -> CreatableTopicResult {
+    if answer.error_code != 0 {
+        return failed(answer.error_code, answer.message.unwrap_or_default());
+    }
+    let mut result = CreatableTopicResult::default()
+        .with_num_partitions(answer.num_partitions)
+        .with_replication_factor(answer.replication_factor)
+        .with_topic_id(uuid::Uuid::from_u128(answer.topic_id));
+    if version >= 5 {
+        result.configs = Some(topic_configs(broker, &new.topic.configs));
+    }
+    result
+}
+
 fn failed(code: i16, message: String) -> CreatableTopicResult {
     CreatableTopicResult::default()
         .with_error_code(code)
@@ -67,40 +175,35 @@ fn failed(code: i16, message: String) -> CreatableTopicResult {
         .with_configs(None)
 }
 
-fn create_one(
-    broker: &Broker,
-    t: CreatableTopic,
-    validate_only: bool,
-    version: i16,
-) -> CreatableTopicResult {
+/// Kafka's checks that need no metadata; `Err` carries the creation to forward.
+fn check_one(broker: &Broker, t: CreatableTopic) -> Result<CreatableTopicResult, Box<NewTopic>> {
     let has_assignments = !t.assignments.is_empty();
     if has_assignments && (t.num_partitions != -1 || t.replication_factor != -1) {
-        return failed(
+        return Ok(failed(
             ResponseError::InvalidRequest.code(),
             "Both numPartitions or replicationFactor and replicasAssignments were set. Both cannot be used at the same time.".into(),
-        );
+        ));
     }
+    let mut assignments = Vec::new();
     let (num_partitions, replication_factor) = if has_assignments {
         let mut sorted: Vec<_> = t.assignments.iter().collect();
         sorted.sort_by_key(|a| a.partition_index);
         for (expected, a) in sorted.iter().enumerate() {
             if a.partition_index != expected as i32 {
-                return failed(
+                return Ok(failed(
                     ResponseError::InvalidReplicaAssignment.code(),
                     "Partitions should be a consecutive 0-based integer sequence".into(),
-                );
+                ));
             }
-            if a.broker_ids.is_empty() || a.broker_ids.iter().any(|b| b.0 != broker.node_id) {
-                return failed(
-                    ResponseError::InvalidReplicaAssignment.code(),
-                    format!(
-                        "Replica assignment for partition {} names brokers that are not registered",
-                        a.partition_index
-                    ),
-                );
-            }
+            assignments.push((
+                a.partition_index,
+                a.broker_ids.iter().map(|b| b.0).collect(),
+            ));
         }
-        (sorted.len() as i32, sorted[0].broker_ids.len() as i16)
+        (
+            sorted.len() as i32,
+            sorted[0].broker_ids.len().max(1) as i16,
+        )
     } else {
         let partitions = if t.num_partitions == -1 {
             broker.config.num_partitions
@@ -117,45 +220,39 @@ fn create_one(
     let mut configs = BTreeMap::new();
     for c in &t.configs {
         let Some(value) = &c.value else {
-            return failed(
+            return Ok(failed(
                 ResponseError::InvalidConfig.code(),
                 format!(
                     "Null value not supported for topic configs: {}",
                     c.name.as_str()
                 ),
-            );
+            ));
         };
         configs.insert(c.name.to_string(), value.to_string());
     }
-    let new_topic = NewTopic {
+    let topic = topics::NewTopic {
         name: t.name.to_string(),
         num_partitions,
         replication_factor,
         configs,
     };
-    let outcome = if validate_only {
-        broker
-            .topics
-            .check_new(&new_topic)
-            .map(|()| uuid::Uuid::nil())
-    } else {
-        broker
-            .topics
-            .create(new_topic.clone())
-            .map(|topic| topic.id)
-    };
-    match outcome {
-        Err((code, message)) => failed(code, message),
-        Ok(topic_id) => {
-            let mut result = CreatableTopicResult::default()
-                .with_num_partitions(num_partitions)
-                .with_replication_factor(replication_factor)
-                .with_topic_id(topic_id);
-            if version >= 5 {
-                result.configs = Some(topic_configs(broker, &new_topic.configs));
-            }
-            result
-        }
+    if let Err((code, message)) = topics::validate_new(&topic) {
+        return Ok(failed(code, message));
+    }
+    warn_unenforced(&topic);
+    Err(Box::new(NewTopic { topic, assignments }))
+}
+
+fn warn_unenforced(topic: &topics::NewTopic) {
+    for key in topic
+        .configs
+        .keys()
+        .filter(|k| !topic_config::ENFORCED.contains(&k.as_str()))
+    {
+        tracing::warn!(topic = %topic.name, config = %key, "topic config accepted and reported but not enforced yet");
+    }
+    if !topic.name.starts_with("__") && (topic.name.contains('.') || topic.name.contains('_')) {
+        tracing::warn!(topic = %topic.name, "topic names with '.' or '_' can collide in metric names");
     }
 }
 

@@ -1,14 +1,20 @@
-//! DeleteTopics: by name (v0–v5) or by name or topic id (v6).
+//! DeleteTopics: by name (v0–v5) or by name or topic id (v6), forwarded to the active
+//! controller; every broker deletes its logs of the topic when it applies the removal.
 
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::{DeleteTopicsRequest, DeleteTopicsResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
+use strom_controller::service::{ControllerRequest, ControllerResponse, TopicResult};
 use uuid::Uuid;
 
 use crate::Broker;
 
-pub fn handle(broker: &Broker, req: DeleteTopicsRequest, version: i16) -> DeleteTopicsResponse {
+pub async fn handle(
+    broker: &Broker,
+    req: DeleteTopicsRequest,
+    version: i16,
+) -> DeleteTopicsResponse {
     let targets: Vec<(Option<TopicName>, Uuid)> = if version >= 6 {
         req.topics
             .into_iter()
@@ -20,10 +26,37 @@ pub fn handle(broker: &Broker, req: DeleteTopicsRequest, version: i16) -> Delete
             .map(|n| (Some(n), Uuid::nil()))
             .collect()
     };
-    let responses = targets
+    let mut results: Vec<Result<DeletableTopicResult, (String, Uuid)>> = targets
         .into_iter()
-        .map(|(name, topic_id)| {
-            let mut result = delete_one(broker, name, topic_id);
+        .map(|(name, topic_id)| resolve(broker, name, topic_id))
+        .collect();
+    let names: Vec<String> = results
+        .iter()
+        .filter_map(|r| r.as_ref().err().map(|(name, _)| name.clone()))
+        .collect();
+    let mut answers = if names.is_empty() {
+        Vec::new()
+    } else {
+        delete_in_controller(broker, names).await
+    }
+    .into_iter();
+    let responses = results
+        .iter_mut()
+        .map(|r| {
+            let mut result = match r {
+                Ok(done) => done.clone(),
+                Err((name, id)) => {
+                    let answer = answers.next().unwrap_or_default();
+                    let mut result = DeletableTopicResult::default()
+                        .with_name(Some(TopicName(StrBytes::from_string(name.clone()))))
+                        .with_topic_id(*id)
+                        .with_error_code(answer.error_code);
+                    if answer.error_code != 0 {
+                        result.error_message = answer.message.map(StrBytes::from_string);
+                    }
+                    result
+                }
+            };
             if version < 6 {
                 result.topic_id = Uuid::nil();
             }
@@ -36,12 +69,53 @@ pub fn handle(broker: &Broker, req: DeleteTopicsRequest, version: i16) -> Delete
     DeleteTopicsResponse::default().with_responses(responses)
 }
 
-fn delete_one(broker: &Broker, name: Option<TopicName>, topic_id: Uuid) -> DeletableTopicResult {
+/// Asks the active controller to delete the topics, then waits until this broker has
+/// removed them.
+async fn delete_in_controller(broker: &Broker, names: Vec<String>) -> Vec<TopicResult> {
+    let count = names.len();
+    let results = match broker
+        .cluster
+        .call(ControllerRequest::DeleteTopics { names })
+        .await
+    {
+        ControllerResponse::Topics(results) if results.len() == count => results,
+        ControllerResponse::Error { code, message } => vec![
+            TopicResult {
+                error_code: code,
+                message: Some(message),
+                ..TopicResult::default()
+            };
+            count
+        ],
+        other => vec![
+            TopicResult {
+                error_code: ResponseError::UnknownServerError.code(),
+                message: Some(format!("unexpected controller answer {other:?}")),
+                ..TopicResult::default()
+            };
+            count
+        ],
+    };
+    let deleted: Vec<Uuid> = results
+        .iter()
+        .filter(|r| r.error_code == 0)
+        .map(|r| Uuid::from_u128(r.topic_id))
+        .collect();
+    crate::cluster::wait_for_topics_state(broker, &deleted, false).await;
+    results
+}
+
+/// The topic to delete (`Err`, to forward), or the answer when it cannot be.
+fn resolve(
+    broker: &Broker,
+    name: Option<TopicName>,
+    topic_id: Uuid,
+) -> Result<DeletableTopicResult, (String, Uuid)> {
     let fail = |name: Option<TopicName>, code: ResponseError| {
-        DeletableTopicResult::default()
+        Ok(DeletableTopicResult::default()
             .with_name(name)
             .with_topic_id(topic_id)
-            .with_error_code(code.code())
+            .with_error_code(code.code()))
     };
     let topic = match (&name, topic_id.is_nil()) {
         (Some(name), true) => broker.topics.get(name),
@@ -60,14 +134,5 @@ fn delete_one(broker: &Broker, name: Option<TopicName>, topic_id: Uuid) -> Delet
     if !broker.config.delete_topic_enable {
         return fail(resolved_name, ResponseError::TopicDeletionDisabled);
     }
-    match broker.topics.delete(&topic.name) {
-        Ok(_) => DeletableTopicResult::default()
-            .with_name(resolved_name)
-            .with_topic_id(topic.id),
-        Err(e) => {
-            tracing::error!(topic = %topic.name, error = %e, "deleting topic failed");
-            fail(resolved_name, ResponseError::KafkaStorageError)
-                .with_error_message(Some(StrBytes::from_string(e.to_string())))
-        }
-    }
+    Err((topic.name.clone(), topic.id))
 }

@@ -137,13 +137,9 @@ fn resolve(broker: &Broker, req: &FetchRequest, version: i16) -> Vec<TopicReques
                 .map(|p| {
                     let target = match &topic {
                         None => Err(unknown),
-                        Some(topic) => usize::try_from(p.partition)
-                            .ok()
-                            .and_then(|i| topic.partitions.get(i).cloned())
-                            .ok_or(ResponseError::UnknownTopicOrPartition.code())
-                            .and_then(|partition| {
-                                check_epoch(&partition, p.current_leader_epoch).map(|()| partition)
-                            }),
+                        Some(topic) => topic.led(p.partition).cloned().and_then(|partition| {
+                            check_epoch(&partition, p.current_leader_epoch).map(|()| partition)
+                        }),
                     };
                     PartitionRequest {
                         index: p.partition,
@@ -166,8 +162,8 @@ fn resolve(broker: &Broker, req: &FetchRequest, version: i16) -> Vec<TopicReques
 fn check_epoch(partition: &Partition, current_leader_epoch: i32) -> Result<(), i16> {
     match current_leader_epoch {
         -1 => Ok(()),
-        e if e > partition.leader_epoch => Err(ResponseError::UnknownLeaderEpoch.code()),
-        e if e < partition.leader_epoch => Err(ResponseError::FencedLeaderEpoch.code()),
+        e if e > partition.leader_epoch() => Err(ResponseError::UnknownLeaderEpoch.code()),
+        e if e < partition.leader_epoch() => Err(ResponseError::FencedLeaderEpoch.code()),
         _ => Ok(()),
     }
 }

@@ -1,23 +1,30 @@
-//! FindCoordinator (v0–v6, batched keys from v4): on a single node every group and
-//! transactional id is coordinated by this broker. (librdkafka also takes the presence of
-//! this API as its sign that the broker supports LZ4.)
+//! FindCoordinator (v0–v6, batched keys from v4): a group is coordinated by the leader of
+//! its `__consumer_offsets` partition (Kafka's hash of the group id). The first request
+//! creates that topic through the controller, as Kafka does; until it has a leader the
+//! answer is COORDINATOR_NOT_AVAILABLE, which clients retry. Transactional ids are hashed the
+//! same way. (librdkafka also takes the presence of this API as its sign that the broker
+//! supports LZ4.)
 
 use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::{BrokerId, FindCoordinatorRequest, FindCoordinatorResponse};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
+use strom_controller::service::{ControllerRequest, ControllerResponse, NewTopic};
 
+use crate::consumer_offsets::{self, TOPIC};
 use crate::Broker;
 
 const KEY_TYPE_GROUP: i8 = 0;
 const KEY_TYPE_TRANSACTION: i8 = 1;
 
-pub fn handle(
+pub async fn handle(
     broker: &Broker,
     req: FindCoordinatorRequest,
     version: i16,
 ) -> FindCoordinatorResponse {
-    let host = StrBytes::from_string(broker.advertised_host.clone());
+    if broker.topics.get(TOPIC).is_none() {
+        create_offsets_topic(broker).await;
+    }
     let answer = |key: StrBytes| {
         let valid_type = req.key_type == KEY_TYPE_GROUP
             || (version >= 1 && req.key_type == KEY_TYPE_TRANSACTION);
@@ -32,11 +39,7 @@ pub fn handle(
                     req.key_type
                 ))));
         }
-        Coordinator::default()
-            .with_key(key)
-            .with_node_id(BrokerId(broker.node_id))
-            .with_host(host.clone())
-            .with_port(broker.advertised_port)
+        coordinator_for(broker, key)
     };
     if version >= 4 {
         let coordinators = req.coordinator_keys.iter().cloned().map(answer).collect();
@@ -52,4 +55,58 @@ pub fn handle(
         response.error_message = c.error_message;
     }
     response
+}
+
+/// The leader of the key's `__consumer_offsets` partition, if it is live.
+fn coordinator_for(broker: &Broker, key: StrBytes) -> Coordinator {
+    let unavailable = |key: StrBytes| {
+        Coordinator::default()
+            .with_key(key)
+            .with_node_id(BrokerId(-1))
+            .with_port(-1)
+            .with_error_code(ResponseError::CoordinatorNotAvailable.code())
+            .with_error_message(Some(StrBytes::from_static_str(
+                "The coordinator is not available.",
+            )))
+    };
+    let Some(topic) = broker.topics.get(TOPIC) else {
+        return unavailable(key);
+    };
+    let partition = broker.groups.partition_for(key.as_str());
+    let (leader, _) = topic.leader_of(partition);
+    let image = broker.topics.image();
+    match image.image.brokers.get(&leader).filter(|b| !b.fenced) {
+        Some(b) => Coordinator::default()
+            .with_key(key)
+            .with_node_id(BrokerId(b.id))
+            .with_host(StrBytes::from_string(b.host.clone()))
+            .with_port(i32::from(b.port)),
+        None => unavailable(key),
+    }
+}
+
+/// Creates `__consumer_offsets` with `offsets.topic.num.partitions` partitions (one that
+/// exists already is fine) and waits until this broker has applied it.
+async fn create_offsets_topic(broker: &Broker) {
+    let request = ControllerRequest::CreateTopics {
+        topics: vec![NewTopic {
+            name: TOPIC.to_string(),
+            num_partitions: broker.config.offsets_topic_num_partitions,
+            replication_factor: 1,
+            assignments: Vec::new(),
+            configs: consumer_offsets::topic_configs(),
+        }],
+        validate_only: false,
+    };
+    match broker.cluster.call(request).await {
+        ControllerResponse::Topics(results) => {
+            if let Some(r) = results.first() {
+                if r.error_code == 0 {
+                    crate::cluster::wait_for_topics(broker, &[uuid::Uuid::from_u128(r.topic_id)])
+                        .await;
+                }
+            }
+        }
+        other => tracing::warn!(answer = ?other, "creating {TOPIC} failed"),
+    }
 }

@@ -19,8 +19,31 @@ fn s(v: &str) -> StrBytes {
     StrBytes::from_string(v.to_string())
 }
 
+/// NOT_COORDINATOR unless this broker leads the group's `__consumer_offsets` partition, so
+/// that the client asks FindCoordinator again.
+pub fn check_coordinator(broker: &Broker, group_id: &str) -> Result<(), i16> {
+    let topic = broker
+        .topics
+        .get(crate::consumer_offsets::TOPIC)
+        .ok_or(E::NotCoordinator.code())?;
+    let partition = broker.groups.partition_for(group_id);
+    match topic.led(partition) {
+        Ok(_) => Ok(()),
+        Err(_) => Err(E::NotCoordinator.code()),
+    }
+}
+
 pub async fn join(broker: &Broker, req: JoinGroupRequest, ctx: &Ctx) -> JoinGroupResponse {
     let version = ctx.version;
+    if let Err(code) = check_coordinator(broker, &req.group_id) {
+        let mut response = JoinGroupResponse::default()
+            .with_error_code(code)
+            .with_generation_id(-1);
+        if version < 7 {
+            response.protocol_name = Some(s(""));
+        }
+        return response;
+    }
     let join = JoinRequest {
         group_id: req.group_id.to_string(),
         member_id: req.member_id.to_string(),
@@ -72,6 +95,9 @@ pub async fn join(broker: &Broker, req: JoinGroupRequest, ctx: &Ctx) -> JoinGrou
 }
 
 pub async fn sync(broker: &Broker, req: SyncGroupRequest, ctx: &Ctx) -> SyncGroupResponse {
+    if let Err(code) = check_coordinator(broker, &req.group_id) {
+        return SyncGroupResponse::default().with_error_code(code);
+    }
     let assignments = req
         .assignments
         .iter()
@@ -101,6 +127,9 @@ pub async fn sync(broker: &Broker, req: SyncGroupRequest, ctx: &Ctx) -> SyncGrou
 }
 
 pub fn heartbeat(broker: &Broker, req: HeartbeatRequest) -> HeartbeatResponse {
+    if let Err(code) = check_coordinator(broker, &req.group_id) {
+        return HeartbeatResponse::default().with_error_code(code);
+    }
     let instance = req.group_instance_id.as_ref().map(|i| i.to_string());
     let code = broker.groups.heartbeat(
         &req.group_id,
@@ -112,6 +141,9 @@ pub fn heartbeat(broker: &Broker, req: HeartbeatRequest) -> HeartbeatResponse {
 }
 
 pub fn leave(broker: &Broker, req: LeaveGroupRequest, ctx: &Ctx) -> LeaveGroupResponse {
+    if let Err(code) = check_coordinator(broker, &req.group_id) {
+        return LeaveGroupResponse::default().with_error_code(code);
+    }
     let members: Vec<(String, Option<String>)> = if ctx.version >= 3 {
         req.members
             .iter()

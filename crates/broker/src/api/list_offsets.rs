@@ -61,20 +61,15 @@ fn list_partition(
     p: &ListOffsetsPartition,
     version: i16,
 ) -> ListOffsetsPartitionResponse {
-    let Some(partition) = usize::try_from(p.partition_index)
-        .ok()
-        .and_then(|i| topic.partitions.get(i))
-    else {
-        return error(
-            p.partition_index,
-            ResponseError::UnknownTopicOrPartition.code(),
-        );
+    let partition = match topic.led(p.partition_index) {
+        Ok(partition) => partition,
+        Err(code) => return error(p.partition_index, code),
     };
     if version >= 4
         && p.current_leader_epoch >= 0
-        && p.current_leader_epoch != partition.leader_epoch
+        && p.current_leader_epoch != partition.leader_epoch()
     {
-        let code = if p.current_leader_epoch > partition.leader_epoch {
+        let code = if p.current_leader_epoch > partition.leader_epoch() {
             ResponseError::UnknownLeaderEpoch
         } else {
             ResponseError::FencedLeaderEpoch
@@ -91,9 +86,9 @@ fn list_partition(
             .with_leader_epoch(leader_epoch)
     };
     let lookup = match p.timestamp {
-        LATEST => return found(offsets.high_watermark, -1, partition.leader_epoch),
+        LATEST => return found(offsets.high_watermark, -1, partition.leader_epoch()),
         EARLIEST | EARLIEST_LOCAL => {
-            return found(offsets.log_start_offset, -1, partition.leader_epoch)
+            return found(offsets.log_start_offset, -1, partition.leader_epoch())
         }
         // Without tiered storage nothing is pending upload: Kafka answers "no offset".
         EARLIEST_PENDING_UPLOAD => return found(-1, -1, -1),

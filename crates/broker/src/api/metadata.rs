@@ -1,5 +1,6 @@
-//! Metadata: brokers, controller, and every requested topic's partitions with leader,
-//! replicas and ISR. Auto-creates missing topics when both the request and
+//! Metadata: the live brokers, and every requested topic's partitions with leader, leader
+//! epoch, replicas, ISR and offline replicas, all from the metadata this broker applied.
+//! Auto-creates missing topics (through the controller) when both the request and
 //! `auto.create.topics.enable` allow it.
 
 use kafka_protocol::messages::metadata_response::{
@@ -9,11 +10,13 @@ use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, Topi
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
+use strom_controller::service::{ControllerRequest, ControllerResponse, NewTopic};
+
 use super::{CLUSTER_OPERATIONS, TOPIC_OPERATIONS};
 use crate::topics::Topic;
 use crate::Broker;
 
-pub fn handle(broker: &Broker, req: MetadataRequest, version: i16) -> MetadataResponse {
+pub async fn handle(broker: &Broker, req: MetadataRequest, version: i16) -> MetadataResponse {
     // v0 has no null: an empty list means all topics. v4+ asks for auto-creation explicitly.
     let auto_create =
         broker.config.auto_create_topics_enable && (version < 4 || req.allow_auto_topic_creation);
@@ -28,30 +31,36 @@ pub fn handle(broker: &Broker, req: MetadataRequest, version: i16) -> MetadataRe
             .iter()
             .map(|t| describe_topic(broker, t, version, req.include_topic_authorized_operations))
             .collect(),
-        Some(topics) => topics
-            .into_iter()
-            .map(|t| match t.name {
-                Some(name) => lookup_by_name(
-                    broker,
-                    &name,
-                    auto_create,
-                    version,
-                    req.include_topic_authorized_operations,
-                ),
-                None => match broker.topics.get_by_id(&t.topic_id) {
-                    Some(topic) => describe_topic(
-                        broker,
-                        &topic,
-                        version,
-                        req.include_topic_authorized_operations,
-                    ),
-                    None => error_topic(None, t.topic_id, ResponseError::UnknownTopicId.code()),
-                },
-            })
-            .collect(),
+        Some(topics) => {
+            let mut answers = Vec::with_capacity(topics.len());
+            for t in topics {
+                answers.push(match t.name {
+                    Some(name) => {
+                        lookup_by_name(
+                            broker,
+                            &name,
+                            auto_create,
+                            version,
+                            req.include_topic_authorized_operations,
+                        )
+                        .await
+                    }
+                    None => match broker.topics.get_by_id(&t.topic_id) {
+                        Some(topic) => describe_topic(
+                            broker,
+                            &topic,
+                            version,
+                            req.include_topic_authorized_operations,
+                        ),
+                        None => error_topic(None, t.topic_id, ResponseError::UnknownTopicId.code()),
+                    },
+                });
+            }
+            answers
+        }
     };
     let mut response = MetadataResponse::default()
-        .with_brokers(vec![broker_entry(broker, version)])
+        .with_brokers(live_brokers(broker))
         .with_topics(topics);
     if version >= 1 {
         response.controller_id = BrokerId(broker.node_id);
@@ -65,14 +74,24 @@ pub fn handle(broker: &Broker, req: MetadataRequest, version: i16) -> MetadataRe
     response
 }
 
-pub fn broker_entry(broker: &Broker, _version: i16) -> MetadataResponseBroker {
-    MetadataResponseBroker::default()
-        .with_node_id(BrokerId(broker.node_id))
-        .with_host(StrBytes::from_string(broker.advertised_host.clone()))
-        .with_port(broker.advertised_port)
+/// The registered, unfenced brokers.
+pub fn live_brokers(broker: &Broker) -> Vec<MetadataResponseBroker> {
+    broker
+        .topics
+        .image()
+        .image
+        .live_brokers()
+        .map(|b| {
+            MetadataResponseBroker::default()
+                .with_node_id(BrokerId(b.id))
+                .with_host(StrBytes::from_string(b.host.clone()))
+                .with_port(i32::from(b.port))
+                .with_rack(b.rack.clone().map(StrBytes::from_string))
+        })
+        .collect()
 }
 
-fn lookup_by_name(
+async fn lookup_by_name(
     broker: &Broker,
     name: &TopicName,
     auto_create: bool,
@@ -96,12 +115,50 @@ fn lookup_by_name(
             ResponseError::UnknownTopicOrPartition.code(),
         );
     }
-    match broker.topics.auto_create(name) {
-        Ok(topic) => describe_topic(broker, &topic, version, include_ops),
+    match auto_create_topic(broker, name).await {
+        Ok(()) => match broker.topics.get(name) {
+            Some(topic) => describe_topic(broker, &topic, version, include_ops),
+            None => error_topic(
+                Some(name.clone()),
+                uuid::Uuid::nil(),
+                ResponseError::LeaderNotAvailable.code(),
+            ),
+        },
         Err((code, message)) => {
             tracing::warn!(topic = %name.as_str(), code, %message, "auto-creating topic failed");
             error_topic(Some(name.clone()), uuid::Uuid::nil(), code)
         }
+    }
+}
+
+/// Creates a topic with the broker's defaults through the controller; one that exists by
+/// now is fine.
+async fn auto_create_topic(broker: &Broker, name: &str) -> Result<(), (i16, String)> {
+    let request = ControllerRequest::CreateTopics {
+        topics: vec![NewTopic {
+            name: name.to_string(),
+            num_partitions: broker.config.num_partitions,
+            replication_factor: broker.config.default_replication_factor,
+            assignments: Vec::new(),
+            configs: Vec::new(),
+        }],
+        validate_only: false,
+    };
+    match broker.cluster.call(request).await {
+        ControllerResponse::Topics(results) => match results.first() {
+            Some(r) if r.error_code == 0 => {
+                crate::cluster::wait_for_topics(broker, &[uuid::Uuid::from_u128(r.topic_id)]).await;
+                Ok(())
+            }
+            Some(r) if r.error_code == ResponseError::TopicAlreadyExists.code() => Ok(()),
+            Some(r) => Err((r.error_code, r.message.clone().unwrap_or_default())),
+            None => Err((ResponseError::UnknownServerError.code(), String::new())),
+        },
+        ControllerResponse::Error { code, message } => Err((code, message)),
+        other => Err((
+            ResponseError::UnknownServerError.code(),
+            format!("unexpected controller answer {other:?}"),
+        )),
     }
 }
 
@@ -122,16 +179,26 @@ fn describe_topic(
     version: i16,
     include_ops: bool,
 ) -> MetadataResponseTopic {
-    let node = BrokerId(broker.node_id);
+    let image = broker.topics.image();
+    let fenced = |id: &i32| image.image.brokers.get(id).is_none_or(|b| b.fenced);
+    let ids = |ids: &[i32]| ids.iter().map(|id| BrokerId(*id)).collect::<Vec<_>>();
     let partitions = topic
-        .partitions
+        .states
         .iter()
-        .map(|p| {
+        .enumerate()
+        .map(|(index, p)| {
+            let offline: Vec<i32> = p.replicas.iter().copied().filter(fenced).collect();
             let mut partition = MetadataResponsePartition::default()
-                .with_partition_index(p.index)
-                .with_leader_id(node)
-                .with_replica_nodes(vec![node])
-                .with_isr_nodes(vec![node]);
+                .with_partition_index(index as i32)
+                .with_leader_id(BrokerId(p.leader))
+                .with_replica_nodes(ids(&p.replicas))
+                .with_isr_nodes(ids(&p.isr));
+            if p.leader < 0 {
+                partition.error_code = ResponseError::LeaderNotAvailable.code();
+            }
+            if version >= 5 {
+                partition.offline_replicas = ids(&offline);
+            }
             if version >= 7 {
                 partition.leader_epoch = p.leader_epoch;
             }

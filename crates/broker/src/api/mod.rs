@@ -6,10 +6,12 @@
 
 mod api_versions;
 mod consumer_groups;
+mod create_partitions;
 mod create_topics;
 mod delete_topics;
 mod describe_cluster;
 mod describe_configs;
+mod describe_quorum;
 mod fetch;
 mod find_coordinator;
 mod groups;
@@ -61,12 +63,22 @@ pub async fn handle(
     };
     match request {
         RequestKind::ApiVersions(req) => ctx.respond(&api_versions::handle(broker, &req, version)),
-        RequestKind::Metadata(req) => ctx.respond(&metadata::handle(broker, req, version)),
+        RequestKind::Metadata(req) => ctx.respond(&metadata::handle(broker, req, version).await),
         RequestKind::Produce(req) => produce::handle(broker, req, &ctx),
         RequestKind::Fetch(req) => fetch::handle(broker, req, &ctx).await,
         RequestKind::ListOffsets(req) => ctx.respond(&list_offsets::handle(broker, req, version)),
-        RequestKind::CreateTopics(req) => ctx.respond(&create_topics::handle(broker, req, version)),
-        RequestKind::DeleteTopics(req) => ctx.respond(&delete_topics::handle(broker, req, version)),
+        RequestKind::CreateTopics(req) => {
+            ctx.respond(&create_topics::handle(broker, req, version).await)
+        }
+        RequestKind::DeleteTopics(req) => {
+            ctx.respond(&delete_topics::handle(broker, req, version).await)
+        }
+        RequestKind::CreatePartitions(req) => {
+            ctx.respond(&create_partitions::handle(broker, req).await)
+        }
+        RequestKind::DescribeQuorum(req) => {
+            ctx.respond(&describe_quorum::handle(broker, req, version).await)
+        }
         RequestKind::DescribeCluster(req) => {
             ctx.respond(&describe_cluster::handle(broker, &req, version))
         }
@@ -87,7 +99,7 @@ pub async fn handle(
             ctx.respond(&consumer_groups::consumer_describe(broker, req, &ctx))
         }
         RequestKind::FindCoordinator(req) => {
-            ctx.respond(&find_coordinator::handle(broker, req, version))
+            ctx.respond(&find_coordinator::handle(broker, req, version).await)
         }
         RequestKind::DescribeConfigs(req) => {
             ctx.respond(&describe_configs::handle(broker, req, version))

@@ -25,7 +25,7 @@ fn partition_exists(broker: &Broker, topic: &str, partition: i32) -> bool {
     broker
         .topics
         .get(topic)
-        .is_some_and(|t| usize::try_from(partition).is_ok_and(|p| p < t.partitions.len()))
+        .is_some_and(|t| usize::try_from(partition).is_ok_and(|p| p < t.partition_count()))
 }
 
 pub fn commit(broker: &Broker, req: OffsetCommitRequest, ctx: &Ctx) -> OffsetCommitResponse {
@@ -53,13 +53,17 @@ pub fn commit(broker: &Broker, req: OffsetCommitRequest, ctx: &Ctx) -> OffsetCom
     }
     let instance = req.group_instance_id.as_ref().map(|i| i.to_string());
     let keys: Vec<(String, i32)> = wanted.iter().map(|(t, p, _)| (t.clone(), *p)).collect();
-    let codes = broker.groups.commit_offsets(
-        &req.group_id,
-        req.generation_id_or_member_epoch,
-        &req.member_id,
-        instance.as_deref(),
-        wanted,
-    );
+    let not_coordinator = super::groups::check_coordinator(broker, &req.group_id).err();
+    let codes = match not_coordinator {
+        Some(code) => vec![code; wanted.len()],
+        None => broker.groups.commit_offsets(
+            &req.group_id,
+            req.generation_id_or_member_epoch,
+            &req.member_id,
+            instance.as_deref(),
+            wanted,
+        ),
+    };
     let code_of = |topic: &str, partition: i32| {
         keys.iter()
             .position(|(t, p)| t == topic && *p == partition)
@@ -199,6 +203,9 @@ fn subscribed(metadata: &[Bytes], topic: &str) -> bool {
 }
 
 pub fn delete(broker: &Broker, req: OffsetDeleteRequest) -> OffsetDeleteResponse {
+    if let Err(code) = super::groups::check_coordinator(broker, &req.group_id) {
+        return OffsetDeleteResponse::default().with_error_code(code);
+    }
     let partitions: Vec<(String, i32)> = req
         .topics
         .iter()

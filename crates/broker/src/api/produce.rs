@@ -1,11 +1,15 @@
 //! Produce: validate each partition's batches, append them to the leader's log, answer with
 //! the assigned base offset. With one replica the ISR is this broker alone, so the high
 //! watermark moves with the append and acks=1 and acks=all complete at once (after the
-//! `min.insync.replicas` check).
+//! `min.insync.replicas` check). A partition led by another broker gets
+//! NOT_LEADER_OR_FOLLOWER with, from v10 on, the current leader and its endpoint (KIP-951)
+//! so the client can go there without a metadata round trip.
 
 use kafka_protocol::messages::produce_request::PartitionProduceData;
-use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
-use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use kafka_protocol::messages::produce_response::{
+    LeaderIdAndEpoch, NodeEndpoint, PartitionProduceResponse, TopicProduceResponse,
+};
+use kafka_protocol::messages::{BrokerId, ProduceRequest, ProduceResponse};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use strom_protocol::batch;
@@ -18,6 +22,7 @@ use crate::Broker;
 pub fn handle(broker: &Broker, req: ProduceRequest, ctx: &Ctx) -> Outcome {
     let acks = req.acks;
     let mut any_error = false;
+    let mut redirected_to = std::collections::BTreeSet::new();
     let responses: Vec<TopicProduceResponse> = req
         .topic_data
         .into_iter()
@@ -36,7 +41,22 @@ pub fn handle(broker: &Broker, req: ProduceRequest, ctx: &Ctx) -> Outcome {
                             ResponseError::UnknownTopicOrPartition.code(),
                             None,
                         ),
-                        (Some(topic), _) => produce_partition(topic, data, acks),
+                        (Some(topic), _) => {
+                            let index = data.index;
+                            let mut response = produce_partition(topic, data, acks);
+                            if response.error_code == ResponseError::NotLeaderOrFollower.code()
+                                && ctx.version >= 10
+                            {
+                                let (leader, leader_epoch) = topic.leader_of(index);
+                                if leader >= 0 {
+                                    redirected_to.insert(leader);
+                                    response.current_leader = LeaderIdAndEpoch::default()
+                                        .with_leader_id(BrokerId(leader))
+                                        .with_leader_epoch(leader_epoch);
+                                }
+                            }
+                            response
+                        }
                     };
                     any_error |= response.error_code != 0;
                     response
@@ -55,7 +75,22 @@ pub fn handle(broker: &Broker, req: ProduceRequest, ctx: &Ctx) -> Outcome {
             Outcome::NoResponse
         };
     }
-    ctx.respond(&ProduceResponse::default().with_responses(responses))
+    let mut response = ProduceResponse::default().with_responses(responses);
+    if !redirected_to.is_empty() {
+        let image = broker.topics.image();
+        response.node_endpoints = redirected_to
+            .iter()
+            .filter_map(|id| image.image.brokers.get(id))
+            .map(|b| {
+                NodeEndpoint::default()
+                    .with_node_id(BrokerId(b.id))
+                    .with_host(StrBytes::from_string(b.host.clone()))
+                    .with_port(i32::from(b.port))
+                    .with_rack(b.rack.clone().map(StrBytes::from_string))
+            })
+            .collect();
+    }
+    ctx.respond(&response)
 }
 
 fn error(index: i32, code: i16, message: Option<String>) -> PartitionProduceResponse {
@@ -71,15 +106,9 @@ fn produce_partition(
     data: PartitionProduceData,
     acks: i16,
 ) -> PartitionProduceResponse {
-    let Some(partition) = usize::try_from(data.index)
-        .ok()
-        .and_then(|i| topic.partitions.get(i))
-    else {
-        return error(
-            data.index,
-            ResponseError::UnknownTopicOrPartition.code(),
-            None,
-        );
+    let partition = match topic.led(data.index) {
+        Ok(partition) => partition,
+        Err(code) => return error(data.index, code, None),
     };
     let Some(records) = data.records else {
         return error(
@@ -102,7 +131,7 @@ fn produce_partition(
         return error(data.index, ResponseError::NotEnoughReplicas.code(), None);
     }
     let log = &partition.log;
-    match log.append_as_leader(&records, &batches, partition.leader_epoch, now_ms()) {
+    match log.append_as_leader(&records, &batches, partition.leader_epoch(), now_ms()) {
         Ok(info) => {
             log.update_high_watermark(info.last_offset + 1);
             partition.appended.notify_waiters();

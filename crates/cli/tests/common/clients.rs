@@ -39,6 +39,23 @@ pub fn create_topic(addr: &str, topic: &str, partitions: i32) {
     }
 }
 
+pub fn delete_topic(addr: &str, topic: &str) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", addr)
+        .create()
+        .expect("admin client");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let results = rt
+        .block_on(admin.delete_topics(&[topic], &AdminOptions::new()))
+        .expect("delete topics");
+    for r in results {
+        r.expect("topic deleted");
+    }
+}
+
 /// Produces `records` with the given codec; returns what each partition should hold, in order.
 pub fn produce_all(
     addr: &str,

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod clients;
+pub mod cluster;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -26,6 +27,9 @@ pub struct Broker {
     pub data_dir: PathBuf,
     pub log_path: PathBuf,
     extra: Vec<String>,
+    /// Started with `--config` (a cluster node) instead of the embedded default.
+    config: Option<PathBuf>,
+    ready: Option<mpsc::Receiver<String>>,
 }
 
 impl Broker {
@@ -38,12 +42,53 @@ impl Broker {
             data_dir: data_dir.to_path_buf(),
             log_path: data_dir.join("strom.log"),
             extra,
+            config: None,
+            ready: None,
         };
         broker.launch();
         broker
     }
 
+    /// Spawns `strom server --config <config>` without waiting for it to listen (a cluster
+    /// node waits for its quorum); see [`Broker::wait_ready`].
+    pub fn spawn_configured(data_dir: &Path, config: &Path) -> Broker {
+        let mut broker = Broker {
+            child: None,
+            addr: String::new(),
+            data_dir: data_dir.to_path_buf(),
+            log_path: data_dir.join("strom.log"),
+            extra: Vec::new(),
+            config: Some(config.to_path_buf()),
+            ready: None,
+        };
+        broker.spawn();
+        broker
+    }
+
     fn launch(&mut self) {
+        self.spawn();
+        self.wait_ready();
+    }
+
+    /// Waits for the listening line; panics with the log if it does not come.
+    pub fn wait_ready(&mut self) {
+        let rx = self.ready.take().expect("spawned");
+        match rx.recv_timeout(START_TIMEOUT) {
+            Ok(addr) => self.addr = addr,
+            Err(_) => {
+                if let Some(mut child) = self.child.take() {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+                panic!(
+                    "strom did not start; log:\n{}",
+                    std::fs::read_to_string(&self.log_path).unwrap_or_default()
+                );
+            }
+        }
+    }
+
+    fn spawn(&mut self) {
         std::fs::create_dir_all(&self.data_dir).expect("data dir");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -51,11 +96,18 @@ impl Broker {
             .open(&self.log_path)
             .expect("log file");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_strom"));
-        cmd.arg("server")
-            .arg("--override")
-            .arg("listeners=PLAINTEXT://127.0.0.1:0")
-            .arg("--override")
-            .arg(format!("log.dirs={}", self.data_dir.join("logs").display()));
+        cmd.arg("server");
+        match &self.config {
+            Some(config) => {
+                cmd.arg("--config").arg(config);
+            }
+            None => {
+                cmd.arg("--override")
+                    .arg("listeners=PLAINTEXT://127.0.0.1:0")
+                    .arg("--override")
+                    .arg(format!("log.dirs={}", self.data_dir.join("logs").display()));
+            }
+        }
         for o in &self.extra {
             cmd.arg("--override").arg(o);
         }
@@ -78,16 +130,7 @@ impl Broker {
                 }
             }
         });
-        match rx.recv_timeout(START_TIMEOUT) {
-            Ok(addr) => self.addr = addr,
-            Err(_) => {
-                let _ = child.kill();
-                panic!(
-                    "strom did not start; log:\n{}",
-                    std::fs::read_to_string(&self.log_path).unwrap_or_default()
-                );
-            }
-        }
+        self.ready = Some(rx);
         self.child = Some(child);
     }
 
@@ -109,6 +152,12 @@ impl Broker {
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop the broker first");
         self.launch();
+    }
+
+    /// Starts again without waiting for the listening line.
+    pub fn respawn(&mut self) {
+        assert!(self.child.is_none(), "stop the broker first");
+        self.spawn();
     }
 
     pub fn is_running(&mut self) -> bool {

@@ -1,0 +1,228 @@
+//! Multi-process clusters on 127.0.0.1 driven by librdkafka: every broker reports the whole
+//! cluster, partitions are spread evenly, produce and consume work through any bootstrap
+//! address, a request for a partition led elsewhere is redirected (KIP-951), the quorum
+//! survives losing its active controller, and a killed broker is fenced and rejoins with its
+//! data.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::clients::{consume_all, create_topic, produce_all, Rec};
+use common::cluster::Cluster;
+use common::RawClient;
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{
+    ApiKey, MetadataResponse, ProduceRequest, ProduceResponse, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
+use strom_protocol::batch::testing::batch;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn records(n: usize, tag: &str) -> Vec<Rec> {
+    (0..n)
+        .map(|i| Rec {
+            key: format!("key-{i}").into_bytes(),
+            value: format!("{tag}-{i}").into_bytes(),
+            headers: vec![],
+        })
+        .collect()
+}
+
+fn broker_ids(metadata: &MetadataResponse) -> BTreeSet<i32> {
+    metadata.brokers.iter().map(|b| b.node_id.0).collect()
+}
+
+/// Partition → leader of `topic` in `metadata`.
+fn leaders(metadata: &MetadataResponse, topic: &str) -> BTreeMap<i32, i32> {
+    metadata
+        .topics
+        .iter()
+        .find(|t| t.name.as_deref().map(|n| n.as_str()) == Some(topic))
+        .map(|t| {
+            t.partitions
+                .iter()
+                .map(|p| (p.partition_index, p.leader_id.0))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn leader_counts(leaders: &BTreeMap<i32, i32>) -> BTreeMap<i32, usize> {
+    let mut counts = BTreeMap::new();
+    for leader in leaders.values() {
+        *counts.entry(*leader).or_default() += 1;
+    }
+    counts
+}
+
+/// Produces through `via`, consumes through `from`, and checks every partition holds what
+/// was acknowledged, in order.
+fn round_trip(cluster: &Cluster, topic: &str, via: i32, from: i32, tag: &str) {
+    let expected = produce_all(&cluster.addr(via), topic, "lz4", &records(300, tag), "all");
+    let counts: BTreeMap<i32, usize> = expected.iter().map(|(p, r)| (*p, r.len())).collect();
+    let got = consume_all(&cluster.addr(from), topic, &counts);
+    for (p, recs) in &expected {
+        let read: Vec<&Rec> = got[p].iter().map(|(_, r)| r).collect();
+        assert!(
+            read.iter().copied().eq(recs.iter()),
+            "partition {p} through {via} then {from}"
+        );
+    }
+}
+
+fn produce_raw(client: &mut RawClient, topic: &str, partition: i32) -> ProduceResponse {
+    let req = ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(5000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(partition)
+                .with_records(Some(Bytes::from(batch(&[b"v"], 0))))])]);
+    client.send(ApiKey::Produce, 11, &req);
+    client.recv(11)
+}
+
+fn every_broker_reports_the_whole_cluster_and_spreads_partitions(cluster: &Cluster) {
+    let ids: BTreeSet<i32> = cluster.broker_ids().into_iter().collect();
+    for id in &ids {
+        assert_eq!(
+            broker_ids(&cluster.metadata(*id)),
+            ids,
+            "broker {id} lists every broker"
+        );
+    }
+    let first = *ids.iter().next().expect("a broker");
+    create_topic(&cluster.addr(first), "spread", 6);
+    for id in &ids {
+        let leaders = leaders(&cluster.metadata(*id), "spread");
+        assert_eq!(leaders.len(), 6, "broker {id} knows all six partitions");
+        let counts = leader_counts(&leaders);
+        assert_eq!(
+            counts,
+            ids.iter().map(|b| (*b, 2)).collect(),
+            "two leaders per broker, as broker {id} reports them"
+        );
+    }
+    let ordered: Vec<i32> = ids.iter().copied().collect();
+    for (i, via) in ordered.iter().enumerate() {
+        let from = ordered[(i + 1) % ordered.len()];
+        let topic = format!("through-{via}");
+        create_topic(&cluster.addr(*via), &topic, 6);
+        round_trip(cluster, &topic, *via, from, &topic);
+    }
+
+    // A partition led elsewhere: NOT_LEADER_OR_FOLLOWER, with the leader and its endpoint.
+    let leaders = leaders(&cluster.metadata(first), "spread");
+    let (partition, leader) = leaders
+        .iter()
+        .find(|(_, leader)| **leader != first)
+        .map(|(p, l)| (*p, *l))
+        .expect("a partition led by another broker");
+    let mut client = RawClient::connect(&cluster.addr(first));
+    let response = produce_raw(&mut client, "spread", partition);
+    let p = &response.responses[0].partition_responses[0];
+    assert_eq!(p.error_code, ResponseError::NotLeaderOrFollower.code());
+    assert_eq!(p.current_leader.leader_id.0, leader, "KIP-951 leader hint");
+    assert!(
+        response.node_endpoints.iter().any(|e| e.node_id.0 == leader
+            && e.port == i32::from(cluster.nodes[&leader].client_port.unwrap())),
+        "KIP-951 endpoint of the leader: {response:?}"
+    );
+}
+
+#[test]
+fn three_combined_nodes_are_one_cluster_from_every_bootstrap_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::combined(dir.path(), 3);
+    every_broker_reports_the_whole_cluster_and_spreads_partitions(&cluster);
+}
+
+#[test]
+fn three_controllers_and_three_brokers_are_one_cluster_and_survive_losing_the_active_controller() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::split(dir.path(), 3, 3);
+    every_broker_reports_the_whole_cluster_and_spreads_partitions(&cluster);
+
+    let active = cluster.active_controller(4);
+    assert!((1..=3).contains(&active), "a controller leads: {active}");
+    cluster.kill9(active);
+    let started = Instant::now();
+    create_topic(&cluster.addr(5), "after-failover", 3);
+    let failover = started.elapsed();
+    let next = cluster.active_controller(6);
+    assert_ne!(next, active, "another controller took over");
+    eprintln!("topic creation worked again {failover:?} after killing the active controller");
+    round_trip(&cluster, "after-failover", 6, 4, "after");
+
+    // The old controller restarts and catches up with what was committed without it.
+    cluster.restart(active);
+    cluster.wait_for("the restarted controller to catch up", WAIT, || {
+        let quorum = cluster.quorum(4);
+        quorum
+            .current_voters
+            .iter()
+            .all(|v| v.log_end_offset >= quorum.high_watermark)
+    });
+    create_topic(&cluster.addr(4), "with-all-three", 3);
+}
+
+#[test]
+fn a_killed_broker_is_fenced_and_rejoins_with_its_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::split(dir.path(), 1, 3);
+    create_topic(&cluster.addr(2), "kept", 6);
+    let expected = produce_all(
+        &cluster.addr(2),
+        "kept",
+        "none",
+        &records(600, "kept"),
+        "all",
+    );
+    let before = leaders(&cluster.metadata(2), "kept");
+
+    cluster.kill9(4);
+    cluster.wait_for("broker 4 to be fenced", WAIT, || {
+        !broker_ids(&cluster.metadata(2)).contains(&4)
+    });
+    let metadata = cluster.metadata(3);
+    let topic = metadata
+        .topics
+        .iter()
+        .find(|t| t.name.as_deref().map(|n| n.as_str()) == Some("kept"))
+        .expect("topic");
+    for p in &topic.partitions {
+        if before[&p.partition_index] == 4 {
+            assert_eq!(
+                p.leader_id.0, -1,
+                "no leader while the only replica is down"
+            );
+            assert_eq!(p.error_code, ResponseError::LeaderNotAvailable.code());
+            assert_eq!(
+                p.offline_replicas.iter().map(|b| b.0).collect::<Vec<_>>(),
+                vec![4]
+            );
+        } else {
+            assert_eq!(p.leader_id.0, before[&p.partition_index]);
+        }
+    }
+
+    cluster.restart(4);
+    cluster.wait_for("broker 4 to lead its partitions again", WAIT, || {
+        leaders(&cluster.metadata(2), "kept") == before
+    });
+    let counts: BTreeMap<i32, usize> = expected.iter().map(|(p, r)| (*p, r.len())).collect();
+    let got = consume_all(&cluster.addr(3), "kept", &counts);
+    for (p, recs) in &expected {
+        let read: Vec<&Rec> = got[p].iter().map(|(_, r)| r).collect();
+        assert!(
+            read.iter().copied().eq(recs.iter()),
+            "partition {p} after the restart"
+        );
+    }
+}
