@@ -115,8 +115,19 @@ impl Cluster {
 
     /// Sends an admin request to the active controller.
     pub async fn call(&self, request: ControllerRequest) -> ControllerResponse {
+        self.call_within(request, ADMIN_TIMEOUT_MS).await
+    }
+
+    /// Sends an admin request, waiting at most `timeout_ms` (capped at [`ADMIN_TIMEOUT_MS`])
+    /// for the active controller to answer.
+    pub async fn call_within(
+        &self,
+        request: ControllerRequest,
+        timeout_ms: u64,
+    ) -> ControllerResponse {
+        let timeout_ms = timeout_ms.clamp(1, ADMIN_TIMEOUT_MS);
         self.admin
-            .call(request, Duration::from_millis(ADMIN_TIMEOUT_MS))
+            .call(request, Duration::from_millis(timeout_ms))
             .await
     }
 

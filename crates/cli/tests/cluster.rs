@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::clients::{consume_all, create_topic, produce_all, Rec};
+use common::clients::{consume_all, create_topic, delete_topic, produce_all, Rec};
 use common::cluster::Cluster;
 use common::RawClient;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
@@ -88,6 +88,27 @@ fn produce_raw(client: &mut RawClient, topic: &str, partition: i32) -> ProduceRe
     client.recv(11)
 }
 
+/// The partition directories of `topic` on every broker.
+fn partition_dirs(cluster: &Cluster, topic: &str) -> Vec<std::path::PathBuf> {
+    cluster
+        .brokers()
+        .flat_map(|n| {
+            std::fs::read_dir(cluster.dir.join(format!("node-{}/logs", n.id)))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .and_then(|n| n.rsplit_once('-'))
+                        .is_some_and(|(t, _)| t == topic)
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 fn every_broker_reports_the_whole_cluster_and_spreads_partitions(cluster: &Cluster) {
     let ids: BTreeSet<i32> = cluster.broker_ids().into_iter().collect();
     for id in &ids {
@@ -118,8 +139,8 @@ fn every_broker_reports_the_whole_cluster_and_spreads_partitions(cluster: &Clust
     }
 
     // A partition led elsewhere: NOT_LEADER_OR_FOLLOWER, with the leader and its endpoint.
-    let leaders = leaders(&cluster.metadata(first), "spread");
-    let (partition, leader) = leaders
+    let spread = leaders(&cluster.metadata(first), "spread");
+    let (partition, leader) = spread
         .iter()
         .find(|(_, leader)| **leader != first)
         .map(|(p, l)| (*p, *l))
@@ -134,6 +155,16 @@ fn every_broker_reports_the_whole_cluster_and_spreads_partitions(cluster: &Clust
             && e.port == i32::from(cluster.nodes[&leader].client_port.unwrap())),
         "KIP-951 endpoint of the leader: {response:?}"
     );
+
+    // Deleting a topic through one broker removes its data from every broker.
+    assert_eq!(partition_dirs(cluster, "spread").len(), 6);
+    delete_topic(&cluster.addr(first), "spread");
+    cluster.wait_for("every broker to delete the topic's logs", WAIT, || {
+        partition_dirs(cluster, "spread").is_empty()
+    });
+    for id in &ids {
+        assert!(leaders(&cluster.metadata(*id), "spread").is_empty());
+    }
 }
 
 #[test]
@@ -225,4 +256,82 @@ fn a_killed_broker_is_fenced_and_rejoins_with_its_data() {
             "partition {p} after the restart"
         );
     }
+}
+
+fn create_raw(client: &mut RawClient, topic: &str, timeout_ms: i32) -> i16 {
+    use kafka_protocol::messages::create_topics_request::CreatableTopic;
+    use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
+    let req = CreateTopicsRequest::default()
+        .with_timeout_ms(timeout_ms)
+        .with_topics(vec![CreatableTopic::default()
+            .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+            .with_num_partitions(3)
+            .with_replication_factor(1)]);
+    client.send(ApiKey::CreateTopics, 7, &req);
+    let response: CreateTopicsResponse = client.recv(7);
+    response.topics[0].error_code
+}
+
+#[test]
+fn without_a_controller_majority_brokers_keep_serving_and_metadata_changes_are_refused_retriably() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::split(dir.path(), 3, 3);
+    create_topic(&cluster.addr(4), "steady", 6);
+    let before = produce_all(
+        &cluster.addr(4),
+        "steady",
+        "none",
+        &records(300, "before"),
+        "all",
+    );
+
+    // Two of the three controllers die: no quorum, so no active controller.
+    let active = cluster.active_controller(4);
+    let other = (1..=3).find(|c| *c != active).expect("another controller");
+    cluster.kill9(active);
+    cluster.kill9(other);
+
+    // Existing partitions keep taking writes and reads on every broker.
+    let expected = produce_all(
+        &cluster.addr(6),
+        "steady",
+        "none",
+        &records(300, "during"),
+        "all",
+    );
+    let counts: BTreeMap<i32, usize> = (0..6)
+        .map(|p| {
+            let n = |m: &BTreeMap<i32, Vec<Rec>>| m.get(&p).map_or(0, Vec::len);
+            (p, n(&before) + n(&expected))
+        })
+        .collect();
+    let got = consume_all(&cluster.addr(5), "steady", &counts);
+    for (p, recs) in &expected {
+        let skip = before.get(p).map_or(0, Vec::len);
+        let tail: Vec<&Rec> = got[p].iter().skip(skip).map(|(_, r)| r).collect();
+        assert!(
+            tail.iter().copied().eq(recs.iter()),
+            "partition {p} without a quorum"
+        );
+    }
+    assert_eq!(
+        broker_ids(&cluster.metadata(4)),
+        BTreeSet::from([4, 5, 6]),
+        "no broker is fenced without a controller"
+    );
+
+    // A metadata change is refused with a retriable error instead of hanging.
+    let mut client = RawClient::connect(&cluster.addr(4));
+    let code = create_raw(&mut client, "needs-quorum", 3_000);
+    assert!(
+        code == ResponseError::RequestTimedOut.code()
+            || code == ResponseError::NotController.code(),
+        "a retriable error, got {code}"
+    );
+
+    // The quorum returns: metadata changes work again.
+    cluster.restart(active);
+    cluster.restart(other);
+    create_topic(&cluster.addr(4), "needs-quorum", 3);
+    round_trip(&cluster, "needs-quorum", 5, 6, "after");
 }

@@ -42,6 +42,7 @@ pub mod code {
     pub const NOT_CONTROLLER: i16 = 41;
     pub const INVALID_REQUEST: i16 = 42;
     pub const STALE_BROKER_EPOCH: i16 = 77;
+    pub const DUPLICATE_BROKER_REGISTRATION: i16 = 101;
 }
 
 /// Longest a change may wait for the quorum to commit it.
@@ -302,6 +303,20 @@ impl Controller {
                 port,
                 rack,
             } => {
+                // Another process with this id whose session is still alive keeps it.
+                if let Some(existing) = image.brokers.get(&broker_id) {
+                    if existing.incarnation_id.as_u128() != incarnation_id
+                        && !existing.fenced
+                        && self.session_alive(broker_id, metrics.current_term)
+                    {
+                        return ControllerResponse::Error {
+                            code: code::DUPLICATE_BROKER_REGISTRATION,
+                            message: format!(
+                                "Another broker is registered with id {broker_id} and its session is alive"
+                            ),
+                        };
+                    }
+                }
                 // The broker epoch is the index the registration will have: only the
                 // leader writes, under `decide`, so nothing else takes that index.
                 let broker_epoch = metrics.last_log_index.unwrap_or(0) as i64 + 1;
@@ -400,6 +415,17 @@ impl Controller {
                 message: "unreachable".into(),
             },
         }
+    }
+
+    /// Whether a broker heartbeated within the session timeout (in this term).
+    fn session_alive(&self, broker_id: i32, term: u64) -> bool {
+        let sessions = self.sessions.lock();
+        let timeout = Duration::from_millis(self.config.broker_session_timeout_ms);
+        sessions.term == term
+            && sessions
+                .last_heartbeat
+                .get(&broker_id)
+                .is_some_and(|last| last.elapsed() <= timeout)
     }
 
     /// Starts (or continues) a broker's session; a new term restarts every session.

@@ -131,6 +131,29 @@ async fn a_tcp_quorum_places_topics_fences_silent_brokers_and_survives_losing_it
             "{answer:?}"
         );
     }
+    // A second process claiming a live broker's id is refused while that session lives.
+    let duplicate = client
+        .call(
+            ControllerRequest::RegisterBroker {
+                broker_id: 1,
+                incarnation_id: 999,
+                host: "127.0.0.1".into(),
+                port: 9999,
+                rack: None,
+            },
+            CALL,
+        )
+        .await;
+    assert!(
+        matches!(
+            duplicate,
+            ControllerResponse::Error {
+                code: code::DUPLICATE_BROKER_REGISTRATION,
+                ..
+            }
+        ),
+        "{duplicate:?}"
+    );
     let answer = create(&client, "orders", 6).await;
     assert!(created(&answer), "{answer:?}");
     let leader = active(&nodes).await;
@@ -194,4 +217,66 @@ async fn a_tcp_quorum_places_topics_fences_silent_brokers_and_survives_losing_it
     let image = restarted.state_machine().image().await;
     assert!(image.topic_by_name("payments").is_some() && image.topic_by_name("orders").is_some());
     assert!(!image.brokers[&3].fenced);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_behind_the_purged_log_catches_up_from_a_snapshot() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (listeners, voters) = free_listeners(3).await;
+    let mut nodes = BTreeMap::new();
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let id = i as NodeId + 1;
+        let node = Controller::start(config(id, &voters, dir.path()), Some(listener))
+            .await
+            .expect("start controller");
+        nodes.insert(id, node);
+    }
+    let client = ControllerClient::new(&voters, None);
+    let epoch = register(&client, 1).await;
+    heartbeat(&client, 1, epoch).await;
+    let leader = active(&nodes).await;
+    let behind = if leader == 3 { 2 } else { 3 };
+    nodes[&behind].shutdown().await;
+    nodes.remove(&behind);
+    for i in 0..20 {
+        let answer = create(&client, &format!("topic-{i}"), 1).await;
+        assert!(created(&answer), "{answer:?}");
+    }
+    // The leader snapshots and drops its log: the returning node cannot be sent entries.
+    let leader = active(&nodes).await;
+    let raft = nodes[&leader].raft();
+    raft.trigger().snapshot().await.expect("snapshot");
+    let index = nodes[&leader].state_machine().subscribe().borrow().index;
+    // (A metrics borrow must not live across an await: it would block the Raft core.)
+    raft.wait(Some(CALL))
+        .metrics(
+            |m| m.snapshot.is_some_and(|s| s.index >= index),
+            "snapshot built",
+        )
+        .await
+        .expect("the leader builds a snapshot");
+    raft.trigger().purge_log(index).await.expect("purge");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let listener = TcpListener::bind(&voters[&behind]).await.expect("rebind");
+    let restarted = Controller::start(config(behind, &voters, dir.path()), Some(listener))
+        .await
+        .expect("restart");
+    let mut caught_up = restarted.state_machine().subscribe();
+    tokio::time::timeout(CALL, caught_up.wait_for(|p| p.index >= index))
+        .await
+        .expect("the restarted controller catches up")
+        .expect("state machine alive");
+    let image = restarted.state_machine().image().await;
+    assert_eq!(
+        image.topics.len(),
+        20,
+        "every topic arrived through the snapshot"
+    );
+    assert!(
+        dir.path()
+            .join(format!("node-{behind}/snapshot/snapshot.bin"))
+            .exists(),
+        "the snapshot was installed and kept on disk"
+    );
 }

@@ -63,7 +63,12 @@ pub async fn handle(
     let answers = if forwarded.is_empty() {
         Vec::new()
     } else {
-        create_in_controller(broker, forwarded, req.validate_only).await
+        // A request without a positive timeout waits as long as the broker allows.
+        let timeout_ms = u64::try_from(req.timeout_ms)
+            .ok()
+            .filter(|t| *t > 0)
+            .unwrap_or(crate::cluster::ADMIN_TIMEOUT_MS);
+        create_in_controller(broker, forwarded, req.validate_only, timeout_ms).await
     };
     let mut answers = answers.into_iter();
     let topics = results
@@ -102,15 +107,14 @@ async fn create_in_controller(
     broker: &Broker,
     topics: Vec<controller::NewTopic>,
     validate_only: bool,
+    timeout_ms: u64,
 ) -> Vec<TopicResult> {
     let count = topics.len();
-    let answer = broker
-        .cluster
-        .call(ControllerRequest::CreateTopics {
-            topics,
-            validate_only,
-        })
-        .await;
+    let request = ControllerRequest::CreateTopics {
+        topics,
+        validate_only,
+    };
+    let answer = broker.cluster.call_within(request, timeout_ms).await;
     let results = match answer {
         ControllerResponse::Topics(results) if results.len() == count => results,
         ControllerResponse::Error { code, message } => vec![
