@@ -1,8 +1,14 @@
 //! An in-process network between quorum nodes: RPCs are direct calls to the target's
-//! [`Raft`]; a node can be taken down (its RPCs in and out fail) and brought back.
+//! [`Raft`]; a node can be taken down (its RPCs in and out fail) and brought back, single
+//! links can be cut, and a seeded router delays each RPC by a random few milliseconds and
+//! loses a share of them, for simulations that a seed replays.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 use openraft::error::{InstallSnapshotError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
@@ -18,14 +24,52 @@ use crate::{NodeId, Raft, TypeConfig};
 type Rpc<T, E = openraft::error::Infallible> =
     Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
 
+/// How a seeded router disturbs RPCs.
+#[derive(Debug, Clone, Copy)]
+pub struct Weather {
+    /// Each RPC waits between 0 and this many milliseconds before it is delivered.
+    pub delay_ms_max: u64,
+    /// Percent of RPCs lost (they fail as unreachable).
+    pub loss_percent: u32,
+}
+
 /// All nodes of an in-process quorum.
 #[derive(Clone, Default)]
 pub struct Router {
     nodes: Arc<Mutex<BTreeMap<NodeId, Raft>>>,
     down: Arc<Mutex<BTreeSet<NodeId>>>,
+    /// Cut links, stored with the lower id first.
+    cut: Arc<Mutex<BTreeSet<(NodeId, NodeId)>>>,
+    weather: Option<(Weather, Arc<parking_lot::Mutex<StdRng>>)>,
 }
 
 impl Router {
+    /// A router whose delays and losses are drawn from `seed`.
+    pub fn seeded(seed: u64, weather: Weather) -> Router {
+        Router {
+            weather: Some((
+                weather,
+                Arc::new(parking_lot::Mutex::new(StdRng::seed_from_u64(seed))),
+            )),
+            ..Router::default()
+        }
+    }
+
+    /// Cuts the link between two nodes (both directions).
+    pub async fn cut(&self, a: NodeId, b: NodeId) {
+        self.cut.lock().await.insert((a.min(b), a.max(b)));
+    }
+
+    /// Restores every cut link.
+    pub async fn heal(&self) {
+        self.cut.lock().await.clear();
+    }
+
+    /// Forgets a node (it crashed); [`Router::add`] brings a restarted one.
+    pub async fn remove(&self, id: NodeId) {
+        self.nodes.lock().await.remove(&id);
+    }
+
     pub async fn add(&self, id: NodeId, raft: Raft) {
         self.nodes.lock().await.insert(id, raft);
     }
@@ -52,8 +96,27 @@ impl Router {
         source: NodeId,
         target: NodeId,
     ) -> Result<Raft, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>> {
+        if let Some((weather, rng)) = &self.weather {
+            let (delay_ms, lost) = {
+                let mut rng = rng.lock();
+                (
+                    rng.gen_range(0..=weather.delay_ms_max),
+                    rng.gen_range(0..100) < weather.loss_percent,
+                )
+            };
+            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+            if lost {
+                let io = std::io::Error::new(std::io::ErrorKind::TimedOut, "lost");
+                return Err(RPCError::Unreachable(Unreachable::new(&io)));
+            }
+        }
         let down = self.down.lock().await;
-        if down.contains(&source) || down.contains(&target) {
+        let cut = self
+            .cut
+            .lock()
+            .await
+            .contains(&(source.min(target), source.max(target)));
+        if cut || down.contains(&source) || down.contains(&target) {
             let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "node is down");
             return Err(RPCError::Unreachable(Unreachable::new(&io)));
         }
