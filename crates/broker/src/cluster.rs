@@ -51,6 +51,7 @@ pub fn voters(config: &BrokerConfig) -> BTreeMap<NodeId, String> {
 /// joins the quorum with its log in `<first log dir>/__cluster_metadata-0`.
 pub async fn start_controller(
     config: &BrokerConfig,
+    cluster_id: &str,
 ) -> Result<(Arc<Controller>, Option<std::net::SocketAddr>), BrokerError> {
     let listener = match config.controller_listener() {
         Some(l) => {
@@ -66,6 +67,7 @@ pub async fn start_controller(
     let bound = listener.as_ref().map(|l| l.local_addr()).transpose()?;
     let controller_config = ControllerConfig {
         node_id: config.node_id as NodeId,
+        cluster_id: cluster_id.to_string(),
         voters: voters(config),
         dir: Path::new(&config.log_dirs[0]).join(METADATA_LOG_DIR),
         election_timeout_ms: config.controller_quorum_election_timeout_ms.max(1) as u64,
@@ -92,21 +94,25 @@ pub struct Cluster {
 impl Cluster {
     /// Follows the metadata: from the local controller when there is one, else from the
     /// active controller over the network.
-    pub fn new(config: &BrokerConfig, controller: Option<Arc<Controller>>) -> Arc<Cluster> {
+    pub fn new(
+        config: &BrokerConfig,
+        cluster_id: &str,
+        controller: Option<Arc<Controller>>,
+    ) -> Arc<Cluster> {
         let voters = voters(config);
         let metadata = match &controller {
             Some(c) => c.state_machine().subscribe(),
             None => {
                 let (tx, rx) = watch::channel(Published::default());
-                let client = ControllerClient::new(&voters, None);
+                let client = ControllerClient::new(&voters, cluster_id, None);
                 tokio::spawn(follow_log(client, tx));
                 rx
             }
         };
         Arc::new(Cluster {
             node_id: config.node_id,
-            admin: ControllerClient::new(&voters, controller.clone()),
-            heartbeats: ControllerClient::new(&voters, controller.clone()),
+            admin: ControllerClient::new(&voters, cluster_id, controller.clone()),
+            heartbeats: ControllerClient::new(&voters, cluster_id, controller.clone()),
             controller,
             metadata,
             broker_epoch: AtomicI64::new(-1),
@@ -320,28 +326,15 @@ fn apply_entries(
 
 /// How long an admin request waits for this broker to apply its own change.
 const APPLY_WAIT_MS: u64 = 5_000;
-const APPLY_POLL_MS: u64 = 5;
 
-/// Waits (bounded) until this broker has applied the topics with `ids` (present when
-/// `present`, gone otherwise).
-pub async fn wait_for_topics_state(broker: &crate::Broker, ids: &[uuid::Uuid], present: bool) {
+/// Waits (bounded) until this broker has applied the metadata log up to `index`: an admin
+/// request answers only then, so that the client's next request here sees its change (logs
+/// created or deleted included).
+pub async fn wait_for_applied(broker: &crate::Broker, index: u64) {
     let deadline = tokio::time::Instant::now() + Duration::from_millis(APPLY_WAIT_MS);
-    while ids
-        .iter()
-        .any(|id| broker.topics.get_by_id(id).is_some() != present)
-    {
-        if tokio::time::Instant::now() >= deadline {
-            warn!(
-                topics = ids.len(),
-                "this broker has not applied an admin change yet"
-            );
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(APPLY_POLL_MS)).await;
+    let mut applied = broker.topics.subscribe_applied();
+    let reached = tokio::time::timeout_at(deadline, applied.wait_for(|i| *i >= index)).await;
+    if !matches!(reached, Ok(Ok(_))) {
+        warn!(index, "this broker has not applied an admin change yet");
     }
-}
-
-/// Waits (bounded) until this broker has applied the creation of the topics with `ids`.
-pub async fn wait_for_topics(broker: &crate::Broker, ids: &[uuid::Uuid]) {
-    wait_for_topics_state(broker, ids, true).await;
 }

@@ -55,7 +55,7 @@ pub async fn run(
         storage_format::check_formatted(&config.log_dirs, config.node_id)?
     };
     let (controller, controller_addr) = if config.is_controller() {
-        let (controller, addr) = cluster::start_controller(&config).await?;
+        let (controller, addr) = cluster::start_controller(&config, &cluster_id).await?;
         (Some(controller), addr)
     } else {
         (None, None)
@@ -80,7 +80,7 @@ pub async fn run(
     let topics = Arc::new(tokio::task::block_in_place(|| {
         TopicManager::open(Arc::clone(&config))
     })?);
-    let cluster = Cluster::new(&config, controller.clone());
+    let cluster = Cluster::new(&config, &cluster_id, controller.clone());
     let applier = tokio::spawn(cluster::apply_metadata(
         Arc::clone(&cluster),
         Arc::clone(&topics),

@@ -109,6 +109,8 @@ pub struct Topic {
     /// The partitions with a replica on this broker, indexed by partition number.
     pub local: Vec<Option<Arc<Partition>>>,
     node_id: i32,
+    /// The metadata this topic was built from.
+    image: Arc<TopicImage>,
 }
 
 impl Topic {
@@ -191,6 +193,8 @@ pub struct TopicManager {
     recovery_points: Mutex<BTreeMap<(String, i32), i64>>,
     /// Serializes applying images (the read path never takes it).
     applying: Mutex<()>,
+    /// The log index of the last applied metadata, for requests waiting on their change.
+    applied: tokio::sync::watch::Sender<u64>,
 }
 
 impl TopicManager {
@@ -222,6 +226,7 @@ impl TopicManager {
             clean,
             recovery_points: Mutex::new(recovery_points),
             applying: Mutex::new(()),
+            applied: tokio::sync::watch::channel(0).0,
         })
     }
 
@@ -247,21 +252,20 @@ impl TopicManager {
         for topic in removed {
             self.remove(&topic)?;
         }
+        let no_configs = BTreeMap::new();
         for topic_image in image.topics.values() {
             let configs = image
                 .configs
                 .get(&(TOPIC_RESOURCE, topic_image.name.clone()))
-                .cloned()
-                .unwrap_or_default();
+                .unwrap_or(&no_configs);
             let current = self.get(&topic_image.name);
             if let Some(current) = &current {
-                if current.states.iter().eq(topic_image.partitions.values())
-                    && current.configs == configs
-                {
+                // Images share unchanged topics: most of a large cluster is skipped here.
+                if Arc::ptr_eq(&current.image, topic_image) && current.configs == *configs {
                     continue;
                 }
             }
-            let topic = self.build(topic_image, configs, current.as_deref())?;
+            let topic = self.build(topic_image, configs.clone(), current.as_deref())?;
             self.by_id.write().insert(topic.id, topic.name.clone());
             self.topics
                 .write()
@@ -271,13 +275,19 @@ impl TopicManager {
             self.remove_stray_partitions()?;
         }
         *self.image.write() = published.clone();
+        self.applied.send_replace(published.index);
         Ok(())
+    }
+
+    /// Follows the index of the applied metadata.
+    pub fn subscribe_applied(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.applied.subscribe()
     }
 
     /// A topic from its image, reusing the partitions already open.
     fn build(
         &self,
-        image: &TopicImage,
+        image: &Arc<TopicImage>,
         configs: BTreeMap<String, String>,
         current: Option<&Topic>,
     ) -> Result<Topic, BrokerError> {
@@ -312,6 +322,7 @@ impl TopicManager {
             states,
             local,
             node_id: self.node_id,
+            image: Arc::clone(image),
         })
     }
 

@@ -32,6 +32,12 @@ enum Mode {
     Rebalance(RebalanceArgs),
     /// Commit many offsets (COMMITS rounds over every partition of a topic) for one group.
     Commit(CommitArgs),
+    /// Create many topics, one CreateTopics request after another.
+    Topics(crate::bench_cluster::TopicsArgs),
+    /// Ask for the metadata of every topic, repeatedly.
+    Metadata(crate::bench_cluster::MetadataArgs),
+    /// Kill the active controller and time until a topic can be created again.
+    Failover(crate::bench_cluster::FailoverArgs),
 }
 
 #[derive(clap::Args)]
@@ -111,6 +117,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         Mode::Consume(a) => consume(a),
         Mode::Rebalance(a) => rebalance(a),
         Mode::Commit(a) => commit(a),
+        Mode::Topics(a) => crate::bench_cluster::topics(a),
+        Mode::Metadata(a) => crate::bench_cluster::metadata(a),
+        Mode::Failover(a) => crate::bench_cluster::failover(a),
     }
 }
 

@@ -1,6 +1,7 @@
 //! The `strom` binary: `strom server` runs a broker; `strom bench` measures one.
 
 mod bench;
+mod bench_cluster;
 
 use std::io::Write;
 use std::process::ExitCode;

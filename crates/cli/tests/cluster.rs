@@ -75,6 +75,41 @@ fn round_trip(cluster: &Cluster, topic: &str, via: i32, from: i32, tag: &str) {
     }
 }
 
+fn add_partitions(addr: &str, topic: &str, total: usize) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::config::ClientConfig;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", addr)
+        .create()
+        .expect("admin client");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let results = rt
+        .block_on(
+            admin.create_partitions(&[NewPartitions::new(topic, total)], &AdminOptions::new()),
+        )
+        .expect("create partitions");
+    for r in results {
+        r.expect("partitions created");
+    }
+}
+
+fn create_partitions_raw(client: &mut RawClient, topic: &str, count: i32) -> i16 {
+    use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
+    use kafka_protocol::messages::{CreatePartitionsRequest, CreatePartitionsResponse};
+    let req = CreatePartitionsRequest::default()
+        .with_timeout_ms(5000)
+        .with_topics(vec![CreatePartitionsTopic::default()
+            .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+            .with_count(count)]);
+    client.send(ApiKey::CreatePartitions, 3, &req);
+    let response: CreatePartitionsResponse = client.recv(3);
+    response.results[0].error_code
+}
+
 fn produce_raw(client: &mut RawClient, topic: &str, partition: i32) -> ProduceResponse {
     let req = ProduceRequest::default()
         .with_acks(-1)
@@ -130,6 +165,27 @@ fn every_broker_reports_the_whole_cluster_and_spreads_partitions(cluster: &Clust
             "two leaders per broker, as broker {id} reports them"
         );
     }
+    // More partitions: placed over the brokers too, and known to every broker.
+    add_partitions(&cluster.addr(first), "spread", 9);
+    for id in &ids {
+        let leaders = leaders(&cluster.metadata(*id), "spread");
+        assert_eq!(leaders.len(), 9, "broker {id} knows the new partitions");
+        assert_eq!(
+            leader_counts(&leaders),
+            ids.iter().map(|b| (*b, 3)).collect(),
+            "three leaders per broker after adding partitions"
+        );
+    }
+    let mut client = RawClient::connect(&cluster.addr(first));
+    assert_eq!(
+        create_partitions_raw(&mut client, "spread", 5),
+        ResponseError::InvalidPartitions.code(),
+        "fewer partitions than the topic has"
+    );
+    assert_eq!(
+        create_partitions_raw(&mut client, "no-such-topic", 5),
+        ResponseError::UnknownTopicOrPartition.code()
+    );
     let ordered: Vec<i32> = ids.iter().copied().collect();
     for (i, via) in ordered.iter().enumerate() {
         let from = ordered[(i + 1) % ordered.len()];
@@ -157,7 +213,7 @@ fn every_broker_reports_the_whole_cluster_and_spreads_partitions(cluster: &Clust
     );
 
     // Deleting a topic through one broker removes its data from every broker.
-    assert_eq!(partition_dirs(cluster, "spread").len(), 6);
+    assert_eq!(partition_dirs(cluster, "spread").len(), 9);
     delete_topic(&cluster.addr(first), "spread");
     cluster.wait_for("every broker to delete the topic's logs", WAIT, || {
         partition_dirs(cluster, "spread").is_empty()

@@ -33,6 +33,7 @@ impl ControllerClient {
     /// `voters`: every voter's controller listener address. `local`: this node's controller.
     pub fn new(
         voters: &BTreeMap<NodeId, String>,
+        cluster_id: &str,
         local: Option<Arc<Controller>>,
     ) -> ControllerClient {
         ControllerClient {
@@ -40,7 +41,7 @@ impl ControllerClient {
             inner: Mutex::new(Inner {
                 peers: voters
                     .iter()
-                    .map(|(id, addr)| (*id, Peer::new(addr.clone())))
+                    .map(|(id, addr)| (*id, Peer::new(addr.clone(), cluster_id.to_string())))
                     .collect(),
                 leader: None,
             }),
@@ -79,7 +80,7 @@ impl ControllerClient {
                 }
                 _ => match inner.peers.get_mut(&target) {
                     Some(peer) => match peer
-                        .call(&Request::Controller(request.clone()), deadline - now)
+                        .call(Request::Controller(request.clone()), deadline - now)
                         .await
                     {
                         Ok(Response::Controller(answer)) => Some(answer),

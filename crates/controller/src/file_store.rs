@@ -186,7 +186,15 @@ impl RaftLogStorage<TypeConfig> for FileLogStore {
         committed: Option<LogId<NodeId>>,
     ) -> Result<(), StorageError<NodeId>> {
         let mut inner = self.inner.lock().await;
-        write_json(&inner.dir.join(COMMITTED_FILE), &committed)
+        // Not fsynced: the committed id only spares replaying from the leader after a
+        // restart; a lost update is caught up like any lag (openraft's contract allows it).
+        // The rename still keeps the file whole.
+        let path = inner.dir.join(COMMITTED_FILE);
+        let tmp = path.with_extension("tmp");
+        serde_json::to_vec(&committed)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| std::fs::write(&tmp, bytes))
+            .and_then(|()| std::fs::rename(&tmp, &path))
             .map_err(|e| io_error(ErrorVerb::Write, e))?;
         inner.committed = committed;
         Ok(())

@@ -1,7 +1,9 @@
 //! The controller listener's wire format and the Raft network over TCP.
 //!
 //! A frame is a big-endian `u32` length and a JSON body. A connection carries one request at a
-//! time: the caller writes a [`Request`] and reads its [`Response`]. Voters use it for Raft's
+//! time: the caller writes an [`Envelope`] (the request and its cluster id) and reads its
+//! [`Response`]. A node answers a request for another cluster with INCONSISTENT_CLUSTER_ID and
+//! closes the connection, so nodes formatted for different clusters never form one. Voters use it for Raft's
 //! RPCs, brokers for registration, heartbeats, metadata changes and following the log.
 //!
 //! A frame longer than [`FRAME_BYTES_MAX`] closes the connection before anything is allocated
@@ -28,6 +30,13 @@ use crate::{NodeId, TypeConfig};
 pub const FRAME_BYTES_MAX: usize = 256 << 20;
 /// How long connecting to a peer may take.
 const CONNECT_TIMEOUT_MS: u64 = 1_000;
+
+/// A request as sent: stamped with the sender's cluster id.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Envelope {
+    pub cluster_id: String,
+    pub request: Request,
+}
 
 /// Everything sent to a controller.
 #[derive(Debug, Serialize, Deserialize)]
@@ -87,12 +96,17 @@ pub async fn read_frame<T: DeserializeOwned>(stream: &mut TcpStream) -> std::io:
 #[derive(Debug)]
 pub struct Peer {
     addr: String,
+    cluster_id: String,
     stream: Option<TcpStream>,
 }
 
 impl Peer {
-    pub fn new(addr: String) -> Peer {
-        Peer { addr, stream: None }
+    pub fn new(addr: String, cluster_id: String) -> Peer {
+        Peer {
+            addr,
+            cluster_id,
+            stream: None,
+        }
     }
 
     pub fn addr(&self) -> &str {
@@ -101,12 +115,12 @@ impl Peer {
 
     /// Sends `request` and waits up to `timeout` for the answer. Any failure drops the
     /// connection, so that a late answer can never be taken for the next request's.
-    pub async fn call(
-        &mut self,
-        request: &Request,
-        timeout: Duration,
-    ) -> std::io::Result<Response> {
-        let result = tokio::time::timeout(timeout, self.call_inner(request)).await;
+    pub async fn call(&mut self, request: Request, timeout: Duration) -> std::io::Result<Response> {
+        let request = Envelope {
+            cluster_id: self.cluster_id.clone(),
+            request,
+        };
+        let result = tokio::time::timeout(timeout, self.call_inner(&request)).await;
         let result = match result {
             Ok(r) => r,
             Err(_) => Err(std::io::Error::new(
@@ -120,7 +134,7 @@ impl Peer {
         result
     }
 
-    async fn call_inner(&mut self, request: &Request) -> std::io::Result<Response> {
+    async fn call_inner(&mut self, request: &Envelope) -> std::io::Result<Response> {
         if self.stream.is_none() {
             let connect = TcpStream::connect(&self.addr);
             let stream = tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), connect)
@@ -146,7 +160,9 @@ impl Peer {
 
 /// Reaches the other voters over TCP; a node's address is its [`BasicNode::addr`].
 #[derive(Debug, Clone, Default)]
-pub struct TcpNetwork;
+pub struct TcpNetwork {
+    pub cluster_id: String,
+}
 
 impl RaftNetworkFactory<TypeConfig> for TcpNetwork {
     type Network = TcpConnection;
@@ -154,7 +170,7 @@ impl RaftNetworkFactory<TypeConfig> for TcpNetwork {
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> TcpConnection {
         TcpConnection {
             target,
-            peer: Peer::new(node.addr.clone()),
+            peer: Peer::new(node.addr.clone(), self.cluster_id.clone()),
         }
     }
 }
@@ -176,7 +192,7 @@ impl TcpConnection {
     ) -> Result<Response, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>> {
         let was_connected = self.peer.is_connected();
         self.peer
-            .call(&request, option.hard_ttl())
+            .call(request, option.hard_ttl())
             .await
             .map_err(|e| {
                 // Never reached (refused, reset before any answer on a fresh connection):

@@ -43,6 +43,7 @@ pub mod code {
     pub const INVALID_REQUEST: i16 = 42;
     pub const STALE_BROKER_EPOCH: i16 = 77;
     pub const DUPLICATE_BROKER_REGISTRATION: i16 = 101;
+    pub const INCONSISTENT_CLUSTER_ID: i16 = 104;
 }
 
 /// Longest a change may wait for the quorum to commit it.
@@ -82,6 +83,8 @@ pub struct TopicResult {
     pub topic_id: u128,
     pub num_partitions: i32,
     pub replication_factor: i16,
+    /// The log index the change committed at (0 when nothing was committed).
+    pub index: u64,
 }
 
 /// A voter's progress as the active controller sees it (DescribeQuorum).
@@ -167,6 +170,8 @@ pub enum ControllerResponse {
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {
     pub node_id: NodeId,
+    /// The cluster this node was formatted for; requests for another are refused.
+    pub cluster_id: String,
     /// Every voter and the address of its controller listener.
     pub voters: BTreeMap<NodeId, String>,
     /// Where the Raft log and snapshots live (`__cluster_metadata-0`).
@@ -205,18 +210,25 @@ impl Controller {
     ) -> std::io::Result<Arc<Controller>> {
         let store = FileLogStore::open(&config.dir)?;
         let state = StateMachine::open(config.dir.join("snapshot"))?;
+        // openraft waits for the leader's lease (its maximum election timeout) and then a
+        // random election timeout before standing for election. Drawing that timeout from
+        // half to all of `controller.quorum.election.timeout.ms` makes a follower stand
+        // 1.5 to 2 timeouts after it last heard from the leader.
+        let timeout_ms = config.election_timeout_ms.max(20);
         let raft_config = Config {
             cluster_name: "strom".into(),
-            heartbeat_interval: (config.election_timeout_ms / 5).max(20),
-            election_timeout_min: config.election_timeout_ms,
-            election_timeout_max: config.election_timeout_ms * 2,
+            heartbeat_interval: (timeout_ms / 10).max(10),
+            election_timeout_min: timeout_ms / 2,
+            election_timeout_max: timeout_ms,
             ..Default::default()
         };
         let raft_config = Arc::new(raft_config.validate().map_err(std::io::Error::other)?);
         let raft = Raft::new(
             config.node_id,
             raft_config,
-            TcpNetwork,
+            TcpNetwork {
+                cluster_id: config.cluster_id.clone(),
+            },
             store,
             state.clone(),
         )
@@ -330,7 +342,7 @@ impl Controller {
                 };
                 self.touch(broker_id, metrics.current_term);
                 match self.commit(&[record]).await {
-                    Ok(()) => {
+                    Ok(_) => {
                         info!(broker_id, broker_epoch, "registered broker");
                         ControllerResponse::Registered { broker_epoch }
                     }
@@ -370,7 +382,7 @@ impl Controller {
                     };
                 }
                 match self.commit(&records).await {
-                    Ok(()) => {
+                    Ok(_) => {
                         info!(broker_id, fenced = want_shutdown, "broker fence changed");
                         ControllerResponse::Heartbeat {
                             fenced: want_shutdown,
@@ -438,7 +450,24 @@ impl Controller {
         sessions.last_heartbeat.insert(broker_id, Instant::now());
     }
 
-    async fn commit(&self, records: &[MetadataRecord]) -> Result<(), ControllerResponse> {
+    /// Commits the records of a topic request and marks each successful result with the
+    /// commit's index (the broker answers once it has applied that far), or with the failure.
+    async fn commit_topics(&self, records: &[MetadataRecord], results: &mut [TopicResult]) {
+        let outcome = self.commit(records).await;
+        for r in results.iter_mut().filter(|r| r.error_code == code::NONE) {
+            match &outcome {
+                Ok(index) => r.index = *index,
+                Err(e) => {
+                    let (code, message) = failure(e);
+                    r.error_code = code;
+                    r.message = Some(message);
+                }
+            }
+        }
+    }
+
+    /// Commits records as one command; the log index it committed at.
+    async fn commit(&self, records: &[MetadataRecord]) -> Result<u64, ControllerResponse> {
         let write = self.raft.client_write(Command::new(records));
         match tokio::time::timeout(Duration::from_millis(COMMIT_TIMEOUT_MS), write).await {
             Err(_) => Err(ControllerResponse::Error {
@@ -455,7 +484,7 @@ impl Controller {
                 message: e.to_string(),
             }),
             Ok(Ok(written)) => match written.data.error {
-                None => Ok(()),
+                None => Ok(written.log_id.index),
                 Some(reason) => Err(ControllerResponse::Error {
                     code: code::INVALID_REQUEST,
                     message: reason,
@@ -494,16 +523,9 @@ impl Controller {
             results.push(result);
         }
         if !validate_only && !records.is_empty() {
-            if let Err(e) = self.commit(&records).await {
-                let (code, message) = failure(&e);
-                for r in results.iter_mut().filter(|r| r.error_code == code::NONE) {
-                    r.error_code = code;
-                    r.message = Some(message.clone());
-                }
-            } else {
-                for r in results.iter().filter(|r| r.error_code == code::NONE) {
-                    info!(topic = %r.name, partitions = r.num_partitions, "created topic");
-                }
+            self.commit_topics(&records, &mut results).await;
+            for r in results.iter().filter(|r| r.error_code == code::NONE) {
+                info!(topic = %r.name, partitions = r.num_partitions, "created topic");
             }
         }
         ControllerResponse::Topics(results)
@@ -534,13 +556,7 @@ impl Controller {
             results.push(result);
         }
         if !records.is_empty() {
-            if let Err(e) = self.commit(&records).await {
-                let (code, message) = failure(&e);
-                for r in results.iter_mut().filter(|r| r.error_code == code::NONE) {
-                    r.error_code = code;
-                    r.message = Some(message.clone());
-                }
-            }
+            self.commit_topics(&records, &mut results).await;
         }
         ControllerResponse::Topics(results)
     }
@@ -568,13 +584,7 @@ impl Controller {
             results.push(result);
         }
         if !validate_only && !records.is_empty() {
-            if let Err(e) = self.commit(&records).await {
-                let (code, message) = failure(&e);
-                for r in results.iter_mut().filter(|r| r.error_code == code::NONE) {
-                    r.error_code = code;
-                    r.message = Some(message.clone());
-                }
-            }
+            self.commit_topics(&records, &mut results).await;
         }
         ControllerResponse::Topics(results)
     }
@@ -634,7 +644,7 @@ impl Controller {
             let image = self.state.subscribe().borrow().image.clone();
             let records = fence(&image, broker_id, epoch);
             match self.commit(&records).await {
-                Ok(()) => warn!(broker_id, "fenced a broker whose session expired"),
+                Ok(_) => warn!(broker_id, "fenced a broker whose session expired"),
                 Err(e) => warn!(broker_id, error = ?e, "fencing a broker failed"),
             }
         }
@@ -1007,8 +1017,22 @@ async fn serve_connection(
     controller: &Controller,
 ) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
-    while let Some(request) = net::read_frame::<Request>(&mut stream).await? {
-        let response = match request {
+    while let Some(envelope) = net::read_frame::<net::Envelope>(&mut stream).await? {
+        if envelope.cluster_id != controller.config.cluster_id {
+            let refusal = Response::Controller(ControllerResponse::Error {
+                code: code::INCONSISTENT_CLUSTER_ID,
+                message: format!(
+                    "this controller belongs to cluster {}, not {}",
+                    controller.config.cluster_id, envelope.cluster_id
+                ),
+            });
+            net::write_frame(&mut stream, &refusal).await?;
+            return Err(std::io::Error::other(format!(
+                "a request for cluster {}",
+                envelope.cluster_id
+            )));
+        }
+        let response = match envelope.request {
             Request::Vote(rpc) => Response::Vote(controller.raft.vote(rpc).await),
             Request::AppendEntries(rpc) => {
                 Response::AppendEntries(controller.raft.append_entries(rpc).await)

@@ -14,6 +14,7 @@ use strom_controller::NodeId;
 use tokio::net::TcpListener;
 
 const CALL: Duration = Duration::from_secs(20);
+const CLUSTER: &str = "tcp-quorum-test";
 
 fn config(
     id: NodeId,
@@ -22,6 +23,7 @@ fn config(
 ) -> ControllerConfig {
     ControllerConfig {
         node_id: id,
+        cluster_id: CLUSTER.into(),
         voters: voters.clone(),
         dir: dir.join(format!("node-{id}")),
         election_timeout_ms: 300,
@@ -119,7 +121,7 @@ async fn a_tcp_quorum_places_topics_fences_silent_brokers_and_survives_losing_it
             .expect("start controller");
         nodes.insert(id, node);
     }
-    let client = ControllerClient::new(&voters, None);
+    let client = ControllerClient::new(&voters, CLUSTER, None);
     let mut epochs = BTreeMap::new();
     for broker in 1..=3 {
         epochs.insert(broker, register(&client, broker).await);
@@ -231,7 +233,7 @@ async fn a_controller_behind_the_purged_log_catches_up_from_a_snapshot() {
             .expect("start controller");
         nodes.insert(id, node);
     }
-    let client = ControllerClient::new(&voters, None);
+    let client = ControllerClient::new(&voters, CLUSTER, None);
     let epoch = register(&client, 1).await;
     heartbeat(&client, 1, epoch).await;
     let leader = active(&nodes).await;
@@ -279,4 +281,67 @@ async fn a_controller_behind_the_purged_log_catches_up_from_a_snapshot() {
             .exists(),
         "the snapshot was installed and kept on disk"
     );
+}
+
+/// Reads until the peer closes; true if it closed (rather than answering or timing out).
+async fn closed_by_peer(stream: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 64];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_listener_refuses_other_clusters_and_garbage_and_keeps_serving() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut listeners, voters) = free_listeners(1).await;
+    let node = Controller::start(config(1, &voters, dir.path()), listeners.pop())
+        .await
+        .expect("start controller");
+    active(&BTreeMap::from([(1, Arc::clone(&node))])).await;
+
+    let stranger = ControllerClient::new(&voters, "another-cluster", None);
+    let refused = stranger
+        .call(ControllerRequest::DescribeQuorum, Duration::from_secs(5))
+        .await;
+    assert!(
+        matches!(
+            refused,
+            ControllerResponse::Error {
+                code: code::INCONSISTENT_CLUSTER_ID,
+                ..
+            }
+        ),
+        "{refused:?}"
+    );
+
+    // A frame longer than the limit is refused before anything is read or reserved.
+    let mut huge = tokio::net::TcpStream::connect(&voters[&1])
+        .await
+        .expect("connect");
+    huge.write_all(&u32::MAX.to_be_bytes())
+        .await
+        .expect("write");
+    assert!(
+        closed_by_peer(&mut huge).await,
+        "an oversized frame closes the connection"
+    );
+    // A body that is not a request.
+    let mut garbage = tokio::net::TcpStream::connect(&voters[&1])
+        .await
+        .expect("connect");
+    garbage.write_all(&5u32.to_be_bytes()).await.expect("write");
+    garbage.write_all(b"hello").await.expect("write");
+    assert!(
+        closed_by_peer(&mut garbage).await,
+        "garbage closes the connection"
+    );
+
+    // The controller still serves its own cluster.
+    let client = ControllerClient::new(&voters, CLUSTER, None);
+    let epoch = register(&client, 1).await;
+    assert!(epoch > 0);
 }

@@ -3,6 +3,7 @@
 //! one, so readers keep a consistent view while a delta is applied.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use uuid::Uuid;
 
@@ -53,7 +54,10 @@ pub struct MetadataImage {
     /// Records applied so far.
     pub records_applied: u64,
     pub brokers: BTreeMap<i32, BrokerImage>,
-    pub topics: BTreeMap<Uuid, TopicImage>,
+    /// Topics are shared between successive images: a change copies only the topics it
+    /// touches, so applying a record costs the size of its topic, not of the cluster, and a
+    /// reader finds unchanged topics with `Arc::ptr_eq`.
+    pub topics: BTreeMap<Uuid, Arc<TopicImage>>,
     pub topic_ids: BTreeMap<String, Uuid>,
     /// (resource type, resource name) → key → value.
     pub configs: BTreeMap<(i8, String), BTreeMap<String, String>>,
@@ -113,11 +117,11 @@ impl MetadataImage {
                 self.topic_ids.insert(name.clone(), *topic_id);
                 self.topics.insert(
                     *topic_id,
-                    TopicImage {
+                    Arc::new(TopicImage {
                         name: name.clone(),
                         id: *topic_id,
                         partitions: BTreeMap::new(),
-                    },
+                    }),
                 );
             }
             MetadataRecord::Partition {
@@ -129,10 +133,11 @@ impl MetadataImage {
                 leader_epoch,
                 partition_epoch,
             } => {
-                let topic = self
-                    .topics
-                    .get_mut(topic_id)
-                    .ok_or(ApplyError::UnknownTopic(*topic_id))?;
+                let topic = Arc::make_mut(
+                    self.topics
+                        .get_mut(topic_id)
+                        .ok_or(ApplyError::UnknownTopic(*topic_id))?,
+                );
                 topic.partitions.insert(
                     *partition,
                     PartitionImage {
@@ -151,10 +156,11 @@ impl MetadataImage {
                 leader,
                 replicas,
             } => {
-                let topic = self
-                    .topics
-                    .get_mut(topic_id)
-                    .ok_or(ApplyError::UnknownTopic(*topic_id))?;
+                let topic = Arc::make_mut(
+                    self.topics
+                        .get_mut(topic_id)
+                        .ok_or(ApplyError::UnknownTopic(*topic_id))?,
+                );
                 let p = topic
                     .partitions
                     .get_mut(partition)
@@ -198,7 +204,7 @@ impl MetadataImage {
                     .remove(topic_id)
                     .ok_or(ApplyError::UnknownTopic(*topic_id))?;
                 self.topic_ids.remove(&topic.name);
-                self.configs.remove(&(2, topic.name));
+                self.configs.remove(&(2, topic.name.clone()));
             }
         }
         Ok(())
@@ -259,7 +265,9 @@ impl MetadataImage {
     }
 
     pub fn topic_by_name(&self, name: &str) -> Option<&TopicImage> {
-        self.topic_ids.get(name).and_then(|id| self.topics.get(id))
+        self.topic_ids
+            .get(name)
+            .and_then(|id| self.topics.get(id).map(|t| &**t))
     }
 }
 

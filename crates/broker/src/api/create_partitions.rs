@@ -46,10 +46,14 @@ pub async fn handle(broker: &Broker, req: CreatePartitionsRequest) -> CreatePart
             })
             .await;
         match answer {
-            ControllerResponse::Topics(results) if results.len() == count => results
-                .into_iter()
-                .map(|r| (r.error_code, r.message))
-                .collect(),
+            ControllerResponse::Topics(results) if results.len() == count => {
+                let index = results.iter().map(|r| r.index).max().unwrap_or(0);
+                crate::cluster::wait_for_applied(broker, index).await;
+                results
+                    .into_iter()
+                    .map(|r| (r.error_code, r.message))
+                    .collect()
+            }
             ControllerResponse::Error { code, message } => vec![(code, Some(message)); count],
             other => vec![
                 (
@@ -79,22 +83,5 @@ pub async fn handle(broker: &Broker, req: CreatePartitionsRequest) -> CreatePart
                 .with_error_message(message.filter(|_| code != 0).map(StrBytes::from_string))
         })
         .collect();
-    if !req.validate_only {
-        wait_for_counts(broker, &req).await;
-    }
     CreatePartitionsResponse::default().with_results(results)
-}
-
-/// Waits (bounded) until this broker has applied the new partition counts.
-async fn wait_for_counts(broker: &Broker, req: &CreatePartitionsRequest) {
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-    while req.topics.iter().any(|t| {
-        broker
-            .topics
-            .get(t.name.as_str())
-            .is_some_and(|topic| (topic.partition_count() as i32) < t.count)
-    }) && tokio::time::Instant::now() < deadline
-    {
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
 }

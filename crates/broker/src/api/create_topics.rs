@@ -135,12 +135,8 @@ async fn create_in_controller(
         ],
     };
     if !validate_only {
-        let created: Vec<uuid::Uuid> = results
-            .iter()
-            .filter(|r| r.error_code == 0)
-            .map(|r| uuid::Uuid::from_u128(r.topic_id))
-            .collect();
-        crate::cluster::wait_for_topics(broker, &created).await;
+        let index = results.iter().map(|r| r.index).max().unwrap_or(0);
+        crate::cluster::wait_for_applied(broker, index).await;
     }
     results
 }

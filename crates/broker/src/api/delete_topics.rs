@@ -96,12 +96,8 @@ async fn delete_in_controller(broker: &Broker, names: Vec<String>) -> Vec<TopicR
             count
         ],
     };
-    let deleted: Vec<Uuid> = results
-        .iter()
-        .filter(|r| r.error_code == 0)
-        .map(|r| Uuid::from_u128(r.topic_id))
-        .collect();
-    crate::cluster::wait_for_topics_state(broker, &deleted, false).await;
+    let index = results.iter().map(|r| r.index).max().unwrap_or(0);
+    crate::cluster::wait_for_applied(broker, index).await;
     results
 }
 

@@ -102,8 +102,7 @@ async fn create_offsets_topic(broker: &Broker) {
         ControllerResponse::Topics(results) => {
             if let Some(r) = results.first() {
                 if r.error_code == 0 {
-                    crate::cluster::wait_for_topics(broker, &[uuid::Uuid::from_u128(r.topic_id)])
-                        .await;
+                    crate::cluster::wait_for_applied(broker, r.index).await;
                 }
             }
         }

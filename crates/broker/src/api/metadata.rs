@@ -147,7 +147,7 @@ async fn auto_create_topic(broker: &Broker, name: &str) -> Result<(), (i16, Stri
     match broker.cluster.call(request).await {
         ControllerResponse::Topics(results) => match results.first() {
             Some(r) if r.error_code == 0 => {
-                crate::cluster::wait_for_topics(broker, &[uuid::Uuid::from_u128(r.topic_id)]).await;
+                crate::cluster::wait_for_applied(broker, r.index).await;
                 Ok(())
             }
             Some(r) if r.error_code == ResponseError::TopicAlreadyExists.code() => Ok(()),
