@@ -206,6 +206,11 @@ pub fn describe(broker: &Broker, req: DescribeGroupsRequest, ctx: &Ctx) -> Descr
         .groups
         .into_iter()
         .map(|group_id| {
+            if let Err(code) = check_coordinator(broker, &group_id) {
+                return DescribedGroup::default()
+                    .with_group_id(group_id)
+                    .with_error_code(code);
+            }
             let Some(d) = broker.groups.describe(&group_id) else {
                 // Kafka describes an unknown group as Dead; v6 says so with an error.
                 let mut g = DescribedGroup::default()
@@ -253,7 +258,10 @@ pub fn delete(broker: &Broker, req: DeleteGroupsRequest) -> DeleteGroupsResponse
         .groups_names
         .into_iter()
         .map(|group_id| {
-            let code = broker.groups.delete_group(&group_id);
+            let code = match check_coordinator(broker, &group_id) {
+                Ok(()) => broker.groups.delete_group(&group_id),
+                Err(code) => code,
+            };
             DeletableGroupResult::default()
                 .with_group_id(group_id)
                 .with_error_code(code)

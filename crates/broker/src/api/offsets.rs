@@ -125,6 +125,11 @@ pub fn fetch(broker: &Broker, req: OffsetFetchRequest, ctx: &Ctx) -> OffsetFetch
             .groups
             .into_iter()
             .map(|g| {
+                if let Err(code) = super::groups::check_coordinator(broker, &g.group_id) {
+                    return OffsetFetchResponseGroup::default()
+                        .with_group_id(g.group_id)
+                        .with_error_code(code);
+                }
                 let wanted = g.topics.map(|ts| {
                     ts.into_iter()
                         .map(|t| (t.name.to_string(), t.partition_indexes))
@@ -156,6 +161,9 @@ pub fn fetch(broker: &Broker, req: OffsetFetchRequest, ctx: &Ctx) -> OffsetFetch
             })
             .collect();
         return OffsetFetchResponse::default().with_groups(groups);
+    }
+    if let Err(code) = super::groups::check_coordinator(broker, &req.group_id) {
+        return OffsetFetchResponse::default().with_error_code(code);
     }
     let wanted = req.topics.map(|ts| {
         ts.into_iter()
