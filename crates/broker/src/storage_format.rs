@@ -10,9 +10,15 @@ use crate::BrokerError;
 pub const META_PROPERTIES: &str = "meta.properties";
 
 /// A new cluster id: a random UUID, base64url without padding (22 characters), as Kafka's
-/// `kafka-storage random-uuid` prints.
+/// `kafka-storage random-uuid` prints. Like Kafka's, it never starts with `-`, which command
+/// lines would take for an option.
 pub fn random_cluster_id() -> String {
-    base64_url(uuid::Uuid::new_v4().as_bytes())
+    loop {
+        let id = base64_url(uuid::Uuid::new_v4().as_bytes());
+        if !id.starts_with('-') {
+            return id;
+        }
+    }
 }
 
 pub(crate) fn base64_url(bytes: &[u8]) -> String {
@@ -169,6 +175,15 @@ fn parse(text: &str) -> BTreeMap<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn random_cluster_ids_never_start_with_a_dash() {
+        for _ in 0..2000 {
+            let id = random_cluster_id();
+            assert_eq!(id.len(), 22);
+            assert!(!id.starts_with('-'), "{id}");
+        }
+    }
 
     #[test]
     fn cluster_ids_are_22_url_safe_characters() {

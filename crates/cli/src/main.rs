@@ -51,7 +51,8 @@ enum StorageCommand {
     RandomUuid,
     /// Write meta.properties (cluster id, node id) into every log dir of a configuration.
     Format {
-        #[arg(long)]
+        /// Ids that begin with `-` (allowed by Kafka's format) are taken as values.
+        #[arg(long, allow_hyphen_values = true)]
         cluster_id: String,
         #[arg(long)]
         config: std::path::PathBuf,

@@ -155,3 +155,29 @@ fn roles_voters_and_listeners_that_do_not_fit_together_are_refused_with_the_key(
     let malformed = strom_server(&["--override", "controller.quorum.voters=one@host"]);
     assert_eq!(malformed.status.code(), Some(2));
 }
+
+#[test]
+fn a_cluster_id_that_begins_with_a_dash_formats_like_any_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("server.properties");
+    std::fs::write(
+        &file,
+        format!("log.dirs={}\n", dir.path().join("logs").display()),
+    )
+    .unwrap();
+    let formatted = strom(&[
+        "storage",
+        "format",
+        "--cluster-id",
+        "-8LmXAOkQiuVxlJtHOXaPw",
+        "--config",
+        file.to_str().unwrap(),
+    ]);
+    assert!(
+        formatted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&formatted.stderr)
+    );
+    let meta = std::fs::read_to_string(dir.path().join("logs/meta.properties")).unwrap();
+    assert!(meta.contains("cluster.id=-8LmXAOkQiuVxlJtHOXaPw"), "{meta}");
+}

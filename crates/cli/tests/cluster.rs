@@ -223,11 +223,85 @@ fn every_broker_reports_the_whole_cluster_and_spreads_partitions(cluster: &Clust
     }
 }
 
+/// Two consumers of one group, bootstrapped through different brokers, share a topic whose
+/// partitions are spread over the cluster: every record is read once, offsets are committed
+/// to the group's coordinator, and a new member resumes after them.
+fn a_consumer_group_spans_the_cluster(cluster: &Cluster) {
+    use rdkafka::config::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    use rdkafka::message::Message;
+    let ids = cluster.broker_ids();
+    create_topic(&cluster.addr(ids[0]), "grouped", 6);
+    let sent = produce_all(
+        &cluster.addr(ids[1]),
+        "grouped",
+        "none",
+        &records(600, "g"),
+        "1",
+    );
+    let consumer = |via: i32| -> BaseConsumer {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", cluster.addr(via))
+            .set("group.id", "spanning")
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .expect("consumer");
+        c.subscribe(&["grouped"]).expect("subscribe");
+        c
+    };
+    let members = [consumer(ids[0]), consumer(ids[2])];
+    let mut seen: BTreeMap<(i32, i64), Vec<u8>> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.len() < 600 {
+        assert!(Instant::now() < deadline, "read {} of 600", seen.len());
+        for m in &members {
+            if let Some(Ok(msg)) = m.poll(Duration::from_millis(50)) {
+                let first = seen.insert(
+                    (msg.partition(), msg.offset()),
+                    msg.payload().unwrap_or_default().to_vec(),
+                );
+                assert!(first.is_none(), "a record was read twice");
+            }
+        }
+    }
+    let mut read: BTreeMap<i32, Vec<Vec<u8>>> = BTreeMap::new();
+    for ((p, _), value) in seen {
+        read.entry(p).or_default().push(value);
+    }
+    for (p, recs) in &sent {
+        let values: Vec<Vec<u8>> = recs.iter().map(|r| r.value.clone()).collect();
+        assert_eq!(read[p], values, "partition {p} in order, once");
+    }
+    for m in &members {
+        m.commit_consumer_state(CommitMode::Sync).expect("commit");
+    }
+    drop(members);
+    // A new member starts where the group committed: nothing left to read.
+    let late = consumer(ids[1]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while late.assignment().map(|a| a.count()).unwrap_or(0) < 6 {
+        assert!(
+            Instant::now() < deadline,
+            "the new member gets every partition"
+        );
+        if let Some(Ok(msg)) = late.poll(Duration::from_millis(100)) {
+            panic!("a committed record came back: {:?}", msg.offset());
+        }
+    }
+    for _ in 0..10 {
+        if let Some(Ok(msg)) = late.poll(Duration::from_millis(100)) {
+            panic!("a committed record came back: {:?}", msg.offset());
+        }
+    }
+}
+
 #[test]
 fn three_combined_nodes_are_one_cluster_from_every_bootstrap_address() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = Cluster::combined(dir.path(), 3);
     every_broker_reports_the_whole_cluster_and_spreads_partitions(&cluster);
+    a_consumer_group_spans_the_cluster(&cluster);
 }
 
 #[test]
