@@ -110,6 +110,32 @@ fn create_partitions_raw(client: &mut RawClient, topic: &str, count: i32) -> i16
     response.results[0].error_code
 }
 
+fn fetch_raw(
+    client: &mut RawClient,
+    metadata: &MetadataResponse,
+    topic: &str,
+    partition: i32,
+) -> kafka_protocol::messages::FetchResponse {
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::FetchRequest;
+    let topic_id = metadata
+        .topics
+        .iter()
+        .find(|t| t.name.as_deref().map(|n| n.as_str()) == Some(topic))
+        .expect("topic")
+        .topic_id;
+    let req = FetchRequest::default()
+        .with_max_wait_ms(0)
+        .with_max_bytes(1 << 20)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic_id(topic_id)
+            .with_partitions(vec![FetchPartition::default()
+                .with_partition(partition)
+                .with_partition_max_bytes(1 << 20)])]);
+    client.send(ApiKey::Fetch, 16, &req);
+    client.recv(16)
+}
+
 fn produce_raw(client: &mut RawClient, topic: &str, partition: i32) -> ProduceResponse {
     let req = ProduceRequest::default()
         .with_acks(-1)
@@ -210,6 +236,20 @@ fn every_broker_reports_the_whole_cluster_and_spreads_partitions(cluster: &Clust
         response.node_endpoints.iter().any(|e| e.node_id.0 == leader
             && e.port == i32::from(cluster.nodes[&leader].client_port.unwrap())),
         "KIP-951 endpoint of the leader: {response:?}"
+    );
+
+    // The same for Fetch (v16: CurrentLeader and NodeEndpoints).
+    let response = fetch_raw(&mut client, &cluster.metadata(first), "spread", partition);
+    let p = &response.responses[0].partitions[0];
+    assert_eq!(p.error_code, ResponseError::NotLeaderOrFollower.code());
+    assert_eq!(
+        p.current_leader.leader_id.0, leader,
+        "KIP-951 leader hint in Fetch"
+    );
+    assert!(
+        response.node_endpoints.iter().any(|e| e.node_id.0 == leader
+            && e.port == i32::from(cluster.nodes[&leader].client_port.unwrap())),
+        "KIP-951 endpoint of the leader in Fetch: {response:?}"
     );
 
     // Deleting a topic through one broker removes its data from every broker.

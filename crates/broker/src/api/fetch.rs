@@ -4,6 +4,10 @@
 //! encoded into buffers, each partition's records become a `Part::File` that the connection
 //! sends with `sendfile`. A fetch with fewer than `min_bytes` available waits up to
 //! `max_wait_ms`, woken by appends to any partition it asked for (never by polling).
+//!
+//! A partition led elsewhere gets NOT_LEADER_OR_FOLLOWER with, from v12, the current leader
+//! (the `CurrentLeader` tagged field) and, from v16, the leaders' endpoints (`NodeEndpoints`),
+//! as KIP-951 has it, so the client can move without a metadata round trip.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -41,12 +45,24 @@ struct PartitionRequest {
     index: i32,
     fetch: FetchPartition,
     target: Result<Arc<Partition>, i16>,
+    /// The partition's leader and leader epoch as this broker knows them (-1 when unknown).
+    leader: (i32, i32),
+}
+
+/// A broker's endpoint, for KIP-951's NodeEndpoints.
+struct Endpoint {
+    id: i32,
+    host: String,
+    port: i32,
+    rack: Option<String>,
 }
 
 /// What one partition contributes to the response.
 struct PartitionRead {
     index: i32,
     error_code: i16,
+    /// Sent as CurrentLeader (v12+) when the client must go elsewhere.
+    current_leader: Option<(i32, i32)>,
     high_watermark: i64,
     log_start_offset: i64,
     slice: Option<FileSlice>,
@@ -60,6 +76,7 @@ pub async fn handle(broker: &Broker, req: FetchRequest, ctx: &Ctx) -> Outcome {
         return encode(
             ctx,
             ResponseError::FetchSessionIdNotFound.code(),
+            &[],
             &[],
             &[],
             req.isolation_level,
@@ -107,7 +124,8 @@ pub async fn handle(broker: &Broker, req: FetchRequest, ctx: &Ctx) -> Outcome {
             || notified.is_empty()
             || *shutdown.borrow()
         {
-            return encode(ctx, 0, &topics, &reads, req.isolation_level);
+            let endpoints = leader_endpoints(broker, &reads);
+            return encode(ctx, 0, &topics, &reads, &endpoints, req.isolation_level);
         }
         tokio::select! {
             _ = select_all(notified) => {}
@@ -145,6 +163,9 @@ fn resolve(broker: &Broker, req: &FetchRequest, version: i16) -> Vec<TopicReques
                         index: p.partition,
                         fetch: p.clone(),
                         target,
+                        leader: topic
+                            .as_ref()
+                            .map_or((-1, -1), |t| t.leader_of(p.partition)),
                     }
                 })
                 .collect();
@@ -181,7 +202,15 @@ fn read_all(topics: &[TopicRequest], max_bytes: usize) -> Vec<Vec<PartitionRead>
                 .map(|p| {
                     let partition = match &p.target {
                         Ok(partition) => partition,
-                        Err(code) => return empty(p.index, *code),
+                        Err(code) => {
+                            let mut read = empty(p.index, *code);
+                            let redirect = *code == ResponseError::NotLeaderOrFollower.code()
+                                || *code == ResponseError::FencedLeaderEpoch.code();
+                            if redirect && p.leader.0 >= 0 {
+                                read.current_leader = Some(p.leader);
+                            }
+                            return read;
+                        }
                     };
                     let limit = (p.fetch.partition_max_bytes.max(0) as usize).min(remaining);
                     match partition
@@ -196,6 +225,7 @@ fn read_all(topics: &[TopicRequest], max_bytes: usize) -> Vec<Vec<PartitionRead>
                             PartitionRead {
                                 index: p.index,
                                 error_code: 0,
+                                current_leader: None,
                                 high_watermark: read.offsets.high_watermark,
                                 log_start_offset: read.offsets.log_start_offset,
                                 slice: read.slice,
@@ -206,6 +236,7 @@ fn read_all(topics: &[TopicRequest], max_bytes: usize) -> Vec<Vec<PartitionRead>
                             PartitionRead {
                                 index: p.index,
                                 error_code: e.error_code(),
+                                current_leader: None,
                                 high_watermark: offsets.high_watermark,
                                 log_start_offset: offsets.log_start_offset,
                                 slice: None,
@@ -218,10 +249,34 @@ fn read_all(topics: &[TopicRequest], max_bytes: usize) -> Vec<Vec<PartitionRead>
         .collect()
 }
 
+/// The endpoints of the leaders the response points clients to.
+fn leader_endpoints(broker: &Broker, reads: &[Vec<PartitionRead>]) -> Vec<Endpoint> {
+    let leaders: std::collections::BTreeSet<i32> = reads
+        .iter()
+        .flatten()
+        .filter_map(|r| r.current_leader.map(|(id, _)| id))
+        .collect();
+    if leaders.is_empty() {
+        return Vec::new();
+    }
+    let image = broker.topics.image();
+    leaders
+        .iter()
+        .filter_map(|id| image.image.brokers.get(id))
+        .map(|b| Endpoint {
+            id: b.id,
+            host: b.host.clone(),
+            port: i32::from(b.port),
+            rack: b.rack.clone(),
+        })
+        .collect()
+}
+
 fn empty(index: i32, error_code: i16) -> PartitionRead {
     PartitionRead {
         index,
         error_code,
+        current_leader: None,
         high_watermark: -1,
         log_start_offset: -1,
         slice: None,
@@ -234,6 +289,7 @@ fn encode(
     error_code: i16,
     topics: &[TopicRequest],
     reads: &[Vec<PartitionRead>],
+    endpoints: &[Endpoint],
     isolation_level: i8,
 ) -> Outcome {
     let version = ctx.version;
@@ -274,11 +330,42 @@ fn encode(
                 parts.push(Part::Bytes(buf.split().freeze()));
                 parts.push(Part::File(slice.clone()));
             }
-            wire::put_empty_tagged_fields(&mut buf, flexible);
+            match read.current_leader.filter(|_| flexible) {
+                // Tag 1, CurrentLeader: leader id, leader epoch, no tagged fields.
+                Some((leader_id, leader_epoch)) => {
+                    wire::put_unsigned_varint(&mut buf, 1);
+                    wire::put_unsigned_varint(&mut buf, 1);
+                    wire::put_unsigned_varint(&mut buf, 9);
+                    buf.put_i32(leader_id);
+                    buf.put_i32(leader_epoch);
+                    wire::put_unsigned_varint(&mut buf, 0);
+                }
+                None => wire::put_empty_tagged_fields(&mut buf, flexible),
+            }
         }
         wire::put_empty_tagged_fields(&mut buf, flexible);
     }
-    wire::put_empty_tagged_fields(&mut buf, flexible);
+    if version >= 16 && !endpoints.is_empty() {
+        // Tag 0, NodeEndpoints.
+        let mut nodes = BytesMut::new();
+        wire::put_array_len(&mut nodes, endpoints.len(), true);
+        for e in endpoints {
+            nodes.put_i32(e.id);
+            wire::put_string(&mut nodes, &e.host, true);
+            nodes.put_i32(e.port);
+            match &e.rack {
+                Some(rack) => wire::put_string(&mut nodes, rack, true),
+                None => wire::put_unsigned_varint(&mut nodes, 0),
+            }
+            wire::put_unsigned_varint(&mut nodes, 0);
+        }
+        wire::put_unsigned_varint(&mut buf, 1);
+        wire::put_unsigned_varint(&mut buf, 0);
+        wire::put_unsigned_varint(&mut buf, nodes.len() as u32);
+        buf.put_slice(&nodes);
+    } else {
+        wire::put_empty_tagged_fields(&mut buf, flexible);
+    }
     parts.push(Part::Bytes(buf.freeze()));
     let mut response = Response { parts };
     let size = response.len() - 4;
