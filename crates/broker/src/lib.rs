@@ -16,6 +16,7 @@ pub mod config;
 mod connection;
 mod consumer_offsets;
 mod error;
+mod legacy;
 pub mod response;
 pub mod server;
 pub mod storage_format;

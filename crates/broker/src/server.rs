@@ -80,6 +80,9 @@ pub async fn run(
     let topics = Arc::new(tokio::task::block_in_place(|| {
         TopicManager::open(Arc::clone(&config))
     })?);
+    if let Some(controller) = &controller {
+        crate::legacy::import(&config, controller).await?;
+    }
     let cluster = Cluster::new(&config, &cluster_id, controller.clone());
     let applier = tokio::spawn(cluster::apply_metadata(
         Arc::clone(&cluster),

@@ -348,6 +348,8 @@ impl TopicManager {
         if existed {
             match std::fs::read_to_string(&marker) {
                 Ok(text) if text == expected => {}
+                // Written by a version that kept no marker: the directory is this topic's.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 _ => {
                     warn!(dir = %dir.display(), "removing the log of an earlier topic of the same name");
                     std::fs::remove_dir_all(&dir)?;

@@ -302,3 +302,37 @@ fn partition_directories_no_topic_owns_are_removed_and_a_recreated_topic_starts_
         );
     }
 }
+
+#[test]
+fn data_of_a_version_that_kept_topics_in_files_is_imported_not_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(dir.path(), &[]);
+    create_topic(&broker.addr, "legacy", 2);
+    let expected = produce_all(&broker.addr, "legacy", "none", &records(200, "old"), "1");
+    broker.terminate();
+    // Turn the directory into what the single-node version before the quorum left: no
+    // metadata log, no partition.metadata, the topic in .strom-topics/.
+    let logs = broker.data_dir.join("logs");
+    std::fs::remove_dir_all(logs.join("__cluster_metadata-0")).unwrap();
+    for p in 0..2 {
+        std::fs::remove_file(logs.join(format!("legacy-{p}/partition.metadata"))).unwrap();
+    }
+    std::fs::create_dir_all(logs.join(".strom-topics")).unwrap();
+    std::fs::write(
+        logs.join(".strom-topics/legacy.properties"),
+        format!(
+            "name=legacy\ntopic.id={}\npartitions=2\nreplication.factor=1\nconfig.retention.ms=86400000\n",
+            uuid::Uuid::new_v4()
+        ),
+    )
+    .unwrap();
+    broker.restart();
+    assert!(logs.join(".strom-topics.imported").is_dir());
+    let counts: BTreeMap<i32, usize> = expected.iter().map(|(p, r)| (*p, r.len())).collect();
+    let got = consume_all(&broker.addr, "legacy", &counts);
+    for (p, recs) in &expected {
+        let read: Vec<&Rec> = got[p].iter().map(|(_, r)| r).collect();
+        assert!(read.iter().copied().eq(recs.iter()), "partition {p} kept");
+    }
+    assert!(!broker.log().contains("no topic owns"));
+}

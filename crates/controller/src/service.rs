@@ -440,6 +440,21 @@ impl Controller {
                 .is_some_and(|last| last.elapsed() <= timeout)
     }
 
+    /// Commits records decided outside the controller (the import of metadata kept by an
+    /// older version of a single node). Only the active controller commits.
+    pub async fn commit_records(
+        &self,
+        records: &[MetadataRecord],
+    ) -> Result<u64, ControllerResponse> {
+        let _deciding = self.decide.lock().await;
+        if self.leader() != Some(self.node_id) {
+            return Err(ControllerResponse::NotController {
+                leader: self.leader(),
+            });
+        }
+        self.commit(records).await
+    }
+
     /// Starts (or continues) a broker's session; a new term restarts every session.
     fn touch(&self, broker_id: i32, term: u64) {
         let mut sessions = self.sessions.lock();
