@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use strom_controller::client::ControllerClient;
 use strom_controller::service::{
-    code, Controller, ControllerConfig, ControllerRequest, ControllerResponse,
+    code, Controller, ControllerConfig, ControllerRequest, ControllerResponse, TopicResult,
 };
 use strom_controller::{NodeId, Published};
 use strom_metadata::{MetadataImage, MetadataRecord};
@@ -326,6 +326,38 @@ fn apply_entries(
 
 /// How long an admin request waits for this broker to apply its own change.
 const APPLY_WAIT_MS: u64 = 5_000;
+
+/// Sends a topic request (create, delete, new partitions) of `count` topics to the active
+/// controller and waits until this broker has applied its outcome; a failure of the whole
+/// request becomes every topic's result.
+pub async fn topic_request(
+    broker: &crate::Broker,
+    request: ControllerRequest,
+    count: usize,
+    timeout_ms: u64,
+) -> Vec<TopicResult> {
+    let whole = |error_code: i16, message: String| {
+        vec![
+            TopicResult {
+                error_code,
+                message: Some(message),
+                ..TopicResult::default()
+            };
+            count
+        ]
+    };
+    let results = match broker.cluster.call_within(request, timeout_ms).await {
+        ControllerResponse::Topics(results) if results.len() == count => results,
+        ControllerResponse::Error { code, message } => whole(code, message),
+        other => whole(
+            kafka_protocol::ResponseError::UnknownServerError.code(),
+            format!("unexpected controller answer {other:?}"),
+        ),
+    };
+    let index = results.iter().map(|r| r.index).max().unwrap_or(0);
+    wait_for_applied(broker, index).await;
+    results
+}
 
 /// Waits (bounded) until this broker has applied the metadata log up to `index`: an admin
 /// request answers only then, so that the client's next request here sees its change (logs

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::clients::{consume_all, create_topic, delete_topic, produce_all, Rec};
+use common::clients::{add_partitions, consume_all, create_topic, delete_topic, produce_all, Rec};
 use common::cluster::Cluster;
 use common::RawClient;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
@@ -72,28 +72,6 @@ fn round_trip(cluster: &Cluster, topic: &str, via: i32, from: i32, tag: &str) {
             read.iter().copied().eq(recs.iter()),
             "partition {p} through {via} then {from}"
         );
-    }
-}
-
-fn add_partitions(addr: &str, topic: &str, total: usize) {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions};
-    use rdkafka::client::DefaultClientContext;
-    use rdkafka::config::ClientConfig;
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", addr)
-        .create()
-        .expect("admin client");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let results = rt
-        .block_on(
-            admin.create_partitions(&[NewPartitions::new(topic, total)], &AdminOptions::new()),
-        )
-        .expect("create partitions");
-    for r in results {
-        r.expect("partitions created");
     }
 }
 

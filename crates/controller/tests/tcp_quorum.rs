@@ -42,6 +42,23 @@ async fn free_listeners(n: usize) -> (Vec<TcpListener>, BTreeMap<NodeId, String>
     (listeners, voters)
 }
 
+/// `n` controllers on free ports of 127.0.0.1, each with its data under `dir`.
+async fn start_quorum(
+    dir: &std::path::Path,
+    n: usize,
+) -> (BTreeMap<NodeId, Arc<Controller>>, BTreeMap<NodeId, String>) {
+    let (listeners, voters) = free_listeners(n).await;
+    let mut nodes = BTreeMap::new();
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let id = i as NodeId + 1;
+        let node = Controller::start(config(id, &voters, dir), Some(listener))
+            .await
+            .expect("start controller");
+        nodes.insert(id, node);
+    }
+    (nodes, voters)
+}
+
 async fn register(client: &ControllerClient, broker_id: i32) -> i64 {
     let answer = client
         .call(
@@ -112,15 +129,7 @@ async fn active(nodes: &BTreeMap<NodeId, Arc<Controller>>) -> NodeId {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tcp_quorum_places_topics_fences_silent_brokers_and_survives_losing_its_leader() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (listeners, voters) = free_listeners(3).await;
-    let mut nodes = BTreeMap::new();
-    for (i, listener) in listeners.into_iter().enumerate() {
-        let id = i as NodeId + 1;
-        let node = Controller::start(config(id, &voters, dir.path()), Some(listener))
-            .await
-            .expect("start controller");
-        nodes.insert(id, node);
-    }
+    let (mut nodes, voters) = start_quorum(dir.path(), 3).await;
     let client = ControllerClient::new(&voters, CLUSTER, None);
     let mut epochs = BTreeMap::new();
     for broker in 1..=3 {
@@ -224,15 +233,7 @@ async fn a_tcp_quorum_places_topics_fences_silent_brokers_and_survives_losing_it
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_controller_behind_the_purged_log_catches_up_from_a_snapshot() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (listeners, voters) = free_listeners(3).await;
-    let mut nodes = BTreeMap::new();
-    for (i, listener) in listeners.into_iter().enumerate() {
-        let id = i as NodeId + 1;
-        let node = Controller::start(config(id, &voters, dir.path()), Some(listener))
-            .await
-            .expect("start controller");
-        nodes.insert(id, node);
-    }
+    let (mut nodes, voters) = start_quorum(dir.path(), 3).await;
     let client = ControllerClient::new(&voters, CLUSTER, None);
     let epoch = register(&client, 1).await;
     heartbeat(&client, 1, epoch).await;

@@ -8,7 +8,7 @@ use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicR
 use kafka_protocol::messages::{CreatePartitionsRequest, CreatePartitionsResponse};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
-use strom_controller::service::{ControllerRequest, ControllerResponse, NewPartitions};
+use strom_controller::service::{ControllerRequest, NewPartitions};
 
 use crate::Broker;
 
@@ -38,31 +38,16 @@ pub async fn handle(broker: &Broker, req: CreatePartitionsRequest) -> CreatePart
     let answers = if forwarded.is_empty() {
         Vec::new()
     } else {
-        let answer = broker
-            .cluster
-            .call(ControllerRequest::CreatePartitions {
-                topics: forwarded,
-                validate_only: req.validate_only,
-            })
-            .await;
-        match answer {
-            ControllerResponse::Topics(results) if results.len() == count => {
-                let index = results.iter().map(|r| r.index).max().unwrap_or(0);
-                crate::cluster::wait_for_applied(broker, index).await;
-                results
-                    .into_iter()
-                    .map(|r| (r.error_code, r.message))
-                    .collect()
-            }
-            ControllerResponse::Error { code, message } => vec![(code, Some(message)); count],
-            other => vec![
-                (
-                    ResponseError::UnknownServerError.code(),
-                    Some(format!("unexpected controller answer {other:?}"))
-                );
-                count
-            ],
-        }
+        let request = ControllerRequest::CreatePartitions {
+            topics: forwarded,
+            validate_only: req.validate_only,
+        };
+        let timeout_ms = crate::cluster::ADMIN_TIMEOUT_MS;
+        crate::cluster::topic_request(broker, request, count, timeout_ms)
+            .await
+            .into_iter()
+            .map(|r| (r.error_code, r.message))
+            .collect()
     };
     let mut answers = answers.into_iter();
     let results = req

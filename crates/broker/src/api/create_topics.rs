@@ -12,9 +12,7 @@ use kafka_protocol::messages::create_topics_response::{
 use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
-use strom_controller::service::{
-    self as controller, ControllerRequest, ControllerResponse, TopicResult,
-};
+use strom_controller::service::{self as controller, ControllerRequest, TopicResult};
 
 use crate::Broker;
 use crate::{topic_config, topics};
@@ -114,31 +112,7 @@ async fn create_in_controller(
         topics,
         validate_only,
     };
-    let answer = broker.cluster.call_within(request, timeout_ms).await;
-    let results = match answer {
-        ControllerResponse::Topics(results) if results.len() == count => results,
-        ControllerResponse::Error { code, message } => vec![
-            TopicResult {
-                error_code: code,
-                message: Some(message),
-                ..TopicResult::default()
-            };
-            count
-        ],
-        other => vec![
-            TopicResult {
-                error_code: ResponseError::UnknownServerError.code(),
-                message: Some(format!("unexpected controller answer {other:?}")),
-                ..TopicResult::default()
-            };
-            count
-        ],
-    };
-    if !validate_only {
-        let index = results.iter().map(|r| r.index).max().unwrap_or(0);
-        crate::cluster::wait_for_applied(broker, index).await;
-    }
-    results
+    crate::cluster::topic_request(broker, request, count, timeout_ms).await
 }
 
 /// A creation the broker found valid, on its way to the controller.

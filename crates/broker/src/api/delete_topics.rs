@@ -5,7 +5,7 @@ use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::{DeleteTopicsRequest, DeleteTopicsResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
-use strom_controller::service::{ControllerRequest, ControllerResponse, TopicResult};
+use strom_controller::service::{ControllerRequest, TopicResult};
 use uuid::Uuid;
 
 use crate::Broker;
@@ -73,32 +73,8 @@ pub async fn handle(
 /// removed them.
 async fn delete_in_controller(broker: &Broker, names: Vec<String>) -> Vec<TopicResult> {
     let count = names.len();
-    let results = match broker
-        .cluster
-        .call(ControllerRequest::DeleteTopics { names })
-        .await
-    {
-        ControllerResponse::Topics(results) if results.len() == count => results,
-        ControllerResponse::Error { code, message } => vec![
-            TopicResult {
-                error_code: code,
-                message: Some(message),
-                ..TopicResult::default()
-            };
-            count
-        ],
-        other => vec![
-            TopicResult {
-                error_code: ResponseError::UnknownServerError.code(),
-                message: Some(format!("unexpected controller answer {other:?}")),
-                ..TopicResult::default()
-            };
-            count
-        ],
-    };
-    let index = results.iter().map(|r| r.index).max().unwrap_or(0);
-    crate::cluster::wait_for_applied(broker, index).await;
-    results
+    let request = ControllerRequest::DeleteTopics { names };
+    crate::cluster::topic_request(broker, request, count, crate::cluster::ADMIN_TIMEOUT_MS).await
 }
 
 /// The topic to delete (`Err`, to forward), or the answer when it cannot be.

@@ -19,8 +19,9 @@ pub struct Rec {
     pub headers: Vec<(String, Vec<u8>)>,
 }
 
-pub fn create_topic(addr: &str, topic: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+/// An admin client and a runtime to drive its futures.
+pub fn admin(addr: &str) -> (AdminClient<DefaultClientContext>, tokio::runtime::Runtime) {
+    let admin = ClientConfig::new()
         .set("bootstrap.servers", addr)
         .create()
         .expect("admin client");
@@ -28,6 +29,11 @@ pub fn create_topic(addr: &str, topic: &str, partitions: i32) {
         .enable_all()
         .build()
         .unwrap();
+    (admin, rt)
+}
+
+pub fn create_topic(addr: &str, topic: &str, partitions: i32) {
+    let (admin, rt) = admin(addr);
     let results = rt
         .block_on(admin.create_topics(
             &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
@@ -40,19 +46,26 @@ pub fn create_topic(addr: &str, topic: &str, partitions: i32) {
 }
 
 pub fn delete_topic(addr: &str, topic: &str) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", addr)
-        .create()
-        .expect("admin client");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let (admin, rt) = admin(addr);
     let results = rt
         .block_on(admin.delete_topics(&[topic], &AdminOptions::new()))
         .expect("delete topics");
     for r in results {
         r.expect("topic deleted");
+    }
+}
+
+/// Grows `topic` to `total` partitions.
+pub fn add_partitions(addr: &str, topic: &str, total: usize) {
+    let (admin, rt) = admin(addr);
+    let results = rt
+        .block_on(admin.create_partitions(
+            &[rdkafka::admin::NewPartitions::new(topic, total)],
+            &AdminOptions::new(),
+        ))
+        .expect("create partitions");
+    for r in results {
+        r.expect("partitions created");
     }
 }
 
