@@ -39,6 +39,15 @@ public class JavaClientCheck {
             expect(config.get("retention.ms").source() == ConfigEntry.ConfigSource.DYNAMIC_TOPIC_CONFIG, "override source");
             TopicDescription desc = admin.describeTopics(List.of(topic)).allTopicNames().get().get(topic);
             expect(desc.partitions().size() == 3 && desc.topicId() != null, "describeTopics with a topic id");
+            String grown = topic + "-grown";
+            admin.createTopics(List.of(new NewTopic(grown, 1, (short) 1))).all().get();
+            admin.createPartitions(Map.of(grown, NewPartitions.increaseTo(3))).all().get();
+            expect(admin.describeTopics(List.of(grown)).allTopicNames().get().get(grown).partitions().size() == 3,
+                "createPartitions grows a topic");
+            QuorumInfo quorum = admin.describeMetadataQuorum().quorumInfo().get();
+            expect(quorum.leaderId() == 1 && quorum.voters().size() == 1 && quorum.highWatermark() > 0,
+                "describeMetadataQuorum names the active controller");
+            admin.deleteTopics(List.of(grown)).all().get();
         }
 
         Properties pp = new Properties();
