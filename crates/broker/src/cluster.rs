@@ -89,6 +89,7 @@ pub struct Cluster {
     /// The committed metadata, as this node knows it.
     pub metadata: watch::Receiver<Published>,
     broker_epoch: AtomicI64,
+    heartbeats_failing: std::sync::atomic::AtomicBool,
 }
 
 impl Cluster {
@@ -116,6 +117,7 @@ impl Cluster {
             controller,
             metadata,
             broker_epoch: AtomicI64::new(-1),
+            heartbeats_failing: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -178,14 +180,24 @@ impl Cluster {
             want_shutdown,
         };
         let timeout = Duration::from_millis(config.broker_heartbeat_interval_ms.max(1) as u64);
-        match self.heartbeats.call(request, timeout).await {
+        let answer = self.heartbeats.call(request, timeout).await;
+        let failed = !matches!(answer, ControllerResponse::Heartbeat { .. });
+        // One warning when heartbeats start failing and one line when they work again, not
+        // one per attempt while the quorum is away.
+        let was_failing = self.heartbeats_failing.swap(failed, Ordering::AcqRel);
+        if was_failing && !failed {
+            info!("heartbeats reach the active controller again");
+        }
+        match answer {
             ControllerResponse::Heartbeat { fenced } => Some(fenced),
             ControllerResponse::Error {
                 code: code::STALE_BROKER_EPOCH,
                 ..
             } => None,
             other => {
-                warn!(answer = ?other, "heartbeat failed");
+                if !was_failing {
+                    warn!(answer = ?other, "heartbeat failed; retrying until a controller answers");
+                }
                 Some(true)
             }
         }
