@@ -28,6 +28,8 @@ use crate::{NodeId, TypeConfig};
 
 /// Longest frame accepted (a snapshot of a large cluster fits many times over).
 pub const FRAME_BYTES_MAX: usize = 256 << 20;
+/// Buffer reserved up front for a frame; more is added as its bytes arrive.
+const READ_CHUNK_BYTES: usize = 64 << 10;
 /// How long connecting to a peer may take.
 const CONNECT_TIMEOUT_MS: u64 = 1_000;
 
@@ -85,8 +87,18 @@ pub async fn read_frame<T: DeserializeOwned>(stream: &mut TcpStream) -> std::io:
             format!("frame of {len} bytes is longer than {FRAME_BYTES_MAX}"),
         ));
     }
-    let mut body = vec![0u8; len];
-    stream.read_exact(&mut body).await?;
+    // Memory grows as bytes arrive, not with the length a peer claims.
+    let mut body = Vec::with_capacity(len.min(READ_CHUNK_BYTES));
+    (&mut *stream)
+        .take(len as u64)
+        .read_to_end(&mut body)
+        .await?;
+    if body.len() != len {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "frame cut short",
+        ));
+    }
     serde_json::from_slice(&body)
         .map(Some)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
