@@ -52,6 +52,8 @@ const COMMIT_TIMEOUT_MS: u64 = 5_000;
 const FENCE_CHECK_INTERVAL_MS: u64 = 200;
 /// Longest a follower of the log is kept waiting for a change.
 const FETCH_WAIT_MAX_MS: u64 = 5_000;
+/// Connections the controller listener serves at once (voters and brokers).
+const CONNECTIONS_MAX: usize = 4096;
 /// Largest number of partitions one topic may have.
 const PARTITIONS_MAX: i32 = 1 << 20;
 
@@ -1010,6 +1012,11 @@ async fn serve(listener: TcpListener, controller: Arc<Controller>) {
     let mut connections = tokio::task::JoinSet::new();
     loop {
         while connections.try_join_next().is_some() {}
+        if connections.len() >= CONNECTIONS_MAX {
+            // Full: accept again only when a connection ends.
+            let _ = connections.join_next().await;
+            continue;
+        }
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
