@@ -5,6 +5,10 @@
 #   scripts/kafka-reference.sh install
 #   scripts/kafka-reference.sh start PORT DATA_DIR     # single combined KRaft node on 127.0.0.1
 #   scripts/kafka-reference.sh stop DATA_DIR
+#   scripts/kafka-reference.sh start-cluster BASE_PORT DATA_DIR   # three combined KRaft nodes:
+#       node i serves clients on BASE_PORT+2(i-1), its controller on the port after it
+#   scripts/kafka-reference.sh start-node DATA_DIR I               # (re)start node I of it
+#   scripts/kafka-reference.sh stop-cluster DATA_DIR
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 version="${KAFKA_VERSION:-4.1.1}"
@@ -87,9 +91,65 @@ stop() {
     kill -9 "$pid" 2>/dev/null || true
 }
 
+start_node() {
+    local data="$1" i="$2" port
+    port=$(cat "$data/node-$i/port")
+    (exec java -Xms512m -Xmx1g -XX:+UseG1GC -Dlog4j2.configurationFile="$home/log4j2.properties" -cp "$lib/*" \
+        kafka.Kafka "$data/node-$i/server.properties" > "$data/node-$i/kafka.out" 2>&1) &
+    echo $! > "$data/node-$i/kafka.pid"
+    for _ in $(seq 1 240); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return; fi
+        sleep 0.5
+    done
+    echo "kafka node $i did not open port $port" >&2
+    exit 1
+}
+
+start_cluster() {
+    local base="$1" data="$2" voters="" id i
+    install
+    mkdir -p "$data"
+    data="$(cd "$data" && pwd)"
+    for i in 1 2 3; do voters="${voters:+$voters,}$i@127.0.0.1:$((base + 2 * (i - 1) + 1))"; done
+    id="$(java_cmd kafka.tools.StorageTool random-uuid)"
+    for i in 1 2 3; do
+        local port=$((base + 2 * (i - 1))) dir="$data/node-$i"
+        mkdir -p "$dir"
+        echo "$port" > "$dir/port"
+        cat > "$dir/server.properties" <<PROPS
+process.roles=broker,controller
+node.id=$i
+controller.quorum.voters=$voters
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$((port + 1))
+advertised.listeners=PLAINTEXT://127.0.0.1:$port
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs=$dir/logs
+offsets.topic.replication.factor=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+PROPS
+        java_cmd kafka.tools.StorageTool format -t "$id" -c "$dir/server.properties" >/dev/null
+    done
+    for i in 1 2 3; do start_node "$data" "$i" & done
+    wait
+    echo "kafka $version cluster: 127.0.0.1:$base,127.0.0.1:$((base + 2)),127.0.0.1:$((base + 4))"
+}
+
+stop_cluster() {
+    local data="$1" i
+    for i in 1 2 3; do stop "$data/node-$i"; done
+}
+
 case "${1:-}" in
     install) install ;;
     start) start "$2" "$3" ;;
     stop) stop "$2" ;;
-    *) echo "usage: $0 install | start PORT DATA_DIR | stop DATA_DIR" >&2; exit 2 ;;
+    start-cluster) start_cluster "$2" "$3" ;;
+    start-node) start_node "$2" "$3" ;;
+    stop-cluster) stop_cluster "$2" ;;
+    *) echo "usage: $0 install | start PORT DATA_DIR | stop DATA_DIR | start-cluster BASE_PORT DATA_DIR | start-node DATA_DIR I | stop-cluster DATA_DIR" >&2; exit 2 ;;
 esac
