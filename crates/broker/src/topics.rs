@@ -369,7 +369,11 @@ impl TopicManager {
             now_ms(),
         )?;
         if !marker.exists() {
-            write_atomically(&marker, &expected)?;
+            // Not fsynced (two fsyncs per partition would dominate topic creation): a marker
+            // lost in a crash reads as missing, and a missing marker adopts the directory.
+            let tmp = marker.with_extension("tmp");
+            std::fs::write(&tmp, &expected)?;
+            std::fs::rename(&tmp, &marker)?;
         }
         Ok(Partition::new(index, log, state.leader_epoch))
     }
@@ -448,7 +452,8 @@ impl TopicManager {
 
     /// Fsyncs every log whose `flush.ms` has passed since its last flush (all of them when
     /// `force`) and records the recovery points. Writing the checkpoint costs an fsync, so it
-    /// is skipped when no log was flushed.
+    /// is skipped when no recovery point moved (an idle cluster of many partitions writes
+    /// nothing).
     pub fn flush_due(&self, force: bool) -> Result<(), BrokerError> {
         let now = now_ms();
         let mut flushed_any = false;
@@ -457,13 +462,14 @@ impl TopicManager {
         for topic in self.all() {
             for partition in topic.local_partitions() {
                 let since = now.saturating_sub(partition.last_flush_ms.load(Ordering::Relaxed));
+                let before = partition.log.recovery_point();
                 let point = if force || since >= topic.settings.flush_ms {
                     partition.last_flush_ms.store(now, Ordering::Relaxed);
-                    flushed_any = true;
                     partition.log.flush()?
                 } else {
-                    partition.log.recovery_point()
+                    before
                 };
+                flushed_any |= force || point != before;
                 let dir_index = self.dir_index_of(partition.log.dir());
                 points[dir_index].insert((topic.name.clone(), partition.index), point);
             }

@@ -32,6 +32,9 @@ pub struct TimeEntry {
 pub struct OffsetIndex {
     entries: Vec<OffsetEntry>,
     persisted: usize,
+    /// The file is known to hold exactly `entries[..persisted]`: flushing an unchanged
+    /// index costs no system call.
+    clean: bool,
 }
 
 impl OffsetIndex {
@@ -57,7 +60,14 @@ impl OffsetIndex {
             entries.push(entry);
         }
         let persisted = entries.len();
-        Ok((OffsetIndex { entries, persisted }, valid))
+        Ok((
+            OffsetIndex {
+                entries,
+                persisted,
+                clean: false,
+            },
+            valid,
+        ))
     }
 
     pub fn append(&mut self, relative_offset: u32, position: u32) {
@@ -101,6 +111,7 @@ impl OffsetIndex {
     pub fn clear(&mut self) {
         self.entries.clear();
         self.persisted = 0;
+        self.clean = false;
     }
 
     /// Keeps only entries at positions below `position_bytes`.
@@ -110,6 +121,7 @@ impl OffsetIndex {
             .partition_point(|e| u64::from(e.position) < position_bytes);
         self.entries.truncate(keep);
         self.persisted = self.persisted.min(keep);
+        self.clean = false;
     }
 
     /// Writes entries not yet in the file; rewrites the file when it was truncated.
@@ -118,6 +130,7 @@ impl OffsetIndex {
             path,
             &self.entries,
             &mut self.persisted,
+            &mut self.clean,
             OFFSET_ENTRY_BYTES,
             |e, out| {
                 out.extend_from_slice(&e.relative_offset.to_be_bytes());
@@ -132,6 +145,9 @@ impl OffsetIndex {
 pub struct TimeIndex {
     entries: Vec<TimeEntry>,
     persisted: usize,
+    /// The file is known to hold exactly `entries[..persisted]`: flushing an unchanged
+    /// index costs no system call.
+    clean: bool,
 }
 
 impl TimeIndex {
@@ -157,7 +173,14 @@ impl TimeIndex {
             entries.push(entry);
         }
         let persisted = entries.len();
-        Ok((TimeIndex { entries, persisted }, valid))
+        Ok((
+            TimeIndex {
+                entries,
+                persisted,
+                clean: false,
+            },
+            valid,
+        ))
     }
 
     /// Appends when `timestamp` is newer than the last entry (Kafka's `maybeAppend`).
@@ -192,6 +215,7 @@ impl TimeIndex {
     pub fn clear(&mut self) {
         self.entries.clear();
         self.persisted = 0;
+        self.clean = false;
     }
 
     pub fn last(&self) -> Option<TimeEntry> {
@@ -205,6 +229,7 @@ impl TimeIndex {
             .partition_point(|e| e.relative_offset < relative_offset);
         self.entries.truncate(keep);
         self.persisted = self.persisted.min(keep);
+        self.clean = false;
     }
 
     pub fn persist(&mut self, path: &Path) -> std::io::Result<()> {
@@ -212,6 +237,7 @@ impl TimeIndex {
             path,
             &self.entries,
             &mut self.persisted,
+            &mut self.clean,
             TIME_ENTRY_BYTES,
             |e, out| {
                 out.extend_from_slice(&e.timestamp.to_be_bytes());
@@ -233,9 +259,13 @@ fn persist_entries<T>(
     path: &Path,
     entries: &[T],
     persisted: &mut usize,
+    clean: &mut bool,
     entry_bytes: usize,
     encode: impl Fn(&T, &mut Vec<u8>),
 ) -> std::io::Result<()> {
+    if *clean && *persisted == entries.len() {
+        return Ok(());
+    }
     let on_disk = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     let expected = (*persisted * entry_bytes) as u64;
     let mut file = File::options()
@@ -247,6 +277,7 @@ fn persist_entries<T>(
         file.set_len(expected)?;
     }
     if *persisted == entries.len() && on_disk == expected {
+        *clean = true;
         return Ok(());
     }
     let mut out = Vec::with_capacity((entries.len() - *persisted) * entry_bytes);
@@ -258,6 +289,7 @@ fn persist_entries<T>(
     file.write_all(&out)?;
     file.sync_data()?;
     *persisted = entries.len();
+    *clean = true;
     Ok(())
 }
 
