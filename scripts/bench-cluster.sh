@@ -16,9 +16,20 @@ BASE_PORT=${BASE_PORT:-29092}
 STROM=target/release/strom
 cargo build --release -p strom
 
+# ext4 scans past inodes deleted in the last minute (five when their blocks are dirty) when it
+# allocates new ones: removing the last run's 10,000 partition directories would slow this
+# run's topic creation several times over. Remove, write back, and let them age first.
+fresh() {
+    if [ -d "$1" ]; then
+        rm -rf "$1"
+        sync
+        sleep "${SETTLE_S:-70}"
+    fi
+}
+
 if [ "$TARGET" = kafka ]; then
     dir=.bench/kafka-cluster
-    rm -rf "$dir"
+    fresh "$dir"
     trap 'scripts/kafka-reference.sh stop-cluster "$dir"' EXIT
     scripts/kafka-reference.sh start-cluster "$BASE_PORT" "$dir"
     pidfile() { echo "$dir/node-$1/kafka.pid"; }
@@ -26,7 +37,7 @@ if [ "$TARGET" = kafka ]; then
 else
     export CLUSTER_DIR=.bench/cluster BASE_PORT
     dir=$CLUSTER_DIR
-    rm -rf "$dir"
+    fresh "$dir"
     trap 'scripts/cluster.sh stop > /dev/null' EXIT
     scripts/cluster.sh start 3
     pidfile() { echo "$dir/node-$1/pid"; }
