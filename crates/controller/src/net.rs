@@ -121,10 +121,6 @@ impl Peer {
         }
     }
 
-    pub fn addr(&self) -> &str {
-        &self.addr
-    }
-
     /// Sends `request` and waits up to `timeout` for the answer. Any failure drops the
     /// connection, so that a late answer can never be taken for the next request's.
     pub async fn call(&mut self, request: Request, timeout: Duration) -> std::io::Result<Response> {
