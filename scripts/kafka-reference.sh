@@ -46,27 +46,34 @@ java_cmd() {
     java -Xms1g -Xmx2g -XX:+UseG1GC -Dlog4j2.configurationFile="$home/log4j2.properties" -cp "$lib/*" "$@"
 }
 
-start() {
-    local port="$1" data="$2"
-    install
-    mkdir -p "$data"
-    data="$(cd "$data" && pwd)"
-    cat > "$data/server.properties" <<PROPS
+# properties FILE NODE_ID VOTERS CLIENT_PORT LOG_DIR: a combined KRaft node whose controller
+# listens on the port after the client one.
+properties() {
+    local file="$1" id="$2" voters="$3" port="$4" logs="$5"
+    cat > "$file" <<PROPS
 process.roles=broker,controller
-node.id=1
-controller.quorum.voters=1@127.0.0.1:$((port + 1))
+node.id=$id
+controller.quorum.voters=$voters
 listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$((port + 1))
 advertised.listeners=PLAINTEXT://127.0.0.1:$port
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
-log.dirs=$data/logs
+log.dirs=$logs
 offsets.topic.replication.factor=1
 transaction.state.log.replication.factor=1
 transaction.state.log.min.isr=1
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 PROPS
+}
+
+start() {
+    local port="$1" data="$2"
+    install
+    mkdir -p "$data"
+    data="$(cd "$data" && pwd)"
+    properties "$data/server.properties" 1 "1@127.0.0.1:$((port + 1))" "$port" "$data/logs"
     if [ ! -f "$data/logs/meta.properties" ]; then
         java_cmd kafka.tools.StorageTool format -t "$(java_cmd kafka.tools.StorageTool random-uuid)" -c "$data/server.properties" >/dev/null
     fi
@@ -116,22 +123,7 @@ start_cluster() {
         local port=$((base + 2 * (i - 1))) dir="$data/node-$i"
         mkdir -p "$dir"
         echo "$port" > "$dir/port"
-        cat > "$dir/server.properties" <<PROPS
-process.roles=broker,controller
-node.id=$i
-controller.quorum.voters=$voters
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$((port + 1))
-advertised.listeners=PLAINTEXT://127.0.0.1:$port
-controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
-log.dirs=$dir/logs
-offsets.topic.replication.factor=1
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
-PROPS
+        properties "$dir/server.properties" "$i" "$voters" "$port" "$dir/logs"
         java_cmd kafka.tools.StorageTool format -t "$id" -c "$dir/server.properties" >/dev/null
     done
     for i in 1 2 3; do start_node "$data" "$i" & done

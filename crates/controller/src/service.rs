@@ -89,6 +89,20 @@ pub struct TopicResult {
     pub index: u64,
 }
 
+impl TopicResult {
+    fn named(name: &str) -> TopicResult {
+        TopicResult {
+            name: name.to_string(),
+            ..TopicResult::default()
+        }
+    }
+
+    fn fail(&mut self, (code, message): (i16, String)) {
+        self.error_code = code;
+        self.message = Some(message);
+    }
+}
+
 /// A voter's progress as the active controller sees it (DescribeQuorum).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct VoterState {
@@ -474,11 +488,7 @@ impl Controller {
         for r in results.iter_mut().filter(|r| r.error_code == code::NONE) {
             match &outcome {
                 Ok(index) => r.index = *index,
-                Err(e) => {
-                    let (code, message) = failure(e);
-                    r.error_code = code;
-                    r.message = Some(message);
-                }
+                Err(e) => r.fail(failure(e)),
             }
         }
     }
@@ -520,10 +530,7 @@ impl Controller {
         let mut records = Vec::new();
         let mut names_in_batch: Vec<String> = Vec::new();
         for topic in topics {
-            let mut result = TopicResult {
-                name: topic.name.clone(),
-                ..TopicResult::default()
-            };
+            let mut result = TopicResult::named(&topic.name);
             match plan_topic(image, &topic, &names_in_batch) {
                 Ok((id, assignment, mut topic_records)) => {
                     result.topic_id = id.as_u128();
@@ -532,10 +539,7 @@ impl Controller {
                     names_in_batch.push(topic.name.clone());
                     records.append(&mut topic_records);
                 }
-                Err((code, message)) => {
-                    result.error_code = code;
-                    result.message = Some(message);
-                }
+                Err(failure) => result.fail(failure),
             }
             results.push(result);
         }
@@ -552,10 +556,7 @@ impl Controller {
         let mut results = Vec::with_capacity(names.len());
         let mut records = Vec::new();
         for name in names {
-            let mut result = TopicResult {
-                name: name.clone(),
-                ..TopicResult::default()
-            };
+            let mut result = TopicResult::named(&name);
             match image.topic_by_name(&name) {
                 Some(topic) => {
                     result.topic_id = topic.id.as_u128();
@@ -565,10 +566,10 @@ impl Controller {
                         records.push(MetadataRecord::RemoveTopic { topic_id: topic.id });
                     }
                 }
-                None => {
-                    result.error_code = code::UNKNOWN_TOPIC_OR_PARTITION;
-                    result.message = Some("This server does not host this topic-partition.".into());
-                }
+                None => result.fail((
+                    code::UNKNOWN_TOPIC_OR_PARTITION,
+                    "This server does not host this topic-partition.".into(),
+                )),
             }
             results.push(result);
         }
@@ -587,16 +588,10 @@ impl Controller {
         let mut results = Vec::with_capacity(topics.len());
         let mut records = Vec::new();
         for request in topics {
-            let mut result = TopicResult {
-                name: request.name.clone(),
-                ..TopicResult::default()
-            };
+            let mut result = TopicResult::named(&request.name);
             match plan_partitions(image, &request) {
                 Ok(mut new_records) => records.append(&mut new_records),
-                Err((code, message)) => {
-                    result.error_code = code;
-                    result.message = Some(message);
-                }
+                Err(failure) => result.fail(failure),
             }
             results.push(result);
         }
