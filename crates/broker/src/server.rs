@@ -28,9 +28,6 @@ const FLUSH_CHECK_INTERVAL_MS: u64 = 100;
 /// Pause after a failed accept (e.g. out of file descriptors) before trying again.
 const ACCEPT_BACKOFF_MS: u64 = 100;
 
-/// Pause between checks whether this broker has been unfenced.
-const UNFENCE_POLL_MS: u64 = 20;
-
 /// A started node: the address it serves (the client listener of a broker, else the
 /// controller listener) and the cluster id.
 pub struct Running {
@@ -162,9 +159,13 @@ pub async fn run(
     Ok(())
 }
 
+/// Waits, woken by each applied metadata change, until this broker shows as unfenced.
 async fn wait_until_live(cluster: &Cluster, topics: &TopicManager) {
+    let mut applied = topics.subscribe_applied();
     while !cluster.is_live_in(&topics.image().image) {
-        tokio::time::sleep(Duration::from_millis(UNFENCE_POLL_MS)).await;
+        if applied.changed().await.is_err() {
+            return;
+        }
     }
 }
 

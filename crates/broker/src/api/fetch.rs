@@ -18,6 +18,7 @@ use futures_util::future::select_all;
 use kafka_protocol::messages::fetch_request::FetchPartition;
 use kafka_protocol::messages::FetchRequest;
 use kafka_protocol::ResponseError;
+use strom_metadata::image::BrokerImage;
 use strom_protocol::wire;
 use strom_storage::FileSlice;
 use tokio::time::Instant;
@@ -47,14 +48,6 @@ struct PartitionRequest {
     target: Result<Arc<Partition>, i16>,
     /// The partition's leader and leader epoch as this broker knows them (-1 when unknown).
     leader: (i32, i32),
-}
-
-/// A broker's endpoint, for KIP-951's NodeEndpoints.
-struct Endpoint {
-    id: i32,
-    host: String,
-    port: i32,
-    rack: Option<String>,
 }
 
 /// What one partition contributes to the response.
@@ -250,7 +243,7 @@ fn read_all(topics: &[TopicRequest], max_bytes: usize) -> Vec<Vec<PartitionRead>
 }
 
 /// The endpoints of the leaders the response points clients to.
-fn leader_endpoints(broker: &Broker, reads: &[Vec<PartitionRead>]) -> Vec<Endpoint> {
+fn leader_endpoints(broker: &Broker, reads: &[Vec<PartitionRead>]) -> Vec<BrokerImage> {
     let leaders: std::collections::BTreeSet<i32> = reads
         .iter()
         .flatten()
@@ -262,13 +255,7 @@ fn leader_endpoints(broker: &Broker, reads: &[Vec<PartitionRead>]) -> Vec<Endpoi
     let image = broker.topics.image();
     leaders
         .iter()
-        .filter_map(|id| image.image.brokers.get(id))
-        .map(|b| Endpoint {
-            id: b.id,
-            host: b.host.clone(),
-            port: i32::from(b.port),
-            rack: b.rack.clone(),
-        })
+        .filter_map(|id| image.image.brokers.get(id).cloned())
         .collect()
 }
 
@@ -289,7 +276,7 @@ fn encode(
     error_code: i16,
     topics: &[TopicRequest],
     reads: &[Vec<PartitionRead>],
-    endpoints: &[Endpoint],
+    endpoints: &[BrokerImage],
     isolation_level: i8,
 ) -> Outcome {
     let version = ctx.version;
@@ -352,7 +339,7 @@ fn encode(
         for e in endpoints {
             nodes.put_i32(e.id);
             wire::put_string(&mut nodes, &e.host, true);
-            nodes.put_i32(e.port);
+            nodes.put_i32(i32::from(e.port));
             match &e.rack {
                 Some(rack) => wire::put_string(&mut nodes, rack, true),
                 None => wire::put_unsigned_varint(&mut nodes, 0),

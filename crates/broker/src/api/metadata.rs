@@ -11,6 +11,7 @@ use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
 use strom_controller::service::{ControllerRequest, ControllerResponse, NewTopic};
+use strom_metadata::MetadataImage;
 
 use super::{CLUSTER_OPERATIONS, TOPIC_OPERATIONS};
 use crate::topics::Topic;
@@ -25,12 +26,17 @@ pub async fn handle(broker: &Broker, req: MetadataRequest, version: i16) -> Meta
         _ => None,
     };
     let topics = match requested {
-        None => broker
-            .topics
-            .all()
-            .iter()
-            .map(|t| describe_topic(broker, t, version, req.include_topic_authorized_operations))
-            .collect(),
+        None => {
+            let image = broker.topics.image().image;
+            broker
+                .topics
+                .all()
+                .iter()
+                .map(|t| {
+                    describe_topic(&image, t, version, req.include_topic_authorized_operations)
+                })
+                .collect()
+        }
         Some(topics) => {
             let mut answers = Vec::with_capacity(topics.len());
             for t in topics {
@@ -47,7 +53,7 @@ pub async fn handle(broker: &Broker, req: MetadataRequest, version: i16) -> Meta
                     }
                     None => match broker.topics.get_by_id(&t.topic_id) {
                         Some(topic) => describe_topic(
-                            broker,
+                            &broker.topics.image().image,
                             &topic,
                             version,
                             req.include_topic_authorized_operations,
@@ -60,7 +66,7 @@ pub async fn handle(broker: &Broker, req: MetadataRequest, version: i16) -> Meta
         }
     };
     let mut response = MetadataResponse::default()
-        .with_brokers(live_brokers(broker))
+        .with_brokers(live_brokers(&broker.topics.image().image))
         .with_topics(topics);
     if version >= 1 {
         response.controller_id = BrokerId(broker.node_id);
@@ -75,11 +81,8 @@ pub async fn handle(broker: &Broker, req: MetadataRequest, version: i16) -> Meta
 }
 
 /// The registered, unfenced brokers.
-pub fn live_brokers(broker: &Broker) -> Vec<MetadataResponseBroker> {
-    broker
-        .topics
-        .image()
-        .image
+fn live_brokers(image: &MetadataImage) -> Vec<MetadataResponseBroker> {
+    image
         .live_brokers()
         .map(|b| {
             MetadataResponseBroker::default()
@@ -99,7 +102,7 @@ async fn lookup_by_name(
     include_ops: bool,
 ) -> MetadataResponseTopic {
     if let Some(topic) = broker.topics.get(name) {
-        return describe_topic(broker, &topic, version, include_ops);
+        return describe_topic(&broker.topics.image().image, &topic, version, include_ops);
     }
     if let Err(_message) = crate::topics::validate_topic_name(name) {
         return error_topic(
@@ -117,7 +120,9 @@ async fn lookup_by_name(
     }
     match auto_create_topic(broker, name).await {
         Ok(()) => match broker.topics.get(name) {
-            Some(topic) => describe_topic(broker, &topic, version, include_ops),
+            Some(topic) => {
+                describe_topic(&broker.topics.image().image, &topic, version, include_ops)
+            }
             None => error_topic(
                 Some(name.clone()),
                 uuid::Uuid::nil(),
@@ -174,13 +179,12 @@ fn error_topic(
 }
 
 fn describe_topic(
-    broker: &Broker,
+    image: &MetadataImage,
     topic: &Topic,
     version: i16,
     include_ops: bool,
 ) -> MetadataResponseTopic {
-    let image = broker.topics.image();
-    let fenced = |id: &i32| image.image.brokers.get(id).is_none_or(|b| b.fenced);
+    let fenced = |id: &i32| image.brokers.get(id).is_none_or(|b| b.fenced);
     let ids = |ids: &[i32]| ids.iter().map(|id| BrokerId(*id)).collect::<Vec<_>>();
     let partitions = topic
         .states
