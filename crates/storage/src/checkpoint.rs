@@ -1,6 +1,7 @@
-//! Kafka's offset checkpoint files (`recovery-point-offset-checkpoint`): a version line `0`,
-//! a count line, then `topic partition offset` per line. Written to a temporary file,
-//! fsynced and renamed, so a crash leaves either the old or the new file.
+//! Kafka's offset checkpoint files (`recovery-point-offset-checkpoint`,
+//! `replication-offset-checkpoint`): a version line `0`, a count line, then
+//! `topic partition offset` per line. Written to a temporary file, fsynced and renamed, so a
+//! crash leaves either the old or the new file.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -8,6 +9,13 @@ use std::path::Path;
 
 /// Name of the per-log-directory file recording the offset below which each log is fsynced.
 pub const RECOVERY_POINT_FILE: &str = "recovery-point-offset-checkpoint";
+
+/// Name of the per-log-directory file recording each log's high watermark.
+pub const REPLICATION_OFFSET_FILE: &str = "replication-offset-checkpoint";
+
+/// Name of the per-partition file of the leader epoch cache: a version line `0`, a count
+/// line, then `leader_epoch start_offset` per line.
+pub const LEADER_EPOCH_FILE: &str = "leader-epoch-checkpoint";
 
 /// Writes `entries` ((topic, partition) → offset) atomically to `path`.
 pub fn write(path: &Path, entries: &BTreeMap<(String, i32), i64>) -> std::io::Result<()> {

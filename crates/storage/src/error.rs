@@ -15,6 +15,16 @@ pub enum StorageError {
     Corrupt { path: String, reason: String },
     #[error("the log is closed")]
     Closed,
+    /// A batch a follower was asked to append failed its checks (framing, magic, CRC).
+    #[error("corrupt record batch at byte {position} of a follower append: {source}")]
+    CorruptBatch {
+        position: usize,
+        source: strom_protocol::batch::BatchError,
+    },
+    /// Follower batches must continue the log exactly; a gap or overlap means the caller
+    /// lost track of the log end and must resynchronise.
+    #[error("follower append expected a batch at offset {expected}, got {got}")]
+    NonContiguous { expected: i64, got: i64 },
 }
 
 impl StorageError {
@@ -25,6 +35,8 @@ impl StorageError {
             StorageError::OffsetOutOfRange { .. } => E::OffsetOutOfRange.code(),
             StorageError::Io(_) | StorageError::Corrupt { .. } => E::KafkaStorageError.code(),
             StorageError::Closed => E::NotLeaderOrFollower.code(),
+            StorageError::CorruptBatch { .. } => E::CorruptMessage.code(),
+            StorageError::NonContiguous { .. } => E::UnknownServerError.code(),
         }
     }
 }

@@ -10,10 +10,19 @@
 //! only the segments after it: CRC-checks each batch, truncates a torn tail and rebuilds
 //! the indexes of those segments.
 //!
+//! For replication a log also takes the leader's batches verbatim
+//! ([`PartitionLog::append_as_follower`]), serves followers up to its log end
+//! ([`PartitionLog::read_to_log_end`]), truncates to where a follower diverges from its
+//! leader ([`PartitionLog::truncate_to`], [`PartitionLog::truncate_fully_and_start_at`])
+//! and keeps Kafka's leader epoch cache (`leader-epoch-checkpoint`: the first offset of each
+//! leader epoch, answering [`PartitionLog::end_offset_for_epoch`]).
+//!
 //! This crate knows no sockets and no wire protocol beyond the batch format; it never
-//! decides replication (the caller moves the high watermark).
+//! decides replication: the caller moves the high watermark, chooses truncation points and
+//! keeps the per-directory checkpoints ([`checkpoint`]).
 
 pub mod checkpoint;
+mod epoch;
 mod error;
 pub mod index;
 mod log;

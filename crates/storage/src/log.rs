@@ -1,9 +1,16 @@
 //! [`PartitionLog`]: the segments of one partition, its offsets and its recovery.
 //!
-//! Concurrency: one writer at a time (the `writer` mutex) appends to the active segment;
-//! readers take a snapshot of the published [`View`] (segment list, offsets, the byte position
-//! of the high watermark) under a short read lock and then read files without any lock the
-//! writer needs. The writer publishes a new view only after the bytes are in the file.
+//! Concurrency: one writer at a time (the `writer` mutex) appends to the active segment,
+//! truncates or moves the high watermark; readers take a snapshot of the published [`View`]
+//! (segment list, offsets, the byte positions of the high watermark and the log end, the
+//! leader epoch cache) under a short read lock and then read files without any lock the
+//! writer needs. The writer publishes a new view only after the bytes are in the file. A
+//! read that a truncation overlapped runs again on a fresh view (the cut segment may hold
+//! other batches by then); a slice handed out earlier keeps its segment open, and a cut file
+//! just ends early.
+//!
+//! The replication side (follower appends, truncation, the leader epoch cache) is in
+//! [`replication`].
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
@@ -12,11 +19,25 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
-use strom_protocol::batch::{self, BatchInfo, BATCH_HEADER_BYTES, PATCHED_PREFIX_BYTES};
+use strom_protocol::batch::{self, BatchInfo, PATCHED_PREFIX_BYTES};
 use tracing::{info, warn};
 
+use crate::checkpoint::LEADER_EPOCH_FILE;
+use crate::epoch::LeaderEpochCache;
 use crate::segment::{index_batch, FileSlice, LogSegment};
 use crate::StorageError;
+
+mod replication;
+#[cfg(test)]
+mod tests;
+
+/// Most batch ends queued above the high watermark. Past it (and after a truncation or a
+/// reset of the high watermark) the queue is refilled from the segment files when the high
+/// watermark reaches its end.
+const ABOVE_HIGH_WATERMARK_ENTRIES_MAX: usize = 1024;
+
+/// Reads that a truncation overlapped, retried before the reader waits for the writer.
+const OPTIMISTIC_READ_ATTEMPTS: usize = 3;
 
 /// The settings of one log, by Kafka's topic config names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,25 +97,76 @@ pub struct TimestampOffset {
     pub leader_epoch: i32,
 }
 
+/// A byte position in the log: a segment (by base offset) and a position in its file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FilePosition {
+    segment_base: i64,
+    bytes: u64,
+}
+
+impl FilePosition {
+    /// How far `segment` may be read when the readable part of the log ends here.
+    fn limit_in(self, segment: &LogSegment) -> u64 {
+        match segment.base_offset().cmp(&self.segment_base) {
+            std::cmp::Ordering::Less => segment.size_bytes(),
+            std::cmp::Ordering::Equal => self.bytes,
+            std::cmp::Ordering::Greater => 0,
+        }
+    }
+}
+
 /// The state readers see, published by the writer after each change.
 #[derive(Debug, Clone)]
 struct View {
     segments: Arc<Vec<Arc<LogSegment>>>,
     offsets: LogOffsets,
-    /// Segment base offset and byte position just past the last batch below the high watermark.
-    high_watermark_segment: i64,
-    high_watermark_position: u64,
+    /// Just past the last batch below the high watermark.
+    high_watermark_position: FilePosition,
+    /// Just past the last batch of the log.
+    log_end_position: FilePosition,
+    leader_epochs: Arc<LeaderEpochCache>,
+    /// Counts truncations, so a flush that overlapped one does not move the recovery point
+    /// past what it really fsynced.
+    truncations: u64,
+}
+
+/// Which offset bounds a read.
+#[derive(Debug, Clone, Copy)]
+enum ReadBound {
+    /// Consumers read committed records only.
+    HighWatermark,
+    /// Followers replicate everything the leader has.
+    LogEnd,
 }
 
 #[derive(Debug)]
 struct Writer {
     active: Arc<LogSegment>,
     next_offset: i64,
-    /// End offset, segment base and end position of appended batches above the high
-    /// watermark, so the high watermark's byte position is known without a scan.
-    above_high_watermark: VecDeque<(i64, i64, u64)>,
+    /// End offset and file position of appended batches above the high watermark, oldest
+    /// first, so the high watermark's byte position is known without a scan.
+    above_high_watermark: VecDeque<(i64, FilePosition)>,
+    /// Whether the queue holds every batch between the high watermark and the log end;
+    /// when not, it is refilled from the files once drained.
+    above_high_watermark_complete: bool,
     unflushed_messages: i64,
+    /// The latest time the log was given, for segments created by a truncation.
+    clock_ms: i64,
     closed: bool,
+}
+
+impl Writer {
+    /// Queues the end of a batch just appended above the high watermark.
+    fn push_batch_end(&mut self, end_offset: i64, position: FilePosition) {
+        if !self.above_high_watermark_complete {
+            return;
+        }
+        if self.above_high_watermark.len() >= ABOVE_HIGH_WATERMARK_ENTRIES_MAX {
+            self.above_high_watermark_complete = false;
+            return;
+        }
+        self.above_high_watermark.push_back((end_offset, position));
+    }
 }
 
 /// One partition's log.
@@ -175,17 +247,24 @@ impl PartitionLog {
                 "recovered log"
             );
         }
+        let leader_epochs = load_leader_epochs(dir, &segments, next_offset, topic, partition)?;
         // A log opened as the only replica has nothing to wait for: its high watermark is
-        // its log end. Replication moves it explicitly.
+        // its log end. Replication moves it explicitly (`reset_high_watermark`).
+        let log_end_position = FilePosition {
+            segment_base: active.base_offset(),
+            bytes: active.size_bytes(),
+        };
         let view = View {
             offsets: LogOffsets {
                 log_start_offset,
                 log_end_offset: next_offset,
                 high_watermark: next_offset,
             },
-            high_watermark_segment: active.base_offset(),
-            high_watermark_position: active.size_bytes(),
+            high_watermark_position: log_end_position,
+            log_end_position,
             segments: Arc::new(segments),
+            leader_epochs: Arc::new(leader_epochs),
+            truncations: 0,
         };
         Ok(PartitionLog {
             topic: topic.to_string(),
@@ -196,11 +275,20 @@ impl PartitionLog {
                 active,
                 next_offset,
                 above_high_watermark: VecDeque::new(),
+                above_high_watermark_complete: true,
                 unflushed_messages: 0,
+                clock_ms: now_ms,
                 closed: false,
             }),
             view: RwLock::new(view),
-            recovery_point: AtomicI64::new(next_offset),
+            // After a crash the recovered segments (their rebuilt indexes above all) are
+            // not on disk yet: they stay past the recovery point until the next flush, as
+            // in Kafka. Else a truncation's stale index file could be trusted later.
+            recovery_point: AtomicI64::new(if clean_shutdown {
+                next_offset
+            } else {
+                recovery_point.min(next_offset)
+            }),
         })
     }
 
@@ -235,6 +323,7 @@ impl PartitionLog {
 
     /// Appends validated producer batches, assigning offsets from the log end and stamping
     /// `leader_epoch`. `records` is the partition's records field; `batches` its validation.
+    /// The first append of a newer `leader_epoch` records it in the leader epoch cache.
     pub fn append_as_leader(
         &self,
         records: &[u8],
@@ -247,6 +336,7 @@ impl PartitionLog {
         if writer.closed {
             return Err(StorageError::Closed);
         }
+        writer.clock_ms = writer.clock_ms.max(now_ms);
         let message_count: i64 = batches.iter().map(|b| i64::from(b.records_count)).sum();
         if self.should_roll(
             &writer,
@@ -259,6 +349,7 @@ impl PartitionLog {
         }
         let active = Arc::clone(&writer.active);
         let first_offset = writer.next_offset;
+        let leader_epochs = self.with_new_epochs(std::iter::once((leader_epoch, first_offset)))?;
         let mut prefixes = Vec::with_capacity(batches.len());
         let mut next = first_offset;
         for b in batches {
@@ -295,28 +386,93 @@ impl PartitionLog {
                 );
                 position += b.size_bytes as u64;
                 base += i64::from(b.records_count);
+                writer.push_batch_end(
+                    base,
+                    FilePosition {
+                        segment_base: active.base_offset(),
+                        bytes: position,
+                    },
+                );
             }
+            debug_assert_eq!(position, end_position);
         }
-        writer.next_offset = next;
-        writer
-            .above_high_watermark
-            .push_back((next, active.base_offset(), end_position));
-        writer.unflushed_messages += message_count;
-        let log_start_offset = {
-            let mut view = self.view.write();
-            view.offsets.log_end_offset = next;
-            view.offsets.log_start_offset
-        };
-        if writer.unflushed_messages >= config.flush_messages {
-            active.flush()?;
-            writer.unflushed_messages = 0;
-            self.recovery_point.fetch_max(next, Ordering::AcqRel);
-        }
+        let log_start_offset = self.publish_append(
+            &mut writer,
+            &active,
+            next,
+            end_position,
+            message_count,
+            leader_epochs,
+        );
+        self.maybe_flush(&mut writer, &config)?;
         Ok(AppendInfo {
             first_offset,
             last_offset: next - 1,
             log_start_offset,
         })
+    }
+
+    /// The leader epoch cache with the `(leader_epoch, start_offset)` pairs that start newer
+    /// epochs added, already checkpointed; `None` when none is newer (the usual case). The
+    /// file is written before the batches: a crash then leaves an entry past the log end,
+    /// which `open` drops, never a batch whose epoch the file lacks.
+    fn with_new_epochs(
+        &self,
+        starts: impl IntoIterator<Item = (i32, i64)>,
+    ) -> Result<Option<Arc<LeaderEpochCache>>, StorageError> {
+        let mut changed: Option<LeaderEpochCache> = None;
+        {
+            let view = self.view.read();
+            for (leader_epoch, start_offset) in starts {
+                let cache = changed.as_ref().unwrap_or(&view.leader_epochs);
+                if cache.is_new_epoch(leader_epoch) {
+                    changed
+                        .get_or_insert_with(|| LeaderEpochCache::clone(&view.leader_epochs))
+                        .assign(leader_epoch, start_offset);
+                }
+            }
+        }
+        let Some(cache) = changed else {
+            return Ok(None);
+        };
+        cache.write(&self.dir.join(LEADER_EPOCH_FILE))?;
+        Ok(Some(Arc::new(cache)))
+    }
+
+    /// Publishes the new log end after an append to `active` ending at `end_position`.
+    /// Returns the log start offset.
+    fn publish_append(
+        &self,
+        writer: &mut Writer,
+        active: &LogSegment,
+        next_offset: i64,
+        end_position: u64,
+        message_count: i64,
+        leader_epochs: Option<Arc<LeaderEpochCache>>,
+    ) -> i64 {
+        writer.next_offset = next_offset;
+        writer.unflushed_messages += message_count;
+        let mut view = self.view.write();
+        view.offsets.log_end_offset = next_offset;
+        view.log_end_position = FilePosition {
+            segment_base: active.base_offset(),
+            bytes: end_position,
+        };
+        if let Some(leader_epochs) = leader_epochs {
+            view.leader_epochs = leader_epochs;
+        }
+        view.offsets.log_start_offset
+    }
+
+    /// Fsyncs every segment past the recovery point (not only the active one: a roll or a
+    /// truncation may have left another unflushed) once `flush.messages` messages are
+    /// unflushed.
+    fn maybe_flush(&self, writer: &mut Writer, config: &LogConfig) -> Result<(), StorageError> {
+        if writer.unflushed_messages >= config.flush_messages {
+            self.flush()?;
+            writer.unflushed_messages = 0;
+        }
+        Ok(())
     }
 
     fn should_roll(
@@ -356,25 +512,83 @@ impl PartitionLog {
         Ok(())
     }
 
-    /// Moves the high watermark forward to `high_watermark` (never back, never past the log end).
+    /// Moves the high watermark forward to `high_watermark` (never back, never past the log
+    /// end). A value inside a batch stops at the start of that batch: batches are visible
+    /// whole.
     pub fn update_high_watermark(&self, high_watermark: i64) {
         let mut writer = self.writer.lock();
-        let mut target = None;
-        while let Some(&(end_offset, base, position)) = writer.above_high_watermark.front() {
-            if end_offset > high_watermark {
+        // `reached`: the (offset, position) the high watermark can move to, a batch end.
+        let (current, target, mut reached) = {
+            let view = self.view.read();
+            (
+                view.offsets.high_watermark,
+                high_watermark.min(view.offsets.log_end_offset),
+                (view.offsets.high_watermark, view.high_watermark_position),
+            )
+        };
+        if target <= current {
+            return;
+        }
+        loop {
+            while let Some(&(end_offset, position)) = writer.above_high_watermark.front() {
+                if end_offset > target {
+                    break;
+                }
+                reached = (end_offset, position);
+                writer.above_high_watermark.pop_front();
+            }
+            if reached.0 >= target
+                || !writer.above_high_watermark.is_empty()
+                || writer.above_high_watermark_complete
+            {
                 break;
             }
-            target = Some((end_offset, base, position));
-            writer.above_high_watermark.pop_front();
-        }
-        if let Some((end_offset, base, position)) = target {
-            let mut view = self.view.write();
-            if end_offset > view.offsets.high_watermark {
-                view.offsets.high_watermark = end_offset;
-                view.high_watermark_segment = base;
-                view.high_watermark_position = position;
+            let segments = Arc::clone(&self.view.read().segments);
+            if let Err(error) = refill_above_high_watermark(&mut writer, &segments, reached.1) {
+                warn!(topic = %self.topic, partition = self.partition, %error, "cannot scan the log to move the high watermark");
+                break;
             }
         }
+        if reached.0 > current {
+            let mut view = self.view.write();
+            view.offsets.high_watermark = reached.0;
+            view.high_watermark_position = reached.1;
+        }
+    }
+
+    /// Sets the high watermark to `high_watermark`, moving it back if need be (a log opened
+    /// with a checkpointed high watermark, a replica changing role). Clamped to the log's
+    /// offsets; a value inside a batch moves to the start of that batch.
+    pub fn reset_high_watermark(&self, high_watermark: i64) {
+        let mut writer = self.writer.lock();
+        let (offsets, segments, log_end_position) = {
+            let view = self.view.read();
+            (
+                view.offsets,
+                Arc::clone(&view.segments),
+                view.log_end_position,
+            )
+        };
+        let target = high_watermark.clamp(offsets.log_start_offset, offsets.log_end_offset);
+        let (offset, position) = if target == offsets.log_end_offset {
+            (target, log_end_position)
+        } else {
+            boundary_at_or_below(&segments, target).unwrap_or_else(|error| {
+                warn!(topic = %self.topic, partition = self.partition, %error, "cannot scan the log for the high watermark; resetting it to the log start");
+                (
+                    offsets.log_start_offset,
+                    FilePosition {
+                        segment_base: segments[0].base_offset(),
+                        bytes: 0,
+                    },
+                )
+            })
+        };
+        writer.above_high_watermark.clear();
+        writer.above_high_watermark_complete = offset == offsets.log_end_offset;
+        let mut view = self.view.write();
+        view.offsets.high_watermark = offset;
+        view.high_watermark_position = position;
     }
 
     /// Reads from `fetch_offset` up to the high watermark: at most `max_bytes`, or the whole
@@ -386,55 +600,32 @@ impl PartitionLog {
         max_bytes: usize,
         min_one_batch: bool,
     ) -> Result<ReadResult, StorageError> {
-        let view = self.view.read().clone();
-        let offsets = view.offsets;
-        if fetch_offset < offsets.log_start_offset || fetch_offset > offsets.log_end_offset {
-            return Err(StorageError::OffsetOutOfRange {
-                offset: fetch_offset,
-                log_start_offset: offsets.log_start_offset,
-                log_end_offset: offsets.log_end_offset,
-            });
-        }
-        if fetch_offset >= offsets.high_watermark || (max_bytes == 0 && !min_one_batch) {
-            return Ok(ReadResult {
-                slice: None,
-                offsets,
-            });
-        }
-        let first = view
-            .segments
-            .partition_point(|s| s.base_offset() <= fetch_offset)
-            .saturating_sub(1);
-        for segment in &view.segments[first..] {
-            if segment.base_offset() > view.high_watermark_segment {
-                break;
-            }
-            let limit = if segment.base_offset() == view.high_watermark_segment {
-                view.high_watermark_position
-            } else {
-                segment.size_bytes()
-            };
-            if let Some((position, batch)) = segment.find_batch(fetch_offset, limit)? {
-                let available = (limit - position) as usize;
-                let mut len = available.min(max_bytes);
-                if min_one_batch && len < batch.size_bytes {
-                    len = batch.size_bytes;
-                }
-                let slice = FileSlice {
-                    segment: Arc::clone(segment),
-                    position,
-                    len,
-                };
-                return Ok(ReadResult {
-                    slice: Some(slice),
-                    offsets,
-                });
-            }
-        }
-        Ok(ReadResult {
-            slice: None,
-            offsets,
-        })
+        self.read_below(
+            fetch_offset,
+            max_bytes,
+            min_one_batch,
+            ReadBound::HighWatermark,
+        )
+    }
+
+    /// As [`read`](Self::read), but up to the log end: what a follower replicates.
+    pub fn read_to_log_end(
+        &self,
+        fetch_offset: i64,
+        max_bytes: usize,
+        min_one_batch: bool,
+    ) -> Result<ReadResult, StorageError> {
+        self.read_below(fetch_offset, max_bytes, min_one_batch, ReadBound::LogEnd)
+    }
+
+    fn read_below(
+        &self,
+        fetch_offset: i64,
+        max_bytes: usize,
+        min_one_batch: bool,
+        bound: ReadBound,
+    ) -> Result<ReadResult, StorageError> {
+        self.with_stable_view(|view| read_in(view, fetch_offset, max_bytes, min_one_batch, bound))
     }
 
     /// The first record with a timestamp at or after `timestamp`, below the high watermark.
@@ -442,79 +633,43 @@ impl PartitionLog {
         &self,
         timestamp: i64,
     ) -> Result<Option<TimestampOffset>, StorageError> {
-        let view = self.view.read().clone();
-        for segment in view.segments.iter() {
-            if segment.base_offset() > view.high_watermark_segment {
-                break;
-            }
-            let (max_ts, start) = {
-                let indexes = segment.indexes.lock();
-                let start_relative = indexes.time_index.lookup(timestamp).unwrap_or(0);
-                (
-                    indexes.max_timestamp,
-                    indexes.offset_index.lookup(start_relative),
-                )
-            };
-            if max_ts < timestamp {
-                continue;
-            }
-            let limit = self.limit_of(&view, segment);
-            let mut position = u64::from(start);
-            while let Some(found) = read_batch_header(segment, position, limit)? {
-                if found.max_timestamp >= timestamp {
-                    let bytes = read_batch(segment, position, found.size_bytes)?;
-                    return Ok(first_record_at_or_after(
-                        &bytes,
-                        timestamp,
-                        found.leader_epoch,
-                    ));
-                }
-                position += found.size_bytes as u64;
-            }
-        }
-        Ok(None)
+        self.with_stable_view(|view| offset_for_timestamp_in(view, timestamp))
     }
 
     /// The record with the largest timestamp (KIP-734), below the high watermark.
     pub fn max_timestamp_offset(&self) -> Result<Option<TimestampOffset>, StorageError> {
-        let view = self.view.read().clone();
-        let mut best: Option<(i64, Arc<LogSegment>)> = None;
-        for segment in view.segments.iter() {
-            let max_ts = segment.indexes.lock().max_timestamp;
-            if max_ts >= 0 && best.as_ref().is_none_or(|(ts, _)| max_ts > *ts) {
-                best = Some((max_ts, Arc::clone(segment)));
-            }
-        }
-        let Some((max_ts, segment)) = best else {
-            return Ok(None);
-        };
-        let limit = self.limit_of(&view, &segment);
-        let mut position = 0;
-        while let Some(found) = read_batch_header(&segment, position, limit)? {
-            if found.max_timestamp == max_ts {
-                let bytes = read_batch(&segment, position, found.size_bytes)?;
-                return Ok(first_record_at_or_after(&bytes, max_ts, found.leader_epoch));
-            }
-            position += found.size_bytes as u64;
-        }
-        Ok(None)
+        self.with_stable_view(max_timestamp_offset_in)
     }
 
-    fn limit_of(&self, view: &View, segment: &LogSegment) -> u64 {
-        if segment.base_offset() == view.high_watermark_segment {
-            view.high_watermark_position
-        } else if segment.base_offset() > view.high_watermark_segment {
-            0
-        } else {
-            segment.size_bytes()
+    /// Runs `read` on a snapshot of the view, again if a truncation overlapped it: a
+    /// segment cut and appended to again may hold other batches at the positions an older
+    /// view (or an index entry looked up before the cut) points to. Past a few attempts the
+    /// reader holds the writer off (truncations are rare; this is for a pathological race).
+    fn with_stable_view<T>(
+        &self,
+        read: impl Fn(&View) -> Result<T, StorageError>,
+    ) -> Result<T, StorageError> {
+        for _ in 0..OPTIMISTIC_READ_ATTEMPTS {
+            let view = self.view.read().clone();
+            let result = read(&view);
+            if self.view.read().truncations == view.truncations {
+                return result;
+            }
         }
+        let _writer = self.writer.lock();
+        let view = self.view.read().clone();
+        read(&view)
     }
 
     /// Fsyncs every segment written since the last flush and returns the new recovery point.
     pub fn flush(&self) -> Result<i64, StorageError> {
-        let (log_end_offset, segments) = {
+        let (log_end_offset, segments, truncations) = {
             let view = self.view.read();
-            (view.offsets.log_end_offset, Arc::clone(&view.segments))
+            (
+                view.offsets.log_end_offset,
+                Arc::clone(&view.segments),
+                view.truncations,
+            )
         };
         let recovery_point = self.recovery_point();
         let first = segments
@@ -523,8 +678,14 @@ impl PartitionLog {
         for segment in &segments[first..] {
             segment.flush()?;
         }
-        self.recovery_point
-            .fetch_max(log_end_offset, Ordering::AcqRel);
+        // Under the view lock, which truncations take to lower the recovery point: a
+        // truncation since the snapshot may have replaced what was just fsynced.
+        let view = self.view.read();
+        if view.truncations == truncations {
+            self.recovery_point
+                .fetch_max(log_end_offset, Ordering::AcqRel);
+        }
+        drop(view);
         Ok(self.recovery_point())
     }
 
@@ -544,6 +705,131 @@ impl PartitionLog {
         std::fs::remove_dir_all(&self.dir)?;
         Ok(())
     }
+}
+
+/// A read of `view`: see [`PartitionLog::read`].
+fn read_in(
+    view: &View,
+    fetch_offset: i64,
+    max_bytes: usize,
+    min_one_batch: bool,
+    bound: ReadBound,
+) -> Result<ReadResult, StorageError> {
+    let offsets = view.offsets;
+    if fetch_offset < offsets.log_start_offset || fetch_offset > offsets.log_end_offset {
+        return Err(StorageError::OffsetOutOfRange {
+            offset: fetch_offset,
+            log_start_offset: offsets.log_start_offset,
+            log_end_offset: offsets.log_end_offset,
+        });
+    }
+    let (end_offset, end_position) = match bound {
+        ReadBound::HighWatermark => (offsets.high_watermark, view.high_watermark_position),
+        ReadBound::LogEnd => (offsets.log_end_offset, view.log_end_position),
+    };
+    if fetch_offset >= end_offset || (max_bytes == 0 && !min_one_batch) {
+        return Ok(ReadResult {
+            slice: None,
+            offsets,
+        });
+    }
+    let first = view
+        .segments
+        .partition_point(|s| s.base_offset() <= fetch_offset)
+        .saturating_sub(1);
+    for segment in &view.segments[first..] {
+        if segment.base_offset() > end_position.segment_base {
+            break;
+        }
+        let limit = end_position.limit_in(segment);
+        if let Some((position, batch)) = segment.find_batch(fetch_offset, limit)? {
+            let available = (limit - position) as usize;
+            let mut len = available.min(max_bytes);
+            if min_one_batch && len < batch.size_bytes {
+                len = batch.size_bytes;
+            }
+            let slice = FileSlice {
+                segment: Arc::clone(segment),
+                position,
+                len,
+            };
+            return Ok(ReadResult {
+                slice: Some(slice),
+                offsets,
+            });
+        }
+    }
+    Ok(ReadResult {
+        slice: None,
+        offsets,
+    })
+}
+
+fn offset_for_timestamp_in(
+    view: &View,
+    timestamp: i64,
+) -> Result<Option<TimestampOffset>, StorageError> {
+    for segment in view.segments.iter() {
+        if segment.base_offset() > view.high_watermark_position.segment_base {
+            break;
+        }
+        let (max_ts, start) = {
+            let indexes = segment.indexes.lock();
+            let start_relative = indexes.time_index.lookup(timestamp).unwrap_or(0);
+            (
+                indexes.max_timestamp,
+                indexes.offset_index.lookup(start_relative),
+            )
+        };
+        if max_ts < timestamp {
+            continue;
+        }
+        let limit = view.high_watermark_position.limit_in(segment);
+        let mut position = u64::from(start);
+        while let Some(found) = segment.batch_header_at(position, limit)? {
+            if found.max_timestamp >= timestamp {
+                let Some(bytes) = read_batch(segment, position, found.offsets.size_bytes)? else {
+                    return Ok(None);
+                };
+                return Ok(first_record_at_or_after(
+                    &bytes,
+                    timestamp,
+                    found.offsets.leader_epoch,
+                ));
+            }
+            position += found.offsets.size_bytes as u64;
+        }
+    }
+    Ok(None)
+}
+
+fn max_timestamp_offset_in(view: &View) -> Result<Option<TimestampOffset>, StorageError> {
+    let mut best: Option<(i64, Arc<LogSegment>)> = None;
+    for segment in view.segments.iter() {
+        let max_ts = segment.indexes.lock().max_timestamp;
+        if max_ts >= 0 && best.as_ref().is_none_or(|(ts, _)| max_ts > *ts) {
+            best = Some((max_ts, Arc::clone(segment)));
+        }
+    }
+    let Some((max_ts, segment)) = best else {
+        return Ok(None);
+    };
+    let limit = view.high_watermark_position.limit_in(&segment);
+    let mut position = 0;
+    while let Some(found) = segment.batch_header_at(position, limit)? {
+        if found.max_timestamp == max_ts {
+            let Some(bytes) = read_batch(&segment, position, found.offsets.size_bytes)? else {
+                return Ok(None);
+            };
+            return Ok(first_record_at_or_after(
+                &bytes,
+                max_ts,
+                found.offsets.leader_epoch,
+            ));
+        }
+        position += found.offsets.size_bytes as u64;
+    }
+    Ok(None)
 }
 
 /// Adds the final time index entry of a segment that stops being active (Kafka's
@@ -589,14 +875,14 @@ fn load_indexes(
     let mut position = last_position;
     let mut next = None;
     let limit = segment.size_bytes();
-    while let Some(header) = read_batch_header(segment, position, limit)? {
+    while let Some(header) = segment.batch_header_at(position, limit)? {
         let mut indexes = segment.indexes.lock();
         if header.max_timestamp > indexes.max_timestamp {
             indexes.max_timestamp = header.max_timestamp;
-            indexes.offset_of_max_timestamp = header.last_offset;
+            indexes.offset_of_max_timestamp = header.offsets.last_offset();
         }
-        position += header.size_bytes as u64;
-        next = Some(header.last_offset + 1);
+        position += header.offsets.size_bytes as u64;
+        next = Some(header.offsets.last_offset() + 1);
     }
     segment.indexes.lock().bytes_since_last_index_entry = position - last_position;
     if position != limit {
@@ -610,48 +896,124 @@ fn load_indexes(
     Ok(next)
 }
 
-#[derive(Debug, Clone, Copy)]
-struct BatchHeader {
-    size_bytes: usize,
-    last_offset: i64,
-    max_timestamp: i64,
-    leader_epoch: i32,
-}
-
-fn read_batch_header(
-    segment: &LogSegment,
-    position: u64,
-    limit: u64,
-) -> Result<Option<BatchHeader>, StorageError> {
-    if position + BATCH_HEADER_BYTES as u64 > limit {
-        return Ok(None);
-    }
-    let mut head = [0u8; BATCH_HEADER_BYTES];
-    segment.read_exact_at(&mut head, position)?;
-    let Some(offsets) = batch::BatchOffsets::parse(&head) else {
-        return Ok(None);
+/// Reads the leader epoch cache of a log ending at `log_end_offset`; rebuilds it from the
+/// batch headers when the file is missing (logs written before the cache existed) or
+/// unreadable. Entries at or past the log end (a torn tail was cut) are dropped.
+fn load_leader_epochs(
+    dir: &Path,
+    segments: &[Arc<LogSegment>],
+    log_end_offset: i64,
+    topic: &str,
+    partition: i32,
+) -> Result<LeaderEpochCache, StorageError> {
+    let path = dir.join(LEADER_EPOCH_FILE);
+    let (mut cache, mut changed) = match LeaderEpochCache::read(&path) {
+        Ok(Some(cache)) => (cache, false),
+        Ok(None) => (rebuild_leader_epochs(segments)?, true),
+        Err(error) => {
+            warn!(topic, partition, %error, "leader epoch checkpoint unreadable; rebuilding it");
+            (rebuild_leader_epochs(segments)?, true)
+        }
     };
-    if position + offsets.size_bytes as u64 > limit {
-        return Ok(None);
+    changed |= cache.truncate_from_end(log_end_offset);
+    // An empty log needs no file: a missing file reads as the empty cache it rebuilds to.
+    if changed && (!cache.entries().is_empty() || path.exists()) {
+        cache.write(&path)?;
     }
-    let mut ts = [0u8; 8];
-    ts.copy_from_slice(&head[35..43]);
-    Ok(Some(BatchHeader {
-        size_bytes: offsets.size_bytes,
-        last_offset: offsets.last_offset(),
-        max_timestamp: i64::from_be_bytes(ts),
-        leader_epoch: offsets.leader_epoch,
-    }))
+    Ok(cache)
 }
 
+/// The leader epoch cache of the batches in `segments`: each epoch newer than all before
+/// it starts at its first batch.
+fn rebuild_leader_epochs(segments: &[Arc<LogSegment>]) -> Result<LeaderEpochCache, StorageError> {
+    let mut cache = LeaderEpochCache::default();
+    for segment in segments {
+        let limit = segment.size_bytes();
+        let mut position = 0;
+        while let Some(offsets) = segment.batch_at(position, limit)? {
+            cache.assign(offsets.leader_epoch, offsets.base_offset);
+            position += offsets.size_bytes as u64;
+        }
+    }
+    Ok(cache)
+}
+
+/// The largest batch boundary at or below `offset` (inside a batch, that batch's base
+/// offset) and its position: where a high watermark or a truncation at `offset` stands.
+fn boundary_at_or_below(
+    segments: &[Arc<LogSegment>],
+    offset: i64,
+) -> Result<(i64, FilePosition), StorageError> {
+    let index = segments
+        .partition_point(|s| s.base_offset() <= offset)
+        .saturating_sub(1);
+    let segment = &segments[index];
+    let segment_base = segment.base_offset();
+    Ok(match segment.find_batch(offset, segment.size_bytes())? {
+        Some((bytes, found)) => (
+            found.base_offset.min(offset),
+            FilePosition {
+                segment_base,
+                bytes,
+            },
+        ),
+        None => (
+            offset,
+            FilePosition {
+                segment_base,
+                bytes: segment.size_bytes(),
+            },
+        ),
+    })
+}
+
+/// Refills the drained queue of batch ends above the high watermark, scanning from `from`
+/// (the high watermark's position), up to its limit; marks it complete at the log end.
+fn refill_above_high_watermark(
+    writer: &mut Writer,
+    segments: &[Arc<LogSegment>],
+    from: FilePosition,
+) -> Result<(), StorageError> {
+    debug_assert!(writer.above_high_watermark.is_empty());
+    let first = segments.partition_point(|s| s.base_offset() < from.segment_base);
+    for segment in &segments[first..] {
+        let segment_base = segment.base_offset();
+        let mut bytes = if segment_base == from.segment_base {
+            from.bytes
+        } else {
+            0
+        };
+        let limit = segment.size_bytes();
+        while let Some(offsets) = segment.batch_at(bytes, limit)? {
+            if writer.above_high_watermark.len() >= ABOVE_HIGH_WATERMARK_ENTRIES_MAX {
+                return Ok(());
+            }
+            bytes += offsets.size_bytes as u64;
+            writer.above_high_watermark.push_back((
+                offsets.last_offset() + 1,
+                FilePosition {
+                    segment_base,
+                    bytes,
+                },
+            ));
+        }
+    }
+    writer.above_high_watermark_complete = true;
+    Ok(())
+}
+
+/// The bytes of a batch; `None` if the file was cut under the reader by a truncation.
 fn read_batch(
     segment: &LogSegment,
     position: u64,
     size_bytes: usize,
-) -> Result<Vec<u8>, StorageError> {
+) -> Result<Option<Vec<u8>>, StorageError> {
     let mut bytes = vec![0u8; size_bytes];
-    segment.read_exact_at(&mut bytes, position)?;
-    Ok(bytes)
+    match segment.read_exact_at(&mut bytes, position) {
+        Ok(()) => Ok(Some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Decodes a stored batch (decompressing it if needed) and finds its first record with a

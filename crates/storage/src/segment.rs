@@ -37,6 +37,9 @@ pub struct LogSegment {
     file: File,
     size_bytes: AtomicU64,
     dirty: AtomicBool,
+    /// Set (under the index lock) when the files are removed, so a flush that raced the
+    /// removal does not write the index files back.
+    deleted: AtomicBool,
     pub(crate) indexes: Mutex<SegmentIndexes>,
     /// When this process created or opened the segment: the clock for `segment.ms`.
     pub(crate) created_ms: i64,
@@ -77,6 +80,7 @@ impl LogSegment {
             file,
             size_bytes: AtomicU64::new(size),
             dirty: AtomicBool::new(false),
+            deleted: AtomicBool::new(false),
             indexes: Mutex::new(SegmentIndexes {
                 max_timestamp: -1,
                 offset_of_max_timestamp: -1,
@@ -142,6 +146,8 @@ impl LogSegment {
     }
 
     /// The offsets of the batch starting at `position`, if one is readable below `limit`.
+    /// A file shorter than `limit` (cut by a truncation after the caller took its view of
+    /// the log) ends the batches there.
     pub(crate) fn batch_at(
         &self,
         position: u64,
@@ -151,13 +157,50 @@ impl LogSegment {
             return Ok(None);
         }
         let mut head = [0u8; OFFSET_RANGE_BYTES];
-        self.read_exact_at(&mut head, position)?;
+        if !self.read_exact_or_eof(&mut head, position)? {
+            return Ok(None);
+        }
         let offsets = BatchOffsets::parse(&head)
             .ok_or_else(|| self.corrupt(position, "unreadable batch header"))?;
         if position + offsets.size_bytes as u64 > limit {
             return Ok(None);
         }
         Ok(Some(offsets))
+    }
+
+    /// The header fields of the batch starting at `position`, if one is readable below
+    /// `limit`; `None` also for bytes that cannot be a batch header, or past a cut file.
+    pub(crate) fn batch_header_at(
+        &self,
+        position: u64,
+        limit: u64,
+    ) -> Result<Option<BatchHeader>, StorageError> {
+        if position + BATCH_HEADER_BYTES as u64 > limit {
+            return Ok(None);
+        }
+        let mut head = [0u8; BATCH_HEADER_BYTES];
+        if !self.read_exact_or_eof(&mut head, position)? {
+            return Ok(None);
+        }
+        let Some(offsets) = BatchOffsets::parse(&head) else {
+            return Ok(None);
+        };
+        if position + offsets.size_bytes as u64 > limit {
+            return Ok(None);
+        }
+        Ok(Some(BatchHeader {
+            offsets,
+            max_timestamp: max_timestamp_of(&head),
+        }))
+    }
+
+    /// Reads exactly `buf.len()` bytes at `position`; `false` if the file ends first.
+    fn read_exact_or_eof(&self, buf: &mut [u8], position: u64) -> std::io::Result<bool> {
+        match self.read_exact_at(buf, position) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Finds the first batch whose last offset is at least `target_offset`, scanning from
@@ -211,7 +254,7 @@ impl LogSegment {
             if batch::check_stored(&buf).is_err() {
                 break;
             }
-            let max_timestamp = i64::from_be_bytes(buf[35..43].try_into().unwrap_or([0; 8]));
+            let max_timestamp = max_timestamp_of(&buf);
             index_batch(
                 &mut indexes,
                 self.base_offset,
@@ -232,12 +275,57 @@ impl LogSegment {
         Ok((next_offset, truncated))
     }
 
+    /// Cuts the file at `position`, the start of the batch holding `end_offset` (or the end
+    /// of the segment's batches), and drops the index entries past it (Kafka's
+    /// `LogSegment.truncateTo`). The cut is fsynced at once: removed records must not come
+    /// back after a crash, since the log may already hold different ones at those offsets.
+    pub(crate) fn truncate_to(&self, position: u64, end_offset: i64) -> Result<(), StorageError> {
+        debug_assert!(position <= self.size_bytes());
+        self.file.set_len(position)?;
+        self.file.sync_data()?;
+        self.size_bytes.store(position, Ordering::Release);
+        let mut indexes = self.indexes.lock();
+        indexes.offset_index.truncate_to_position(position);
+        let relative = (end_offset - self.base_offset).clamp(0, i64::from(u32::MAX)) as u32;
+        indexes.time_index.truncate_to_offset(relative);
+        // Every remaining time index entry holds the largest timestamp of a prefix of the
+        // remaining batches (its offset is that of a batch below the cut); the batches from
+        // the last offset index entry on are scanned, a bounded tail of
+        // `index.interval.bytes` plus a batch.
+        let (mut max_timestamp, mut offset_of_max_timestamp) =
+            indexes.time_index.last().map_or((-1, -1), |e| {
+                (e.timestamp, self.base_offset + i64::from(e.relative_offset))
+            });
+        let last_indexed = indexes
+            .offset_index
+            .last()
+            .map_or(0, |e| u64::from(e.position));
+        let mut at = last_indexed;
+        while let Some(header) = self.batch_header_at(at, position)? {
+            if header.max_timestamp > max_timestamp {
+                max_timestamp = header.max_timestamp;
+                offset_of_max_timestamp = header.offsets.last_offset();
+            }
+            at += header.offsets.size_bytes as u64;
+        }
+        if at != position {
+            return Err(self.corrupt(at, "unreadable batch before a truncation point"));
+        }
+        indexes.max_timestamp = max_timestamp;
+        indexes.offset_of_max_timestamp = offset_of_max_timestamp;
+        indexes.bytes_since_last_index_entry = position - last_indexed;
+        Ok(())
+    }
+
     /// Fsyncs the data if anything was appended since the last flush, then the indexes.
     pub(crate) fn flush(&self) -> Result<(), StorageError> {
         if self.dirty.swap(false, Ordering::AcqRel) {
             self.file.sync_data()?;
         }
         let mut indexes = self.indexes.lock();
+        if self.deleted.load(Ordering::Acquire) {
+            return Ok(());
+        }
         let (index_path, time_path) = (self.index_path(), self.time_index_path());
         indexes.offset_index.persist(&index_path)?;
         indexes.time_index.persist(&time_path)?;
@@ -246,6 +334,8 @@ impl LogSegment {
 
     /// Removes the segment's files (the open descriptor stays valid for in-flight reads).
     pub(crate) fn delete_files(&self) -> Result<(), StorageError> {
+        let _indexes = self.indexes.lock();
+        self.deleted.store(true, Ordering::Release);
         for path in [self.log_path(), self.index_path(), self.time_index_path()] {
             match std::fs::remove_file(&path) {
                 Ok(()) => {}
@@ -263,6 +353,23 @@ impl LogSegment {
         }
     }
 }
+
+/// The header fields of a stored batch that readers of the log need.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BatchHeader {
+    pub offsets: BatchOffsets,
+    pub max_timestamp: i64,
+}
+
+/// The `max_timestamp` field of a batch header (at least [`BATCH_HEADER_BYTES`] long).
+pub(crate) fn max_timestamp_of(header: &[u8]) -> i64 {
+    let mut raw = [0u8; 8];
+    raw.copy_from_slice(&header[MAX_TIMESTAMP_OFFSET..MAX_TIMESTAMP_OFFSET + 8]);
+    i64::from_be_bytes(raw)
+}
+
+/// Where `max_timestamp` sits in a batch header.
+const MAX_TIMESTAMP_OFFSET: usize = 35;
 
 /// Adds index entries for one appended batch, as Kafka's `LogSegment.append` does.
 pub(crate) fn index_batch(
