@@ -241,6 +241,11 @@ impl Cluster {
         }
     }
 
+    /// This broker's registration epoch (-1 before it registered).
+    pub fn broker_epoch(&self) -> i64 {
+        self.broker_epoch.load(Ordering::Acquire)
+    }
+
     /// Whether `published` shows this broker registered with its current epoch and unfenced.
     pub fn is_live_in(&self, image: &MetadataImage) -> bool {
         let epoch = self.broker_epoch.load(Ordering::Acquire);

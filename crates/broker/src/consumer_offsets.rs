@@ -73,12 +73,9 @@ impl OffsetsLog for OffsetsTopic {
         };
         RecordBatchEncoder::encode(&mut buf, &records, &options).map_err(|e| e.to_string())?;
         let batches = batch::validate_produce(&buf, usize::MAX).map_err(|e| e.to_string())?;
-        let info = target
-            .log
-            .append_as_leader(&buf, &batches, target.leader_epoch(), now)
-            .map_err(|e| e.to_string())?;
-        target.log.update_high_watermark(info.last_offset + 1);
-        target.appended.notify_waiters();
+        target
+            .append_as_leader(&buf, &batches, None, now)
+            .map_err(|e| format!("{e:?}"))?;
         Ok(())
     }
 }

@@ -16,7 +16,9 @@ pub mod config;
 mod connection;
 mod consumer_offsets;
 mod error;
+mod fetcher;
 mod legacy;
+pub mod replication;
 pub mod response;
 pub mod server;
 pub mod storage_format;
@@ -43,6 +45,8 @@ pub struct Broker {
     /// `queued.max.request.bytes`: bytes of requests being read or served; reading pauses
     /// while it is exhausted. `None` when unlimited (Kafka's default).
     pub request_memory: Option<Arc<tokio::sync::Semaphore>>,
+    /// ISR changes for the controller, from follower fetches ([`replication`]).
+    pub isr_changes: tokio::sync::mpsc::Sender<replication::IsrChange>,
     /// Flips to `true` when the broker shuts down; long waits watch it.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
 }

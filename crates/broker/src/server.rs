@@ -114,7 +114,9 @@ pub async fn run(
     ));
     tokio::task::block_in_place(|| consumer_offsets::load(&topics, &groups))?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (isr_changes, isr_queue) = tokio::sync::mpsc::channel(crate::replication::ISR_CHANGES_MAX);
     let broker = Arc::new(Broker {
+        isr_changes: isr_changes.clone(),
         node_id: config.node_id,
         cluster_id: cluster_id.clone(),
         advertised_host,
@@ -129,6 +131,21 @@ pub async fn run(
         config: Arc::clone(&config),
         shutdown: shutdown_rx,
     });
+    let replication = [
+        tokio::spawn(crate::replication::send_isr_changes(
+            Arc::clone(&cluster),
+            isr_queue,
+        )),
+        tokio::spawn(crate::replication::expire_lagging_followers(
+            Arc::clone(&broker.topics),
+            isr_changes,
+            config.replica_lag_time_max_ms,
+        )),
+        tokio::spawn(crate::fetcher::run(
+            Arc::clone(&config),
+            Arc::clone(&broker.topics),
+        )),
+    ];
     let flusher = tokio::spawn(flush_loop(Arc::clone(&broker)));
     let group_timer = tokio::spawn(group_timer_loop(Arc::clone(&broker)));
     info!(node_id = config.node_id, %cluster_id, %local_addr, "strom broker started");
@@ -145,6 +162,9 @@ pub async fn run(
         .await;
     let _ = shutdown_tx.send(true);
     drain(connections).await;
+    for task in replication {
+        task.abort();
+    }
     flusher.abort();
     group_timer.abort();
     applier.abort();

@@ -72,19 +72,31 @@ pub fn now_ms() -> i64 {
 pub struct Partition {
     pub index: i32,
     pub log: Arc<PartitionLog>,
+    /// This broker.
+    pub(crate) node_id: i32,
     leader_epoch: AtomicI32,
+    /// Leader, ISR and followers' progress (see [`crate::replication`]).
+    pub(crate) replica: Mutex<crate::replication::ReplicaState>,
     /// When the periodic flusher last fsynced this partition (ms since the epoch).
     pub last_flush_ms: AtomicI64,
-    /// Woken on every append, for waiting fetches.
+    /// Woken on every append, high watermark move and change of leadership, for waiting
+    /// fetches and produces.
     pub appended: Notify,
 }
 
 impl Partition {
-    fn new(index: i32, log: PartitionLog, leader_epoch: i32) -> Partition {
+    fn new(index: i32, log: PartitionLog, node_id: i32) -> Partition {
         Partition {
             index,
             log: Arc::new(log),
-            leader_epoch: AtomicI32::new(leader_epoch),
+            node_id,
+            leader_epoch: AtomicI32::new(-1),
+            replica: Mutex::new(crate::replication::ReplicaState {
+                leader: -1,
+                leader_epoch: -1,
+                partition_epoch: -1,
+                ..Default::default()
+            }),
             last_flush_ms: AtomicI64::new(now_ms()),
             appended: Notify::new(),
         }
@@ -93,6 +105,10 @@ impl Partition {
     /// The partition's leader epoch as of the last applied metadata.
     pub fn leader_epoch(&self) -> i32 {
         self.leader_epoch.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_leader_epoch(&self, leader_epoch: i32) {
+        self.leader_epoch.store(leader_epoch, Ordering::Release);
     }
 }
 
@@ -191,6 +207,10 @@ pub struct TopicManager {
     /// Log dirs whose last shutdown was clean (their logs skip recovery when first opened).
     clean: Vec<bool>,
     recovery_points: Mutex<BTreeMap<(String, i32), i64>>,
+    /// High watermarks as last checkpointed (Kafka's `replication-offset-checkpoint`): read
+    /// at start so that a restarted replica does not take its whole log as committed, and
+    /// compared at each flush so that an unchanged set is not rewritten.
+    high_watermarks: Mutex<BTreeMap<(String, i32), i64>>,
     /// Serializes applying images (the read path never takes it).
     applying: Mutex<()>,
     /// The log index of the last applied metadata, for requests waiting on their change.
@@ -202,10 +222,14 @@ impl TopicManager {
     pub fn open(config: Arc<BrokerConfig>) -> Result<TopicManager, BrokerError> {
         let log_dirs: Vec<PathBuf> = config.log_dirs.iter().map(PathBuf::from).collect();
         let mut recovery_points = BTreeMap::new();
+        let mut high_watermarks = BTreeMap::new();
         for dir in &log_dirs {
             std::fs::create_dir_all(dir)?;
             recovery_points.extend(checkpoint::read(
                 &dir.join(checkpoint::RECOVERY_POINT_FILE),
+            )?);
+            high_watermarks.extend(checkpoint::read(
+                &dir.join(checkpoint::REPLICATION_OFFSET_FILE),
             )?);
         }
         let clean = log_dirs
@@ -225,6 +249,7 @@ impl TopicManager {
             image: RwLock::new(Published::default()),
             clean,
             recovery_points: Mutex::new(recovery_points),
+            high_watermarks: Mutex::new(high_watermarks),
             applying: Mutex::new(()),
             applied: tokio::sync::watch::channel(0).0,
         })
@@ -303,11 +328,9 @@ impl TopicManager {
             let existing = current.and_then(|t| t.local.get(i).cloned().flatten());
             let partition = match existing {
                 Some(p) => p,
-                None => Arc::new(self.open_partition(image, index, &settings, state)?),
+                None => Arc::new(self.open_partition(image, index, &settings)?),
             };
-            partition
-                .leader_epoch
-                .store(state.leader_epoch, Ordering::Release);
+            partition.apply_state(state, now_ms());
             local.push(Some(partition));
         }
         if current.is_none() {
@@ -333,7 +356,6 @@ impl TopicManager {
         topic: &TopicImage,
         index: i32,
         settings: &topic_config::LogConfig,
-        state: &PartitionImage,
     ) -> Result<Partition, BrokerError> {
         let (dir_index, dir) = self.partition_dir(&topic.name, index);
         let marker = dir.join(PARTITION_METADATA_FILE);
@@ -375,7 +397,15 @@ impl TopicManager {
             std::fs::write(&tmp, &expected)?;
             std::fs::rename(&tmp, &marker)?;
         }
-        Ok(Partition::new(index, log, state.leader_epoch))
+        if let Some(high_watermark) = self
+            .high_watermarks
+            .lock()
+            .get(&(topic.name.clone(), index))
+            .copied()
+        {
+            log.reset_high_watermark(high_watermark);
+        }
+        Ok(Partition::new(index, log, self.node_id))
     }
 
     /// Forgets a topic and deletes its local logs.
@@ -459,8 +489,14 @@ impl TopicManager {
         let mut flushed_any = false;
         let mut points: Vec<BTreeMap<(String, i32), i64>> =
             vec![BTreeMap::new(); self.log_dirs.len()];
+        let mut high_watermarks = points.clone();
         for topic in self.all() {
             for partition in topic.local_partitions() {
+                let dir_index = self.dir_index_of(partition.log.dir());
+                high_watermarks[dir_index].insert(
+                    (topic.name.clone(), partition.index),
+                    partition.log.offsets().high_watermark,
+                );
                 let since = now.saturating_sub(partition.last_flush_ms.load(Ordering::Relaxed));
                 let before = partition.log.recovery_point();
                 let point = if force || since >= topic.settings.flush_ms {
@@ -470,7 +506,6 @@ impl TopicManager {
                     before
                 };
                 flushed_any |= force || point != before;
-                let dir_index = self.dir_index_of(partition.log.dir());
                 points[dir_index].insert((topic.name.clone(), partition.index), point);
             }
         }
@@ -478,6 +513,18 @@ impl TopicManager {
             for (dir, entries) in self.log_dirs.iter().zip(&points) {
                 checkpoint::write(&dir.join(checkpoint::RECOVERY_POINT_FILE), entries)?;
             }
+        }
+        let all: BTreeMap<(String, i32), i64> = high_watermarks
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        let mut written = self.high_watermarks.lock();
+        if force || *written != all {
+            for (dir, entries) in self.log_dirs.iter().zip(&high_watermarks) {
+                checkpoint::write(&dir.join(checkpoint::REPLICATION_OFFSET_FILE), entries)?;
+            }
+            *written = all;
         }
         Ok(())
     }

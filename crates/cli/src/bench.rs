@@ -100,6 +100,12 @@ struct ProduceArgs {
     /// saturation measures latency rather than queueing.
     #[arg(long, default_value_t = 0)]
     rate: u64,
+    /// Replicas of the topic, when it is created.
+    #[arg(long, default_value_t = 1)]
+    replication_factor: i32,
+    /// The topic's `min.insync.replicas`, when it is created (0: the broker default).
+    #[arg(long, default_value_t = 0)]
+    min_insync_replicas: i32,
 }
 
 #[derive(clap::Args)]
@@ -147,10 +153,29 @@ impl ProducerContext for LatencyContext {
 }
 
 fn ensure_topic(bootstrap: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
+    ensure_replicated_topic(bootstrap, topic, partitions, 1, None)
+}
+
+/// Creates the topic with `replication_factor` replicas (and `min.insync.replicas` when
+/// given) unless it exists.
+fn ensure_replicated_topic(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    replication_factor: i32,
+    min_insync_replicas: Option<&str>,
+) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()?;
-    let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let mut new_topic = NewTopic::new(
+        topic,
+        partitions,
+        TopicReplication::Fixed(replication_factor),
+    );
+    if let Some(min) = min_insync_replicas {
+        new_topic = new_topic.set("min.insync.replicas", min);
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -169,7 +194,14 @@ fn ensure_topic(bootstrap: &str, topic: &str, partitions: i32) -> anyhow::Result
 }
 
 fn produce(a: ProduceArgs) -> anyhow::Result<()> {
-    ensure_topic(&a.common.bootstrap, &a.common.topic, a.partitions)?;
+    let min_insync = a.min_insync_replicas.to_string();
+    ensure_replicated_topic(
+        &a.common.bootstrap,
+        &a.common.topic,
+        a.partitions,
+        a.replication_factor,
+        (a.min_insync_replicas > 0).then_some(min_insync.as_str()),
+    )?;
     let histogram = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
         1, 60_000_000, 3,
     )?));

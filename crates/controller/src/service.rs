@@ -41,7 +41,11 @@ pub mod code {
     pub const INVALID_TOPIC_EXCEPTION: i16 = 17;
     pub const NOT_CONTROLLER: i16 = 41;
     pub const INVALID_REQUEST: i16 = 42;
+    pub const NOT_LEADER_OR_FOLLOWER: i16 = 6;
+    pub const FENCED_LEADER_EPOCH: i16 = 74;
     pub const STALE_BROKER_EPOCH: i16 = 77;
+    pub const INELIGIBLE_REPLICA: i16 = 107;
+    pub const INVALID_UPDATE_VERSION: i16 = 108;
     pub const DUPLICATE_BROKER_REGISTRATION: i16 = 101;
     pub const INCONSISTENT_CLUSTER_ID: i16 = 104;
 }
@@ -153,6 +157,17 @@ pub enum ControllerRequest {
         max_wait_ms: u64,
     },
     DescribeQuorum,
+    /// A partition leader's new ISR (Kafka's AlterPartition), valid only for the leader
+    /// epoch and partition epoch the leader last saw, so that a stale leader changes nothing.
+    AlterPartition {
+        broker_id: i32,
+        broker_epoch: i64,
+        topic_id: u128,
+        partition: i32,
+        leader_epoch: i32,
+        partition_epoch: i32,
+        isr: Vec<i32>,
+    },
 }
 
 /// Answers to [`ControllerRequest`]s.
@@ -180,6 +195,13 @@ pub enum ControllerResponse {
         entries: Vec<(u64, Vec<Vec<u8>>)>,
     },
     Quorum(QuorumInfo),
+    /// The partition after an AlterPartition, and the log index it committed at.
+    PartitionAltered {
+        leader_epoch: i32,
+        partition_epoch: i32,
+        isr: Vec<i32>,
+        index: u64,
+    },
 }
 
 /// How a controller node runs.
@@ -438,6 +460,26 @@ impl Controller {
                     voters,
                 })
             }
+            ControllerRequest::AlterPartition {
+                broker_id,
+                broker_epoch,
+                topic_id,
+                partition,
+                leader_epoch,
+                partition_epoch,
+                isr,
+            } => {
+                let change = AlterPartition {
+                    broker_id,
+                    broker_epoch,
+                    topic_id: Uuid::from_u128(topic_id),
+                    partition,
+                    leader_epoch,
+                    partition_epoch,
+                    isr,
+                };
+                self.alter_partition(&image, change).await
+            }
             ControllerRequest::FetchMetadata { .. } => ControllerResponse::Error {
                 code: code::INVALID_REQUEST,
                 message: "unreachable".into(),
@@ -627,6 +669,52 @@ impl Controller {
         }
     }
 
+    async fn alter_partition(
+        &self,
+        image: &MetadataImage,
+        change: AlterPartition,
+    ) -> ControllerResponse {
+        let record = match check_alter_partition(image, &change) {
+            Ok(record) => record,
+            Err((code, message)) => return ControllerResponse::Error { code, message },
+        };
+        let Some(record) = record else {
+            // Already the partition's state (a retry of a committed change).
+            let p = &image.topics[&change.topic_id].partitions[&change.partition];
+            return ControllerResponse::PartitionAltered {
+                leader_epoch: p.leader_epoch,
+                partition_epoch: p.partition_epoch,
+                isr: p.isr.clone(),
+                index: 0,
+            };
+        };
+        match self.commit(&[record]).await {
+            Ok(index) => {
+                let published = self.state.subscribe().borrow().image.clone();
+                let p = published
+                    .topics
+                    .get(&change.topic_id)
+                    .and_then(|t| t.partitions.get(&change.partition));
+                match p {
+                    Some(p) => {
+                        info!(topic_id = %change.topic_id, partition = change.partition, isr = ?p.isr, "ISR changed");
+                        ControllerResponse::PartitionAltered {
+                            leader_epoch: p.leader_epoch,
+                            partition_epoch: p.partition_epoch,
+                            isr: p.isr.clone(),
+                            index,
+                        }
+                    }
+                    None => ControllerResponse::Error {
+                        code: code::UNKNOWN_TOPIC_OR_PARTITION,
+                        message: "the partition was deleted".into(),
+                    },
+                }
+            }
+            Err(e) => e,
+        }
+    }
+
     /// Fences the brokers whose session expired, moving their partitions' leadership.
     async fn fence_expired(&self) {
         let metrics = self.raft.metrics().borrow().clone();
@@ -765,12 +853,6 @@ fn place_new(
             ),
         ));
     }
-    if replication_factor > 1 {
-        return Err((
-            code::INVALID_REPLICATION_FACTOR,
-            "Replication factor above 1 needs partition replication, which this cluster does not have yet.".into(),
-        ));
-    }
     let start_index = rand::random::<u32>() as usize % brokers.len().max(1);
     let shift = rand::random::<u32>() as usize % brokers.len().max(1);
     placement::place(
@@ -843,12 +925,6 @@ fn check_replicas(
         return Err((
             code::INVALID_REPLICA_ASSIGNMENT,
             format!("Unknown broker {unknown} in replica assignment."),
-        ));
-    }
-    if replicas.len() > 1 {
-        return Err((
-            code::INVALID_REPLICATION_FACTOR,
-            "Replication factor above 1 needs partition replication, which this cluster does not have yet.".into(),
         ));
     }
     Ok(())
@@ -936,33 +1012,152 @@ fn plan_partitions(
     Ok(partition_records(image, topic.id, current, &assignment))
 }
 
-/// Fences a broker and moves leadership of the partitions it leads to another in-sync
-/// replica, or to none (-1) when it was the only one.
+/// An AlterPartition request, decoded.
+struct AlterPartition {
+    broker_id: i32,
+    broker_epoch: i64,
+    topic_id: Uuid,
+    partition: i32,
+    leader_epoch: i32,
+    partition_epoch: i32,
+    isr: Vec<i32>,
+}
+
+/// Kafka's checks of an AlterPartition: the sender is the current registration of the
+/// partition's leader, at the partition's current leader and partition epochs; the new ISR
+/// holds the leader, only replicas, and only unfenced brokers among those it adds. `None`
+/// when the ISR already is the requested one.
+fn check_alter_partition(
+    image: &MetadataImage,
+    change: &AlterPartition,
+) -> Result<Option<MetadataRecord>, (i16, String)> {
+    let broker = image.brokers.get(&change.broker_id);
+    if broker.is_none_or(|b| b.epoch != change.broker_epoch) {
+        return Err((
+            code::STALE_BROKER_EPOCH,
+            format!(
+                "broker {} epoch {} is not current",
+                change.broker_id, change.broker_epoch
+            ),
+        ));
+    }
+    let p = image
+        .topics
+        .get(&change.topic_id)
+        .and_then(|t| t.partitions.get(&change.partition))
+        .ok_or((
+            code::UNKNOWN_TOPIC_OR_PARTITION,
+            "This server does not host this topic-partition.".into(),
+        ))?;
+    if p.leader != change.broker_id {
+        return Err((
+            code::NOT_LEADER_OR_FOLLOWER,
+            format!("broker {} does not lead the partition", change.broker_id),
+        ));
+    }
+    if change.leader_epoch < p.leader_epoch {
+        return Err((
+            code::FENCED_LEADER_EPOCH,
+            format!(
+                "leader epoch {} is older than {}",
+                change.leader_epoch, p.leader_epoch
+            ),
+        ));
+    }
+    if change.partition_epoch != p.partition_epoch || change.leader_epoch != p.leader_epoch {
+        return Err((
+            code::INVALID_UPDATE_VERSION,
+            format!(
+                "partition epoch {} is not the current {}",
+                change.partition_epoch, p.partition_epoch
+            ),
+        ));
+    }
+    let mut isr = change.isr.clone();
+    isr.sort_unstable();
+    isr.dedup();
+    if isr.len() != change.isr.len()
+        || !isr.contains(&change.broker_id)
+        || isr.iter().any(|b| !p.replicas.contains(b))
+    {
+        return Err((
+            code::INVALID_REQUEST,
+            format!(
+                "ISR {:?} must hold the leader and only replicas {:?}",
+                change.isr, p.replicas
+            ),
+        ));
+    }
+    let ineligible = change
+        .isr
+        .iter()
+        .find(|b| !p.isr.contains(b) && image.brokers.get(b).is_none_or(|b| b.fenced));
+    if let Some(b) = ineligible {
+        return Err((
+            code::INELIGIBLE_REPLICA,
+            format!("broker {b} is fenced and cannot join the ISR"),
+        ));
+    }
+    if change.isr == p.isr {
+        return Ok(None);
+    }
+    Ok(Some(MetadataRecord::PartitionChange {
+        topic_id: change.topic_id,
+        partition: change.partition,
+        isr: Some(change.isr.clone()),
+        leader: None,
+        replicas: None,
+    }))
+}
+
+/// Whether a topic allows electing an out-of-sync replica (`unclean.leader.election.enable`).
+fn unclean_allowed(image: &MetadataImage, topic: &str) -> bool {
+    image
+        .configs
+        .get(&(2, topic.to_string()))
+        .and_then(|c| c.get("unclean.leader.election.enable"))
+        .is_some_and(|v| v == "true")
+}
+
+/// Fences a broker: the partitions it leads move to another unfenced in-sync replica (or,
+/// only where `unclean.leader.election.enable` allows it, to any unfenced replica; else to
+/// none, -1), and it leaves every ISR it was in (a partition's last in-sync replica stays,
+/// so that it can lead again when it returns, as Kafka keeps it).
 fn fence(image: &MetadataImage, broker_id: i32, epoch: i64) -> Vec<MetadataRecord> {
     let mut records = vec![MetadataRecord::FenceBroker { broker_id, epoch }];
+    let live = |b: &i32| *b != broker_id && image.brokers.get(b).is_some_and(|b| !b.fenced);
     for topic in image.topics.values() {
         for (partition, p) in &topic.partitions {
-            if p.leader != broker_id {
+            if !p.isr.contains(&broker_id) && p.leader != broker_id {
                 continue;
             }
-            let next = p
-                .isr
-                .iter()
-                .copied()
-                .find(|b| *b != broker_id && image.brokers.get(b).is_some_and(|b| !b.fenced))
-                .unwrap_or(-1);
-            let isr = (p.isr.len() > 1).then(|| {
-                p.isr
-                    .iter()
-                    .copied()
-                    .filter(|b| *b != broker_id)
-                    .collect::<Vec<_>>()
-            });
+            let isr: Vec<i32> = p.isr.iter().copied().filter(|b| *b != broker_id).collect();
+            let isr = (!isr.is_empty()).then_some(isr);
+            let leader = if p.leader != broker_id {
+                None
+            } else if let Some(next) = p.isr.iter().copied().find(|b| live(b)) {
+                Some(next)
+            } else if let Some(next) = unclean_allowed(image, &topic.name)
+                .then(|| p.replicas.iter().copied().find(|b| live(b)))
+                .flatten()
+            {
+                warn!(topic = %topic.name, partition, leader = next, "unclean leader election");
+                records.push(MetadataRecord::PartitionChange {
+                    topic_id: topic.id,
+                    partition: *partition,
+                    isr: Some(vec![next]),
+                    leader: Some(next),
+                    replicas: None,
+                });
+                continue;
+            } else {
+                Some(-1)
+            };
             records.push(MetadataRecord::PartitionChange {
                 topic_id: topic.id,
                 partition: *partition,
                 isr,
-                leader: Some(next),
+                leader,
                 replicas: None,
             });
         }
@@ -970,20 +1165,27 @@ fn fence(image: &MetadataImage, broker_id: i32, epoch: i64) -> Vec<MetadataRecor
     records
 }
 
-/// Unfences a broker and gives it leadership of the leaderless partitions it is in sync for.
+/// Unfences a broker and gives it leadership of the leaderless partitions it is in sync for
+/// (or, where `unclean.leader.election.enable` allows it, of any leaderless partition it
+/// holds a replica of).
 fn unfence(image: &MetadataImage, broker_id: i32, epoch: i64) -> Vec<MetadataRecord> {
     let mut records = vec![MetadataRecord::UnfenceBroker { broker_id, epoch }];
     for topic in image.topics.values() {
         for (partition, p) in &topic.partitions {
-            if p.leader == -1 && p.isr.contains(&broker_id) {
-                records.push(MetadataRecord::PartitionChange {
-                    topic_id: topic.id,
-                    partition: *partition,
-                    isr: None,
-                    leader: Some(broker_id),
-                    replicas: None,
-                });
+            if p.leader != -1 || !p.replicas.contains(&broker_id) {
+                continue;
             }
+            let in_sync = p.isr.contains(&broker_id);
+            if !in_sync && !unclean_allowed(image, &topic.name) {
+                continue;
+            }
+            records.push(MetadataRecord::PartitionChange {
+                topic_id: topic.id,
+                partition: *partition,
+                isr: (!in_sync).then(|| vec![broker_id]),
+                leader: Some(broker_id),
+                replicas: None,
+            });
         }
     }
     records
@@ -1062,4 +1264,161 @@ async fn serve_connection(
         net::write_frame(&mut stream, &response).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOPIC: Uuid = Uuid::from_u128(7);
+
+    /// Three registered, unfenced brokers (epochs 10, 20, 30) and one partition led by 1.
+    fn image(isr: Vec<i32>, leader: i32) -> MetadataImage {
+        let mut records = Vec::new();
+        for id in 1..=3 {
+            records.push(MetadataRecord::RegisterBroker {
+                broker_id: id,
+                incarnation_id: Uuid::from_u128(id as u128),
+                epoch: i64::from(id) * 10,
+                host: "127.0.0.1".into(),
+                port: 9000 + id as u16,
+                rack: None,
+            });
+            records.push(MetadataRecord::UnfenceBroker {
+                broker_id: id,
+                epoch: i64::from(id) * 10,
+            });
+        }
+        records.push(MetadataRecord::Topic {
+            name: "t".into(),
+            topic_id: TOPIC,
+        });
+        records.push(MetadataRecord::Partition {
+            topic_id: TOPIC,
+            partition: 0,
+            replicas: vec![1, 2, 3],
+            isr,
+            leader,
+            leader_epoch: 0,
+            partition_epoch: 0,
+        });
+        MetadataImage::default().apply(&records).unwrap()
+    }
+
+    fn partition(image: &MetadataImage) -> strom_metadata::image::PartitionImage {
+        image.topics[&TOPIC].partitions[&0].clone()
+    }
+
+    #[test]
+    fn fencing_a_leader_elects_an_in_sync_replica_and_fencing_a_follower_drops_it_from_the_isr() {
+        let before = image(vec![1, 2, 3], 1);
+        let after = before.apply(&fence(&before, 1, 10)).unwrap();
+        let p = partition(&after);
+        assert_eq!(
+            (p.leader, p.isr.clone(), p.leader_epoch),
+            (2, vec![2, 3], 1)
+        );
+        let after = after.apply(&fence(&after, 3, 30)).unwrap();
+        let p = partition(&after);
+        assert_eq!((p.leader, p.isr.clone(), p.leader_epoch), (2, vec![2], 1));
+    }
+
+    #[test]
+    fn a_leader_without_an_in_sync_successor_leaves_the_partition_offline_unless_unclean_election_is_allowed(
+    ) {
+        let before = image(vec![1], 1);
+        let after = before.apply(&fence(&before, 1, 10)).unwrap();
+        let p = partition(&after);
+        assert_eq!((p.leader, p.isr.clone()), (-1, vec![1]));
+        // The last in-sync replica leads again when it returns.
+        let back = after.apply(&unfence(&after, 1, 10)).unwrap();
+        assert_eq!(partition(&back).leader, 1);
+
+        let mut unclean = image(vec![1], 1);
+        unclean = unclean
+            .apply(&[MetadataRecord::Config {
+                resource_type: 2,
+                resource_name: "t".into(),
+                key: "unclean.leader.election.enable".into(),
+                value: Some("true".into()),
+            }])
+            .unwrap();
+        let after = unclean.apply(&fence(&unclean, 1, 10)).unwrap();
+        let p = partition(&after);
+        assert_eq!((p.leader, p.isr.clone()), (2, vec![2]));
+    }
+
+    fn alter(isr: Vec<i32>, leader_epoch: i32, partition_epoch: i32) -> AlterPartition {
+        AlterPartition {
+            broker_id: 1,
+            broker_epoch: 10,
+            topic_id: TOPIC,
+            partition: 0,
+            leader_epoch,
+            partition_epoch,
+            isr,
+        }
+    }
+
+    #[test]
+    fn alter_partition_takes_only_the_current_leaders_change_at_the_current_epochs() {
+        let image = image(vec![1, 2, 3], 1);
+        let code = |change: &AlterPartition| check_alter_partition(&image, change).map_err(|e| e.0);
+        assert!(matches!(
+            code(&alter(vec![1, 2], 0, 0)),
+            Ok(Some(MetadataRecord::PartitionChange {
+                isr: Some(_),
+                leader: None,
+                ..
+            }))
+        ));
+        assert!(matches!(code(&alter(vec![1, 2, 3], 0, 0)), Ok(None)));
+        assert_eq!(
+            code(&alter(vec![1, 2], 0, 5)).unwrap_err(),
+            code::INVALID_UPDATE_VERSION
+        );
+        let stale_epoch = AlterPartition {
+            broker_epoch: 9,
+            ..alter(vec![1, 2], 0, 0)
+        };
+        assert_eq!(code(&stale_epoch).unwrap_err(), code::STALE_BROKER_EPOCH);
+        let not_leader = AlterPartition {
+            broker_id: 2,
+            broker_epoch: 20,
+            ..alter(vec![2, 3], 0, 0)
+        };
+        assert_eq!(code(&not_leader).unwrap_err(), code::NOT_LEADER_OR_FOLLOWER);
+        assert_eq!(
+            code(&alter(vec![2, 3], 0, 0)).unwrap_err(),
+            code::INVALID_REQUEST,
+            "the ISR must hold the leader"
+        );
+        assert_eq!(
+            code(&alter(vec![1, 4], 0, 0)).unwrap_err(),
+            code::INVALID_REQUEST,
+            "only replicas"
+        );
+        let shrunk = image
+            .apply(&[
+                MetadataRecord::PartitionChange {
+                    topic_id: TOPIC,
+                    partition: 0,
+                    isr: Some(vec![1]),
+                    leader: None,
+                    replicas: None,
+                },
+                MetadataRecord::FenceBroker {
+                    broker_id: 3,
+                    epoch: 30,
+                },
+            ])
+            .unwrap();
+        assert_eq!(
+            check_alter_partition(&shrunk, &alter(vec![1, 3], 0, 1))
+                .map_err(|e| e.0)
+                .unwrap_err(),
+            code::INELIGIBLE_REPLICA,
+            "a fenced broker cannot join"
+        );
+    }
 }

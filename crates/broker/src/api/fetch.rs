@@ -5,6 +5,12 @@
 //! sends with `sendfile`. A fetch with fewer than `min_bytes` available waits up to
 //! `max_wait_ms`, woken by appends to any partition it asked for (never by polling).
 //!
+//! A follower (replica id set) reads up to the log end instead of the high watermark; its
+//! fetch offset tells the leader what its log holds ([`crate::replication`]). When the
+//! epoch of the follower's last batch ends earlier on the leader than where the follower
+//! fetches, the answer carries the diverging epoch and its end offset instead of records,
+//! and the follower truncates (KIP-595's `DivergingEpoch`, Fetch v12+).
+//!
 //! A partition led elsewhere gets NOT_LEADER_OR_FOLLOWER with, from v12, the current leader
 //! (the `CurrentLeader` tagged field) and, from v16, the leaders' endpoints (`NodeEndpoints`),
 //! as KIP-951 has it, so the client can move without a metadata round trip.
@@ -48,6 +54,10 @@ struct PartitionRequest {
     target: Result<Arc<Partition>, i16>,
     /// The partition's leader and leader epoch as this broker knows them (-1 when unknown).
     leader: (i32, i32),
+    /// A follower's fetch: read up to the log end.
+    replica: bool,
+    /// The follower's log diverges from ours: (epoch, end offset) to truncate to.
+    diverging: Option<(i32, i64)>,
 }
 
 /// What one partition contributes to the response.
@@ -56,6 +66,8 @@ struct PartitionRead {
     error_code: i16,
     /// Sent as CurrentLeader (v12+) when the client must go elsewhere.
     current_leader: Option<(i32, i32)>,
+    /// Sent as DivergingEpoch (v12+) to a follower that must truncate.
+    diverging: Option<(i32, i64)>,
     high_watermark: i64,
     log_start_offset: i64,
     slice: Option<FileSlice>,
@@ -75,7 +87,12 @@ pub async fn handle(broker: &Broker, req: FetchRequest, ctx: &Ctx) -> Outcome {
             req.isolation_level,
         );
     }
-    let topics = resolve(broker, &req, version);
+    let replica_id = if version >= 15 {
+        req.replica_state.replica_id.0
+    } else {
+        req.replica_id.0
+    };
+    let topics = resolve(broker, &req, version, replica_id);
     let min_bytes = req.min_bytes.max(0) as usize;
     let max_bytes = if version >= 3 {
         req.max_bytes.max(0) as usize
@@ -128,7 +145,13 @@ pub async fn handle(broker: &Broker, req: FetchRequest, ctx: &Ctx) -> Outcome {
     }
 }
 
-fn resolve(broker: &Broker, req: &FetchRequest, version: i16) -> Vec<TopicRequest> {
+fn resolve(
+    broker: &Broker,
+    req: &FetchRequest,
+    version: i16,
+    replica_id: i32,
+) -> Vec<TopicRequest> {
+    let now = crate::topics::now_ms();
     req.topics
         .iter()
         .map(|t| {
@@ -152,6 +175,12 @@ fn resolve(broker: &Broker, req: &FetchRequest, version: i16) -> Vec<TopicReques
                             check_epoch(&partition, p.current_leader_epoch).map(|()| partition)
                         }),
                     };
+                    let diverging = match (&target, &topic) {
+                        (Ok(partition), Some(topic)) if replica_id >= 0 => {
+                            follower_fetch(broker, topic.id, partition, replica_id, p, version, now)
+                        }
+                        _ => None,
+                    };
                     PartitionRequest {
                         index: p.partition,
                         fetch: p.clone(),
@@ -159,6 +188,8 @@ fn resolve(broker: &Broker, req: &FetchRequest, version: i16) -> Vec<TopicReques
                         leader: topic
                             .as_ref()
                             .map_or((-1, -1), |t| t.leader_of(p.partition)),
+                        replica: replica_id >= 0,
+                        diverging,
                     }
                 })
                 .collect();
@@ -169,6 +200,34 @@ fn resolve(broker: &Broker, req: &FetchRequest, version: i16) -> Vec<TopicReques
             }
         })
         .collect()
+}
+
+/// A follower's fetch: whether its log diverges from ours (the epoch and end offset it must
+/// truncate to, Kafka's `validateFetchOffsetAndMaybeGetDivergingEpoch`); if not, its fetch
+/// offset is its log end, which may move the high watermark or let it join the ISR.
+fn follower_fetch(
+    broker: &Broker,
+    topic_id: Uuid,
+    partition: &Arc<Partition>,
+    replica_id: i32,
+    p: &FetchPartition,
+    version: i16,
+    now_ms: i64,
+) -> Option<(i32, i64)> {
+    if version >= 12 && p.last_fetched_epoch >= 0 {
+        let (epoch, end_offset) = partition.log.end_offset_for_epoch(p.last_fetched_epoch);
+        if epoch < p.last_fetched_epoch || end_offset < p.fetch_offset {
+            return Some((epoch, end_offset));
+        }
+    }
+    if p.fetch_offset <= partition.log.offsets().log_end_offset {
+        if let Some(change) =
+            partition.follower_fetched(topic_id, replica_id, p.fetch_offset, now_ms)
+        {
+            crate::replication::request_isr_change(&broker.isr_changes, change);
+        }
+    }
+    None
 }
 
 /// KIP-320: a client that knows a newer epoch than ours sees UNKNOWN_LEADER_EPOCH, one that
@@ -205,11 +264,26 @@ fn read_all(topics: &[TopicRequest], max_bytes: usize) -> Vec<Vec<PartitionRead>
                             return read;
                         }
                     };
+                    if let Some(diverging) = p.diverging {
+                        let offsets = partition.log.offsets();
+                        return PartitionRead {
+                            diverging: Some(diverging),
+                            high_watermark: offsets.high_watermark,
+                            log_start_offset: offsets.log_start_offset,
+                            ..empty(p.index, 0)
+                        };
+                    }
                     let limit = (p.fetch.partition_max_bytes.max(0) as usize).min(remaining);
-                    match partition
-                        .log
-                        .read(p.fetch.fetch_offset, limit, min_one_batch)
-                    {
+                    let read = if p.replica {
+                        partition
+                            .log
+                            .read_to_log_end(p.fetch.fetch_offset, limit, min_one_batch)
+                    } else {
+                        partition
+                            .log
+                            .read(p.fetch.fetch_offset, limit, min_one_batch)
+                    };
+                    match read {
                         Ok(read) => {
                             if let Some(slice) = &read.slice {
                                 remaining = remaining.saturating_sub(slice.len);
@@ -219,6 +293,7 @@ fn read_all(topics: &[TopicRequest], max_bytes: usize) -> Vec<Vec<PartitionRead>
                                 index: p.index,
                                 error_code: 0,
                                 current_leader: None,
+                                diverging: None,
                                 high_watermark: read.offsets.high_watermark,
                                 log_start_offset: read.offsets.log_start_offset,
                                 slice: read.slice,
@@ -230,6 +305,7 @@ fn read_all(topics: &[TopicRequest], max_bytes: usize) -> Vec<Vec<PartitionRead>
                                 index: p.index,
                                 error_code: e.error_code(),
                                 current_leader: None,
+                                diverging: None,
                                 high_watermark: offsets.high_watermark,
                                 log_start_offset: offsets.log_start_offset,
                                 slice: None,
@@ -264,9 +340,31 @@ fn empty(index: i32, error_code: i16) -> PartitionRead {
         index,
         error_code,
         current_leader: None,
+        diverging: None,
         high_watermark: -1,
         log_start_offset: -1,
         slice: None,
+    }
+}
+
+/// A partition's tagged fields: DivergingEpoch (tag 0: epoch, end offset) and CurrentLeader
+/// (tag 1: leader id, leader epoch), each a struct with no tagged fields of its own.
+fn put_partition_tags(buf: &mut BytesMut, read: &PartitionRead) {
+    let count = u32::from(read.diverging.is_some()) + u32::from(read.current_leader.is_some());
+    wire::put_unsigned_varint(buf, count);
+    if let Some((epoch, end_offset)) = read.diverging {
+        wire::put_unsigned_varint(buf, 0);
+        wire::put_unsigned_varint(buf, 13);
+        buf.put_i32(epoch);
+        buf.put_i64(end_offset);
+        wire::put_unsigned_varint(buf, 0);
+    }
+    if let Some((leader_id, leader_epoch)) = read.current_leader {
+        wire::put_unsigned_varint(buf, 1);
+        wire::put_unsigned_varint(buf, 9);
+        buf.put_i32(leader_id);
+        buf.put_i32(leader_epoch);
+        wire::put_unsigned_varint(buf, 0);
     }
 }
 
@@ -317,17 +415,8 @@ fn encode(
                 parts.push(Part::Bytes(buf.split().freeze()));
                 parts.push(Part::File(slice.clone()));
             }
-            match read.current_leader.filter(|_| flexible) {
-                // Tag 1, CurrentLeader: leader id, leader epoch, no tagged fields.
-                Some((leader_id, leader_epoch)) => {
-                    wire::put_unsigned_varint(&mut buf, 1);
-                    wire::put_unsigned_varint(&mut buf, 1);
-                    wire::put_unsigned_varint(&mut buf, 9);
-                    buf.put_i32(leader_id);
-                    buf.put_i32(leader_epoch);
-                    wire::put_unsigned_varint(&mut buf, 0);
-                }
-                None => wire::put_empty_tagged_fields(&mut buf, flexible),
+            if flexible {
+                put_partition_tags(&mut buf, read);
             }
         }
         wire::put_empty_tagged_fields(&mut buf, flexible);

@@ -64,7 +64,7 @@ pub async fn handle(
     match request {
         RequestKind::ApiVersions(req) => ctx.respond(&api_versions::handle(broker, &req, version)),
         RequestKind::Metadata(req) => ctx.respond(&metadata::handle(broker, req, version).await),
-        RequestKind::Produce(req) => produce::handle(broker, req, &ctx),
+        RequestKind::Produce(req) => produce::handle(broker, req, &ctx).await,
         RequestKind::Fetch(req) => fetch::handle(broker, req, &ctx).await,
         RequestKind::ListOffsets(req) => ctx.respond(&list_offsets::handle(broker, req, version)),
         RequestKind::CreateTopics(req) => {

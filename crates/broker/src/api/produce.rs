@@ -1,7 +1,11 @@
 //! Produce: validate each partition's batches, append them to the leader's log, answer with
-//! the assigned base offset. With one replica the ISR is this broker alone, so the high
-//! watermark moves with the append and acks=1 and acks=all complete at once (after the
-//! `min.insync.replicas` check). A partition led by another broker gets
+//! the assigned base offset. acks=0 and acks=1 answer after the leader's append. acks=all
+//! first needs an ISR of at least `min.insync.replicas` (else NOT_ENOUGH_REPLICAS, nothing
+//! appended), then waits as Kafka's delayed produce until the high watermark covers the
+//! appended batches (the followers have them): NOT_ENOUGH_REPLICAS_AFTER_APPEND if the ISR
+//! shrank below the minimum meanwhile, NOT_LEADER_OR_FOLLOWER if leadership moved (the
+//! records may be truncated), REQUEST_TIMED_OUT after the request's `timeout_ms`. A partition
+//! led by another broker gets
 //! NOT_LEADER_OR_FOLLOWER with, from v10 on, the current leader and its endpoint (KIP-951)
 //! so the client can go there without a metadata round trip.
 
@@ -15,23 +19,42 @@ use kafka_protocol::ResponseError;
 use strom_protocol::batch;
 use tracing::debug;
 
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
 use super::{Ctx, Outcome};
-use crate::topics::{now_ms, Topic};
+use crate::replication::LeaderAppendError;
+use crate::topics::{now_ms, Partition, Topic};
 use crate::Broker;
 
-pub fn handle(broker: &Broker, req: ProduceRequest, ctx: &Ctx) -> Outcome {
+/// Longest a produce waits for replication, whatever `timeout_ms` the client asks for.
+const PRODUCE_TIMEOUT_MS_MAX: i32 = 5 * 60 * 1000;
+
+/// An acks=all append waiting for the high watermark to reach `end_offset`.
+struct Waiting {
+    partition: Arc<Partition>,
+    leader_epoch: i32,
+    end_offset: i64,
+    min_insync_replicas: i32,
+}
+
+pub async fn handle(broker: &Broker, req: ProduceRequest, ctx: &Ctx) -> Outcome {
     let acks = req.acks;
     let mut any_error = false;
     let mut redirected_to = std::collections::BTreeSet::new();
-    let responses: Vec<TopicProduceResponse> = req
+    let mut waiting: Vec<(usize, usize, Waiting)> = Vec::new();
+    let mut responses: Vec<TopicProduceResponse> = req
         .topic_data
         .into_iter()
-        .map(|topic_data| {
+        .enumerate()
+        .map(|(t, topic_data)| {
             let topic = broker.topics.get(&topic_data.name);
             let partition_responses = topic_data
                 .partition_data
                 .into_iter()
-                .map(|data| {
+                .enumerate()
+                .map(|(p, data)| {
                     let response = match (&topic, acks) {
                         (_, a) if !matches!(a, -1..=1) => {
                             error(data.index, ResponseError::InvalidRequiredAcks.code(), None)
@@ -43,7 +66,10 @@ pub fn handle(broker: &Broker, req: ProduceRequest, ctx: &Ctx) -> Outcome {
                         ),
                         (Some(topic), _) => {
                             let index = data.index;
-                            let mut response = produce_partition(topic, data, acks);
+                            let (mut response, wait) = produce_partition(topic, data, acks);
+                            if let Some(wait) = wait {
+                                waiting.push((t, p, wait));
+                            }
                             if response.error_code == ResponseError::NotLeaderOrFollower.code()
                                 && ctx.version >= 10
                             {
@@ -75,6 +101,19 @@ pub fn handle(broker: &Broker, req: ProduceRequest, ctx: &Ctx) -> Outcome {
             Outcome::NoResponse
         };
     }
+    if !waiting.is_empty() {
+        let timeout_ms = req.timeout_ms.clamp(0, PRODUCE_TIMEOUT_MS_MAX);
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms as u64);
+        let mut shutdown = broker.shutdown.clone();
+        for (t, p, wait) in waiting {
+            let code = wait_for_replication(&wait, deadline, &mut shutdown).await;
+            if code != 0 {
+                let response = &mut responses[t].partition_responses[p];
+                response.error_code = code;
+                response.base_offset = -1;
+            }
+        }
+    }
     let mut response = ProduceResponse::default().with_responses(responses);
     if !redirected_to.is_empty() {
         let image = broker.topics.image();
@@ -101,20 +140,56 @@ fn error(index: i32, code: i16, message: Option<String>) -> PartitionProduceResp
         .with_error_message(message.map(StrBytes::from_string))
 }
 
+/// Waits until the high watermark reaches the append's end: the error code it ends with.
+async fn wait_for_replication(
+    wait: &Waiting,
+    deadline: tokio::time::Instant,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+) -> i16 {
+    let partition = &wait.partition;
+    loop {
+        // Register before checking, so a change between the check and the wait wakes us.
+        let mut changed = Box::pin(partition.appended.notified());
+        Pin::as_mut(&mut changed).enable();
+        let (leader, leader_epoch, isr_len) = partition.leadership();
+        if !leader || leader_epoch != wait.leader_epoch {
+            return ResponseError::NotLeaderOrFollower.code();
+        }
+        if partition.log.offsets().high_watermark >= wait.end_offset {
+            return if (isr_len as i32) < wait.min_insync_replicas {
+                ResponseError::NotEnoughReplicasAfterAppend.code()
+            } else {
+                0
+            };
+        }
+        if *shutdown.borrow() {
+            return ResponseError::NotLeaderOrFollower.code();
+        }
+        tokio::select! {
+            _ = changed => {}
+            _ = tokio::time::sleep_until(deadline) => return ResponseError::RequestTimedOut.code(),
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
 fn produce_partition(
     topic: &Topic,
     data: PartitionProduceData,
     acks: i16,
-) -> PartitionProduceResponse {
+) -> (PartitionProduceResponse, Option<Waiting>) {
     let partition = match topic.led(data.index) {
         Ok(partition) => partition,
-        Err(code) => return error(data.index, code, None),
+        Err(code) => return (error(data.index, code, None), None),
     };
     let Some(records) = data.records else {
-        return error(
-            data.index,
-            ResponseError::InvalidRecord.code(),
-            Some("records are null".into()),
+        return (
+            error(
+                data.index,
+                ResponseError::InvalidRecord.code(),
+                Some("records are null".into()),
+            ),
+            None,
         );
     };
     let max_batch_bytes = usize::try_from(topic.settings.max_message_bytes).unwrap_or(0);
@@ -122,28 +197,47 @@ fn produce_partition(
         Ok(batches) => batches,
         Err(e) => {
             debug!(topic = %topic.name, partition = data.index, error = %e, "rejected produce");
-            return error(data.index, e.error_code(), Some(e.to_string()));
+            return (error(data.index, e.error_code(), Some(e.to_string())), None);
         }
     };
-    // The ISR is this broker alone: acks=all needs min.insync.replicas <= 1.
-    let isr_size = 1;
-    if acks == -1 && topic.settings.min_insync_replicas > isr_size {
-        return error(data.index, ResponseError::NotEnoughReplicas.code(), None);
-    }
-    let log = &partition.log;
-    match log.append_as_leader(&records, &batches, partition.leader_epoch(), now_ms()) {
-        Ok(info) => {
-            log.update_high_watermark(info.last_offset + 1);
-            partition.appended.notify_waiters();
-            PartitionProduceResponse::default()
+    let min_insync_replicas = topic.settings.min_insync_replicas;
+    let min = (acks == -1).then_some(min_insync_replicas);
+    match partition.append_as_leader(&records, &batches, min, now_ms()) {
+        Ok((info, leader_epoch)) => {
+            let response = PartitionProduceResponse::default()
                 .with_index(data.index)
                 .with_base_offset(info.first_offset)
                 .with_log_append_time_ms(-1)
-                .with_log_start_offset(info.log_start_offset)
+                .with_log_start_offset(info.log_start_offset);
+            let wait = (acks == -1).then(|| Waiting {
+                partition: Arc::clone(partition),
+                leader_epoch,
+                end_offset: info.last_offset + 1,
+                min_insync_replicas,
+            });
+            (response, wait)
         }
-        Err(e) => {
+        Err(LeaderAppendError::NotLeader) => (
+            error(data.index, ResponseError::NotLeaderOrFollower.code(), None),
+            None,
+        ),
+        Err(LeaderAppendError::NotEnoughReplicas { isr, min }) => {
+            let message = format!(
+                "The size of the current ISR {isr} is insufficient to satisfy the min.isr requirement of {min} for partition {}-{}",
+                topic.name, data.index
+            );
+            (
+                error(
+                    data.index,
+                    ResponseError::NotEnoughReplicas.code(),
+                    Some(message),
+                ),
+                None,
+            )
+        }
+        Err(LeaderAppendError::Storage(e)) => {
             tracing::error!(topic = %topic.name, partition = data.index, error = %e, "append failed");
-            error(data.index, e.error_code(), Some(e.to_string()))
+            (error(data.index, e.error_code(), Some(e.to_string())), None)
         }
     }
 }

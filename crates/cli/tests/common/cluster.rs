@@ -64,21 +64,31 @@ pub struct Cluster {
 impl Cluster {
     /// `n` nodes, each broker and controller.
     pub fn combined(dir: &Path, n: i32) -> Cluster {
+        Cluster::combined_with(dir, n, &[])
+    }
+
+    /// `n` combined nodes with extra `key=value` settings on every node.
+    pub fn combined_with(dir: &Path, n: i32, settings: &[&str]) -> Cluster {
         let layout = (1..=n).map(|id| (id, "broker,controller")).collect();
-        Cluster::start(dir, layout)
+        Cluster::start(dir, layout, settings)
     }
 
     /// `controllers` controller-only nodes (ids 1..) and `brokers` broker-only nodes (ids
     /// after them).
     pub fn split(dir: &Path, controllers: i32, brokers: i32) -> Cluster {
+        Cluster::split_with(dir, controllers, brokers, &[])
+    }
+
+    /// A split cluster with extra `key=value` settings on every node.
+    pub fn split_with(dir: &Path, controllers: i32, brokers: i32, settings: &[&str]) -> Cluster {
         let layout = (1..=controllers)
             .map(|id| (id, "controller"))
             .chain((controllers + 1..=controllers + brokers).map(|id| (id, "broker")))
             .collect();
-        Cluster::start(dir, layout)
+        Cluster::start(dir, layout, settings)
     }
 
-    fn start(dir: &Path, layout: Vec<(i32, &'static str)>) -> Cluster {
+    fn start(dir: &Path, layout: Vec<(i32, &'static str)>, settings: &[&str]) -> Cluster {
         let cluster_id = strom(&["storage", "random-uuid"]).trim().to_string();
         let ports: Vec<(i32, &str, Option<u16>, Option<u16>)> = layout
             .iter()
@@ -109,7 +119,7 @@ impl Cluster {
                 voters.join(","),
                 node_dir.join("logs").display()
             );
-            for setting in FAST_FAILURE_DETECTION {
+            for setting in FAST_FAILURE_DETECTION.iter().chain(settings) {
                 properties.push_str(setting);
                 properties.push('\n');
             }
@@ -163,6 +173,37 @@ impl Cluster {
 
     pub fn kill9(&mut self, id: i32) {
         self.nodes.get_mut(&id).expect("node").process.kill9();
+    }
+
+    /// Sends `signal` (SIGSTOP, SIGCONT) to node `id`.
+    pub fn signal(&self, id: i32, signal: i32) {
+        let pid = self.nodes[&id].process.pid();
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(pid as i32, signal) };
+    }
+
+    /// The bytes of a partition's log on node `id`: its segments concatenated in offset
+    /// order. Replicas that agree hold the same bytes (followers store the leader's batches
+    /// verbatim), whatever their segment boundaries.
+    pub fn log_bytes(&self, id: i32, topic: &str, partition: i32) -> Vec<u8> {
+        let dir = self
+            .dir
+            .join(format!("node-{id}"))
+            .join("logs")
+            .join(format!("{topic}-{partition}"));
+        let mut segments: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|x| x == "log"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        segments.sort();
+        segments
+            .iter()
+            .flat_map(|p| std::fs::read(p).expect("read segment"))
+            .collect()
     }
 
     /// Starts a stopped node again on the same ports and waits until it serves.

@@ -1,0 +1,407 @@
+//! Replication under failure, with real `strom` processes and librdkafka: a stream of
+//! acks=all records (RF=3, min.insync.replicas=2) while leaders are killed with SIGKILL or
+//! frozen with SIGSTOP past their session; afterwards a consumer checks that every
+//! acknowledged record is present exactly once, at the offset it was acknowledged with, in
+//! order, and the replicas' logs are byte-identical. With two of three replicas gone,
+//! acks=all is refused with NOT_ENOUGH_REPLICAS and nothing is acknowledged.
+//!
+//! The producer sends each record once (no retries), so a record present twice would be a
+//! broker fault, not a client retry.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::clients::admin;
+use common::cluster::Cluster;
+use common::RawClient;
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, TopicName};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
+use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use strom_protocol::batch::testing::batch;
+
+const WAIT: Duration = Duration::from_secs(60);
+const PARTITIONS: i32 = 3;
+
+fn create_replicated(addr: &str, topic: &str, partitions: i32, configs: &[(&str, &str)]) {
+    let (admin, rt) = admin(addr);
+    let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(3));
+    for (k, v) in configs {
+        new = new.set(k, v);
+    }
+    for r in rt
+        .block_on(admin.create_topics(&[new], &AdminOptions::new()))
+        .expect("create topics")
+    {
+        r.expect("topic created");
+    }
+}
+
+/// Partition → (leader, ISR) of `topic` as broker `via` reports it.
+fn partitions(cluster: &Cluster, via: i32, topic: &str) -> BTreeMap<i32, (i32, BTreeSet<i32>)> {
+    cluster
+        .metadata(via)
+        .topics
+        .iter()
+        .find(|t| t.name.as_deref().map(|n| n.as_str()) == Some(topic))
+        .map(|t| {
+            t.partitions
+                .iter()
+                .map(|p| {
+                    let isr = p.isr_nodes.iter().map(|b| b.0).collect();
+                    (p.partition_index, (p.leader_id.0, isr))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Waits until every partition is led by a live broker and all three replicas are in sync.
+fn wait_fully_replicated(cluster: &Cluster, via: i32, topic: &str) {
+    cluster.wait_for("every partition back to a full ISR", WAIT, || {
+        let state = partitions(cluster, via, topic);
+        state.len() == PARTITIONS as usize
+            && state
+                .values()
+                .all(|(leader, isr)| *leader >= 0 && isr.len() == 3)
+    });
+}
+
+/// An acknowledged record: where the broker said it is.
+#[derive(Debug, Clone)]
+struct Acked {
+    partition: i32,
+    offset: i64,
+    value: String,
+}
+
+/// A background acks=all producer sending unique values round-robin over the partitions.
+struct Stream {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<Acked>>>,
+    thread: Option<std::thread::JoinHandle<usize>>,
+}
+
+impl Stream {
+    fn start(bootstrap: &str, topic: &str) -> Stream {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let (bootstrap, topic) = (bootstrap.to_string(), topic.to_string());
+        let thread = {
+            let (stop, acked) = (Arc::clone(&stop), Arc::clone(&acked));
+            std::thread::spawn(move || produce_until(&bootstrap, &topic, &stop, &acked))
+        };
+        Stream {
+            stop,
+            acked,
+            thread: Some(thread),
+        }
+    }
+
+    fn acked_count(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    /// Waits until `more` further records are acknowledged.
+    fn wait_for_acks(&self, cluster: &Cluster, more: usize) {
+        let target = self.acked_count() + more;
+        cluster.wait_for("acknowledged records", WAIT, || {
+            self.acked_count() >= target
+        });
+    }
+
+    /// Stops sending; returns the acknowledged records and how many were sent.
+    fn finish(mut self) -> (Vec<Acked>, usize) {
+        self.stop.store(true, Ordering::Release);
+        let sent = self.thread.take().unwrap().join().expect("producer thread");
+        let acked = self.acked.lock().unwrap().clone();
+        (acked, sent)
+    }
+}
+
+fn produce_until(
+    bootstrap: &str,
+    topic: &str,
+    stop: &AtomicBool,
+    acked: &Mutex<Vec<Acked>>,
+) -> usize {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("acks", "all")
+        .set("enable.idempotence", "false")
+        .set("retries", "0")
+        .set("linger.ms", "2")
+        .set("request.timeout.ms", "5000")
+        .set("message.timeout.ms", "10000")
+        .set("topic.metadata.refresh.interval.ms", "500")
+        .create()
+        .expect("producer");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut sent = 0usize;
+        while !stop.load(Ordering::Acquire) {
+            for _ in 0..10 {
+                let value = format!("v{sent}");
+                let partition = (sent % PARTITIONS as usize) as i32;
+                let record = FutureRecord::<(), _>::to(topic)
+                    .partition(partition)
+                    .payload(&value);
+                match producer.send_result(record) {
+                    Ok(delivery) => {
+                        tasks.spawn(async move {
+                            let delivered = delivery.await.ok().and_then(Result::ok);
+                            (value, delivered.map(|d| (d.partition, d.offset)))
+                        });
+                        sent += 1;
+                    }
+                    Err(_) => break,
+                }
+            }
+            while let Some(done) = tasks.try_join_next() {
+                record_delivery(done.expect("delivery task"), acked);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        while let Some(done) = tasks.join_next().await {
+            record_delivery(done.expect("delivery task"), acked);
+        }
+        sent
+    })
+}
+
+fn record_delivery((value, delivered): (String, Option<(i32, i64)>), acked: &Mutex<Vec<Acked>>) {
+    if let Some((partition, offset)) = delivered {
+        acked.lock().unwrap().push(Acked {
+            partition,
+            offset,
+            value,
+        });
+    }
+}
+
+/// Every record of every partition, read from the start to the high watermark.
+fn read_everything(bootstrap: &str, topic: &str) -> BTreeMap<i32, Vec<(i64, String)>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "checker")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut ends = BTreeMap::new();
+    for p in 0..PARTITIONS {
+        let (_, high) = consumer
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .expect("watermarks");
+        ends.insert(p, high);
+    }
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).expect("assign");
+    let mut got: BTreeMap<i32, Vec<(i64, String)>> = BTreeMap::new();
+    let deadline = Instant::now() + WAIT;
+    let done = |got: &BTreeMap<i32, Vec<(i64, String)>>| {
+        ends.iter().all(|(p, end)| {
+            *end == 0
+                || got
+                    .get(p)
+                    .and_then(|r| r.last())
+                    .is_some_and(|(o, _)| *o + 1 >= *end)
+        })
+    };
+    while !done(&got) {
+        assert!(Instant::now() < deadline, "read {got:?} of {ends:?}");
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => got.entry(m.partition()).or_default().push((
+                m.offset(),
+                String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+            )),
+            Some(Err(e)) => panic!("consume error: {e}"),
+            None => {}
+        }
+    }
+    got
+}
+
+/// Every acknowledged record is where it was acknowledged, no value appears twice, offsets
+/// are contiguous, and every replica holds the same bytes.
+fn check_nothing_lost(cluster: &Cluster, topic: &str, acked: &[Acked], sent: usize) {
+    wait_fully_replicated(cluster, cluster.broker_ids()[0], topic);
+    let log = read_everything(&cluster.bootstrap(), topic);
+    let mut seen = BTreeSet::new();
+    for (partition, records) in &log {
+        for (i, (offset, value)) in records.iter().enumerate() {
+            assert_eq!(
+                *offset, i as i64,
+                "partition {partition} has a gap or reorder"
+            );
+            assert!(seen.insert(value.clone()), "{value} is present twice");
+        }
+    }
+    for a in acked {
+        let present = log
+            .get(&a.partition)
+            .and_then(|r| r.get(a.offset as usize))
+            .map(|(_, v)| v.as_str());
+        assert_eq!(
+            present,
+            Some(a.value.as_str()),
+            "acknowledged {a:?} is missing"
+        );
+    }
+    let brokers = cluster.broker_ids();
+    for partition in 0..PARTITIONS {
+        cluster.wait_for("replicas holding the same bytes", WAIT, || {
+            let first = cluster.log_bytes(brokers[0], topic, partition);
+            brokers[1..]
+                .iter()
+                .all(|b| cluster.log_bytes(*b, topic, partition) == first)
+        });
+    }
+    eprintln!(
+        "{sent} sent, {} acknowledged, {} present, 0 lost",
+        acked.len(),
+        seen.len()
+    );
+}
+
+#[test]
+fn killing_leaders_during_an_acks_all_stream_loses_no_acknowledged_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::combined(dir.path(), 3);
+    let topic = "replicated-kill";
+    create_replicated(
+        &cluster.addr(1),
+        topic,
+        PARTITIONS,
+        &[("min.insync.replicas", "2")],
+    );
+    wait_fully_replicated(&cluster, 1, topic);
+    let stream = Stream::start(&cluster.bootstrap(), topic);
+    stream.wait_for_acks(&cluster, 500);
+    for round in 0..4 {
+        let partition = round % PARTITIONS;
+        let survivor =
+            |c: &Cluster, dead: i32| c.broker_ids().into_iter().find(|b| *b != dead).unwrap();
+        let leader = partitions(&cluster, 1 + (round % 3), topic)[&partition].0;
+        cluster.kill9(leader);
+        let via = survivor(&cluster, leader);
+        cluster.wait_for("a new leader from the ISR", WAIT, || {
+            let state = partitions(&cluster, via, topic);
+            state.values().all(|(l, _)| *l >= 0 && *l != leader)
+        });
+        stream.wait_for_acks(&cluster, 300);
+        cluster.restart(leader);
+        wait_fully_replicated(&cluster, via, topic);
+        stream.wait_for_acks(&cluster, 300);
+    }
+    let (acked, sent) = stream.finish();
+    check_nothing_lost(&cluster, topic, &acked, sent);
+}
+
+#[test]
+fn a_leader_frozen_past_its_session_steps_down_and_truncates_instead_of_splitting_the_brain() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::combined_with(dir.path(), 3, &["replica.lag.time.max.ms=3000"]);
+    let topic = "replicated-stop";
+    create_replicated(
+        &cluster.addr(1),
+        topic,
+        PARTITIONS,
+        &[("min.insync.replicas", "2")],
+    );
+    wait_fully_replicated(&cluster, 1, topic);
+    let stream = Stream::start(&cluster.bootstrap(), topic);
+    stream.wait_for_acks(&cluster, 500);
+    let frozen = partitions(&cluster, 1, topic)[&0].0;
+    let via = cluster
+        .broker_ids()
+        .into_iter()
+        .find(|b| *b != frozen)
+        .unwrap();
+    cluster.signal(frozen, libc::SIGSTOP);
+    cluster.wait_for("leadership to move off the frozen broker", WAIT, || {
+        partitions(&cluster, via, topic)
+            .values()
+            .all(|(l, isr)| *l >= 0 && *l != frozen && !isr.contains(&frozen))
+    });
+    stream.wait_for_acks(&cluster, 500);
+    cluster.signal(frozen, libc::SIGCONT);
+    wait_fully_replicated(&cluster, via, topic);
+    stream.wait_for_acks(&cluster, 300);
+    let (acked, sent) = stream.finish();
+    check_nothing_lost(&cluster, topic, &acked, sent);
+}
+
+fn produce_raw(client: &mut RawClient, topic: &str, partition: i32, acks: i16) -> i16 {
+    let records = Bytes::from(batch(&[b"must-not-be-acknowledged"], 0));
+    let request = ProduceRequest::default()
+        .with_acks(acks)
+        .with_timeout_ms(5_000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_string(topic.into())))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(partition)
+                .with_records(Some(records))])]);
+    client.send(ApiKey::Produce, 9, &request);
+    let response: ProduceResponse = client.recv(9);
+    response.responses[0].partition_responses[0].error_code
+}
+
+#[test]
+fn with_two_of_three_replicas_down_acks_all_is_refused_with_not_enough_replicas() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::split(dir.path(), 3, 3);
+    let topic = "replicated-min-isr";
+    let brokers = cluster.broker_ids();
+    create_replicated(
+        &cluster.addr(brokers[0]),
+        topic,
+        PARTITIONS,
+        &[("min.insync.replicas", "2")],
+    );
+    wait_fully_replicated(&cluster, brokers[0], topic);
+    let leader = partitions(&cluster, brokers[0], topic)[&0].0;
+    let mut to_leader = RawClient::connect(&cluster.addr(leader));
+    assert_eq!(produce_raw(&mut to_leader, topic, 0, -1), 0);
+    // Leave only brokers[0]; it leads everything once the others are fenced.
+    cluster.kill9(brokers[1]);
+    cluster.kill9(brokers[2]);
+    cluster.wait_for("the survivor alone in every ISR", WAIT, || {
+        partitions(&cluster, brokers[0], topic)
+            .values()
+            .all(|(l, isr)| *l == brokers[0] && isr.len() == 1)
+    });
+    let end_before = read_everything(&cluster.addr(brokers[0]), topic);
+    let mut client = RawClient::connect(&cluster.addr(brokers[0]));
+    for partition in 0..PARTITIONS {
+        assert_eq!(
+            produce_raw(&mut client, topic, partition, -1),
+            ResponseError::NotEnoughReplicas.code(),
+            "acks=all with an ISR of one, partition {partition}"
+        );
+    }
+    // Nothing of the refused writes became visible; acks=1 still works.
+    assert_eq!(
+        read_everything(&cluster.addr(brokers[0]), topic),
+        end_before
+    );
+    assert_eq!(produce_raw(&mut client, topic, 0, 1), 0);
+}
