@@ -72,6 +72,9 @@ pub async fn start_controller(
         dir: Path::new(&config.log_dirs[0]).join(METADATA_LOG_DIR),
         election_timeout_ms: config.controller_quorum_election_timeout_ms.max(1) as u64,
         broker_session_timeout_ms: config.broker_session_timeout_ms.max(1) as u64,
+        leader_rebalance_interval_ms: config
+            .auto_leader_rebalance_enable
+            .then_some(config.leader_imbalance_check_interval_seconds.max(1) as u64 * 1000),
     };
     let controller = Controller::start(controller_config, listener).await?;
     info!(node_id = config.node_id, controller_addr = ?bound, "controller started");

@@ -405,3 +405,127 @@ fn with_two_of_three_replicas_down_acks_all_is_refused_with_not_enough_replicas(
     );
     assert_eq!(produce_raw(&mut client, topic, 0, 1), 0);
 }
+
+/// Partition → (leader, preferred replica) of `topic` as broker `via` reports it.
+fn leaders_and_preferred(cluster: &Cluster, via: i32, topic: &str) -> BTreeMap<i32, (i32, i32)> {
+    cluster
+        .metadata(via)
+        .topics
+        .iter()
+        .find(|t| t.name.as_deref().map(|n| n.as_str()) == Some(topic))
+        .map(|t| {
+            t.partitions
+                .iter()
+                .map(|p| (p.partition_index, (p.leader_id.0, p.replica_nodes[0].0)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Kills the preferred leader of partition 0, waits until leadership moved, restarts it
+/// and waits until it is back in every ISR. Returns the restarted broker.
+fn bounce_a_preferred_leader(cluster: &mut Cluster, topic: &str) -> i32 {
+    let (_, preferred) = leaders_and_preferred(cluster, 1, topic)[&0];
+    cluster.kill9(preferred);
+    let via = cluster
+        .broker_ids()
+        .into_iter()
+        .find(|b| *b != preferred)
+        .unwrap();
+    cluster.wait_for("leadership to move off the killed broker", WAIT, || {
+        partitions(cluster, via, topic)
+            .values()
+            .all(|(l, _)| *l >= 0 && *l != preferred)
+    });
+    cluster.restart(preferred);
+    wait_fully_replicated(cluster, via, topic);
+    preferred
+}
+
+#[test]
+fn leadership_moves_back_to_the_preferred_replica_once_it_is_in_sync_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::combined_with(
+        dir.path(),
+        3,
+        &["leader.imbalance.check.interval.seconds=1"],
+    );
+    let topic = "preferred-auto";
+    create_replicated(&cluster.addr(1), topic, PARTITIONS, &[]);
+    wait_fully_replicated(&cluster, 1, topic);
+    let restarted = bounce_a_preferred_leader(&mut cluster, topic);
+    cluster.wait_for("every partition led by its preferred replica", WAIT, || {
+        leaders_and_preferred(&cluster, restarted, topic)
+            .values()
+            .all(|(leader, preferred)| leader == preferred)
+    });
+}
+
+fn elect_raw(
+    client: &mut RawClient,
+    partitions: Option<Vec<(&str, Vec<i32>)>>,
+) -> kafka_protocol::messages::ElectLeadersResponse {
+    use kafka_protocol::messages::elect_leaders_request::TopicPartitions;
+    use kafka_protocol::messages::ElectLeadersRequest;
+    let request = ElectLeadersRequest::default()
+        .with_election_type(0)
+        .with_timeout_ms(10_000)
+        .with_topic_partitions(partitions.map(|list| {
+            list.into_iter()
+                .map(|(topic, partitions)| {
+                    TopicPartitions::default()
+                        .with_topic(TopicName(StrBytes::from_string(topic.into())))
+                        .with_partitions(partitions)
+                })
+                .collect()
+        }));
+    client.send(ApiKey::ElectLeaders, 2, &request);
+    client.recv(2)
+}
+
+#[test]
+fn elect_leaders_moves_leadership_to_in_sync_preferred_replicas_on_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster =
+        Cluster::combined_with(dir.path(), 3, &["auto.leader.rebalance.enable=false"]);
+    let topic = "preferred-manual";
+    create_replicated(&cluster.addr(1), topic, PARTITIONS, &[]);
+    wait_fully_replicated(&cluster, 1, topic);
+    let restarted = bounce_a_preferred_leader(&mut cluster, topic);
+    let before = leaders_and_preferred(&cluster, restarted, topic);
+    let displaced: BTreeSet<i32> = before
+        .iter()
+        .filter(|(_, (l, p))| l != p)
+        .map(|(i, _)| *i)
+        .collect();
+    assert!(!displaced.is_empty(), "{before:?}");
+    let mut client = RawClient::connect(&cluster.addr(restarted));
+    let response = elect_raw(&mut client, None);
+    assert_eq!(response.error_code, 0);
+    let elected: BTreeSet<i32> = response
+        .replica_election_results
+        .iter()
+        .flat_map(|t| t.partition_result.iter())
+        .map(|p| {
+            assert_eq!(p.error_code, 0, "{response:?}");
+            p.partition_id
+        })
+        .collect();
+    assert_eq!(elected, displaced);
+    let after = leaders_and_preferred(&cluster, restarted, topic);
+    assert!(after.values().all(|(l, p)| l == p), "{after:?}");
+    // Named partitions that need nothing, and ones that do not exist.
+    let response = elect_raw(&mut client, Some(vec![(topic, vec![0, 99])]));
+    let codes: BTreeMap<i32, i16> = response.replica_election_results[0]
+        .partition_result
+        .iter()
+        .map(|p| (p.partition_id, p.error_code))
+        .collect();
+    assert_eq!(
+        codes,
+        BTreeMap::from([
+            (0, ResponseError::ElectionNotNeeded.code()),
+            (99, ResponseError::UnknownTopicOrPartition.code())
+        ])
+    );
+}

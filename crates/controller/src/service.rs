@@ -44,6 +44,9 @@ pub mod code {
     pub const NOT_LEADER_OR_FOLLOWER: i16 = 6;
     pub const FENCED_LEADER_EPOCH: i16 = 74;
     pub const STALE_BROKER_EPOCH: i16 = 77;
+    pub const PREFERRED_LEADER_NOT_AVAILABLE: i16 = 80;
+    pub const ELIGIBLE_LEADERS_NOT_AVAILABLE: i16 = 83;
+    pub const ELECTION_NOT_NEEDED: i16 = 84;
     pub const INELIGIBLE_REPLICA: i16 = 107;
     pub const INVALID_UPDATE_VERSION: i16 = 108;
     pub const DUPLICATE_BROKER_REGISTRATION: i16 = 101;
@@ -157,6 +160,13 @@ pub enum ControllerRequest {
         max_wait_ms: u64,
     },
     DescribeQuorum,
+    /// Kafka's ElectLeaders: `election_type` 0 moves leadership to the preferred (first)
+    /// replica where it is in sync, 1 elects any live replica for leaderless partitions.
+    /// `partitions` None means every partition.
+    ElectLeaders {
+        election_type: i8,
+        partitions: Option<Vec<(String, Vec<i32>)>>,
+    },
     /// A partition leader's new ISR (Kafka's AlterPartition), valid only for the leader
     /// epoch and partition epoch the leader last saw, so that a stale leader changes nothing.
     AlterPartition {
@@ -195,6 +205,11 @@ pub enum ControllerResponse {
         entries: Vec<(u64, Vec<Vec<u8>>)>,
     },
     Quorum(QuorumInfo),
+    /// Per partition (topic, partition, error code, message), and the index committed at.
+    Elected {
+        results: Vec<(String, i32, i16, Option<String>)>,
+        index: u64,
+    },
     /// The partition after an AlterPartition, and the log index it committed at.
     PartitionAltered {
         leader_epoch: i32,
@@ -218,6 +233,9 @@ pub struct ControllerConfig {
     pub election_timeout_ms: u64,
     /// `broker.session.timeout.ms`: a broker silent this long is fenced.
     pub broker_session_timeout_ms: u64,
+    /// `leader.imbalance.check.interval.seconds` in ms when `auto.leader.rebalance.enable`:
+    /// how often leadership moves back to preferred replicas.
+    pub leader_rebalance_interval_ms: Option<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -298,6 +316,9 @@ impl Controller {
             *controller.server.lock() = Some(server);
         }
         tokio::spawn(fence_loop(Arc::downgrade(&controller)));
+        if let Some(interval_ms) = controller.config.leader_rebalance_interval_ms {
+            tokio::spawn(rebalance_loop(Arc::downgrade(&controller), interval_ms));
+        }
         Ok(controller)
     }
 
@@ -459,6 +480,19 @@ impl Controller {
                     high_watermark: metrics.last_applied.map_or(0, |l| l.index as i64 + 1),
                     voters,
                 })
+            }
+            ControllerRequest::ElectLeaders {
+                election_type,
+                partitions,
+            } => {
+                let (records, results) = elect(&image, election_type, partitions.as_deref());
+                if records.is_empty() {
+                    return ControllerResponse::Elected { results, index: 0 };
+                }
+                match self.commit(&records).await {
+                    Ok(index) => ControllerResponse::Elected { results, index },
+                    Err(e) => e,
+                }
             }
             ControllerRequest::AlterPartition {
                 broker_id,
@@ -1010,6 +1044,121 @@ fn plan_partitions(
         None => place_new(image, added, rf as i16, current)?,
     };
     Ok(partition_records(image, topic.id, current, &assignment))
+}
+
+/// Leader elections (Kafka's ElectLeaders): the records to commit and one result per
+/// partition asked for (or, when none are named, per partition that needed one).
+fn elect(
+    image: &MetadataImage,
+    election_type: i8,
+    partitions: Option<&[(String, Vec<i32>)]>,
+) -> (Vec<MetadataRecord>, Vec<(String, i32, i16, Option<String>)>) {
+    let live = |b: &i32| image.brokers.get(b).is_some_and(|b| !b.fenced);
+    let named = partitions.is_some();
+    let wanted: Vec<(String, i32)> = match partitions {
+        Some(list) => list
+            .iter()
+            .flat_map(|(t, ps)| ps.iter().map(move |p| (t.clone(), *p)))
+            .collect(),
+        None => image
+            .topics
+            .values()
+            .flat_map(|t| t.partitions.keys().map(move |p| (t.name.clone(), *p)))
+            .collect(),
+    };
+    let mut records = Vec::new();
+    let mut results = Vec::new();
+    for (topic_name, index) in wanted {
+        let Some((topic, p)) = image
+            .topic_by_name(&topic_name)
+            .and_then(|t| t.partitions.get(&index).map(|p| (t, p)))
+        else {
+            results.push((
+                topic_name,
+                index,
+                code::UNKNOWN_TOPIC_OR_PARTITION,
+                Some("The partition does not exist.".into()),
+            ));
+            continue;
+        };
+        let outcome = if election_type == 0 {
+            let preferred = p.replicas[0];
+            if p.leader == preferred {
+                Err((
+                    code::ELECTION_NOT_NEEDED,
+                    "Leader election not needed".into(),
+                ))
+            } else if !p.isr.contains(&preferred) || !live(&preferred) {
+                Err((
+                    code::PREFERRED_LEADER_NOT_AVAILABLE,
+                    format!("Failed to elect leader for partition {topic_name}-{index} under strategy PreferredReplicaPartitionLeaderElectionStrategy"),
+                ))
+            } else {
+                Ok((preferred, None))
+            }
+        } else if p.leader >= 0 && live(&p.leader) {
+            Err((
+                code::ELECTION_NOT_NEEDED,
+                "Leader election not needed".into(),
+            ))
+        } else if let Some(next) = p.isr.iter().find(|b| live(b)) {
+            Ok((*next, None))
+        } else if let Some(next) = p.replicas.iter().find(|b| live(b)) {
+            Ok((*next, Some(vec![*next])))
+        } else {
+            Err((
+                code::ELIGIBLE_LEADERS_NOT_AVAILABLE,
+                format!("Failed to elect leader for partition {topic_name}-{index} under strategy UncleanLeaderElectionStrategy"),
+            ))
+        };
+        match outcome {
+            Ok((leader, isr)) => {
+                records.push(MetadataRecord::PartitionChange {
+                    topic_id: topic.id,
+                    partition: index,
+                    isr,
+                    leader: Some(leader),
+                    replicas: None,
+                });
+                results.push((topic_name, index, code::NONE, None));
+            }
+            // Asked for every partition: those that need nothing are not listed.
+            Err((c, _)) if !named && c == code::ELECTION_NOT_NEEDED => {}
+            Err((c, message)) => results.push((topic_name, index, c, Some(message))),
+        }
+    }
+    (records, results)
+}
+
+/// Every `interval_ms` while active, moves leadership back to preferred replicas that are
+/// in sync (Kafka's `auto.leader.rebalance.enable`), e.g. after a restarted broker caught up.
+async fn rebalance_loop(controller: std::sync::Weak<Controller>, interval_ms: u64) {
+    let mut ticker = tokio::time::interval(Duration::from_millis(interval_ms.max(1)));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        let Some(controller) = controller.upgrade() else {
+            return;
+        };
+        if controller.leader() != Some(controller.node_id) {
+            continue;
+        }
+        let _deciding = controller.decide.lock().await;
+        let image = controller.state.subscribe().borrow().image.clone();
+        let (records, results) = elect(&image, 0, None);
+        let moved: Vec<_> = results.iter().filter(|r| r.2 == code::NONE).collect();
+        if records.is_empty() {
+            continue;
+        }
+        match controller.commit(&records).await {
+            Ok(_) => info!(
+                partitions = moved.len(),
+                "moved leadership back to preferred replicas"
+            ),
+            Err(e) => warn!(error = ?e, "preferred leader election failed"),
+        }
+    }
 }
 
 /// An AlterPartition request, decoded.

@@ -28,6 +28,7 @@ fn config(
         dir: dir.join(format!("node-{id}")),
         election_timeout_ms: 300,
         broker_session_timeout_ms: 1_500,
+        leader_rebalance_interval_ms: None,
     }
 }
 

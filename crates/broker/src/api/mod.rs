@@ -12,6 +12,7 @@ mod delete_topics;
 mod describe_cluster;
 mod describe_configs;
 mod describe_quorum;
+mod elect_leaders;
 mod fetch;
 mod find_coordinator;
 mod groups;
@@ -78,6 +79,9 @@ pub async fn handle(
         }
         RequestKind::DescribeQuorum(req) => {
             ctx.respond(&describe_quorum::handle(broker, req, version).await)
+        }
+        RequestKind::ElectLeaders(req) => {
+            ctx.respond(&elect_leaders::handle(broker, req, version).await)
         }
         RequestKind::DescribeCluster(req) => {
             ctx.respond(&describe_cluster::handle(broker, &req, version))
