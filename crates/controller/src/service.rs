@@ -207,7 +207,7 @@ pub enum ControllerResponse {
     Quorum(QuorumInfo),
     /// Per partition (topic, partition, error code, message), and the index committed at.
     Elected {
-        results: Vec<(String, i32, i16, Option<String>)>,
+        results: Vec<ElectionResult>,
         index: u64,
     },
     /// The partition after an AlterPartition, and the log index it committed at.
@@ -1046,13 +1046,16 @@ fn plan_partitions(
     Ok(partition_records(image, topic.id, current, &assignment))
 }
 
+/// One partition's election outcome: topic, partition, error code, message.
+pub type ElectionResult = (String, i32, i16, Option<String>);
+
 /// Leader elections (Kafka's ElectLeaders): the records to commit and one result per
 /// partition asked for (or, when none are named, per partition that needed one).
 fn elect(
     image: &MetadataImage,
     election_type: i8,
     partitions: Option<&[(String, Vec<i32>)]>,
-) -> (Vec<MetadataRecord>, Vec<(String, i32, i16, Option<String>)>) {
+) -> (Vec<MetadataRecord>, Vec<ElectionResult>) {
     let live = |b: &i32| image.brokers.get(b).is_some_and(|b| !b.fenced);
     let named = partitions.is_some();
     let wanted: Vec<(String, i32)> = match partitions {
