@@ -309,6 +309,13 @@ static KEYS: &[KeyDef] = &[
         "How long a controller waits without hearing from the leader before standing for election.",
     ),
     key(
+        "offsets.topic.replication.factor",
+        "3",
+        S,
+        Check::AtLeast(1),
+        "Replicas of __consumer_offsets (at most the live brokers when it is created).",
+    ),
+    key(
         "auto.leader.rebalance.enable",
         "true",
         B,
@@ -487,7 +494,6 @@ static KNOWN_UNIMPLEMENTED: &[&str] = &[
     "offsets.retention.minutes",
     "offsets.topic.compression.codec",
     "offsets.topic.num.partitions",
-    "offsets.topic.replication.factor",
     "offsets.topic.segment.bytes",
     "password.encoder.secret",
     "principal.builder.class",
@@ -601,6 +607,7 @@ pub struct BrokerConfig {
     pub max_connections: i32,
     /// The group coordinator's settings (`offsets.topic.num.partitions`, `group.*`).
     pub offsets_topic_num_partitions: i32,
+    pub offsets_topic_replication_factor: i16,
     pub group_initial_rebalance_delay_ms: i32,
     pub group_min_session_timeout_ms: i32,
     pub group_max_session_timeout_ms: i32,
@@ -768,6 +775,7 @@ impl BrokerConfig {
             max_connections: int("max.connections") as i32,
             queued_max_request_bytes: int("queued.max.request.bytes"),
             offsets_topic_num_partitions: int("offsets.topic.num.partitions") as i32,
+            offsets_topic_replication_factor: int("offsets.topic.replication.factor") as i16,
             group_initial_rebalance_delay_ms: int("group.initial.rebalance.delay.ms") as i32,
             group_min_session_timeout_ms: int("group.min.session.timeout.ms") as i32,
             group_max_session_timeout_ms: int("group.max.session.timeout.ms") as i32,

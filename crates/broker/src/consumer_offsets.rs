@@ -1,5 +1,8 @@
 //! `__consumer_offsets`: the internal topic the group coordinator writes through
-//! [`OffsetsTopic`] (its [`OffsetsLog`]) and is rebuilt from at start by [`load`].
+//! [`OffsetsTopic`] (its [`OffsetsLog`]). The coordinator serves the groups of the
+//! partitions this broker leads: [`follow_leadership`] replays a partition's log into it
+//! when this broker becomes its leader (in a new leader epoch) and drops its groups when
+//! leadership moves away, as Kafka's coordinator loads and unloads on leader changes.
 
 use std::sync::Arc;
 
@@ -80,17 +83,99 @@ impl OffsetsLog for OffsetsTopic {
     }
 }
 
-/// Replays every partition of the offsets topic into the coordinator.
-pub fn load(topics: &TopicManager, groups: &GroupCoordinator) -> Result<(), BrokerError> {
+/// The offsets-topic partitions whose groups the coordinator holds, with the leader epoch
+/// they were loaded in.
+pub type Loaded = std::collections::BTreeMap<i32, i32>;
+
+/// Brings the coordinator in step with this broker's leadership of the offsets topic:
+/// replays partitions newly led (or led in a new epoch), drops those no longer led.
+pub fn sync_leadership(
+    topics: &TopicManager,
+    groups: &GroupCoordinator,
+    loaded: &mut Loaded,
+) -> Result<(), BrokerError> {
+    let led: Loaded = topics
+        .get(TOPIC)
+        .map(|topic| {
+            topic
+                .local_partitions()
+                .filter(|p| topic.led(p.index).is_ok())
+                .map(|p| (p.index, p.leader_epoch()))
+                .collect()
+        })
+        .unwrap_or_default();
+    for (partition, _) in loaded.iter().filter(|(p, _)| !led.contains_key(p)) {
+        let dropped = groups.unload_partition(*partition);
+        info!(
+            partition,
+            groups = dropped,
+            "unloaded {TOPIC} partition: leadership moved"
+        );
+    }
+    loaded.retain(|p, _| led.contains_key(p));
     let Some(topic) = topics.get(TOPIC) else {
         return Ok(());
     };
+    for (index, epoch) in led {
+        if loaded.get(&index) == Some(&epoch) {
+            continue;
+        }
+        let Some(partition) = topic.local.get(index as usize).cloned().flatten() else {
+            continue;
+        };
+        groups.unload_partition(index);
+        load_partition(&partition, groups)?;
+        loaded.insert(index, epoch);
+    }
+    Ok(())
+}
+
+/// Follows applied metadata and keeps the coordinator's loaded partitions in step.
+pub async fn follow_leadership(
+    topics: Arc<TopicManager>,
+    groups: Arc<GroupCoordinator>,
+    mut loaded: Loaded,
+) {
+    let mut applied = topics.subscribe_applied();
+    loop {
+        let (t, g) = (Arc::clone(&topics), Arc::clone(&groups));
+        let result = tokio::task::spawn_blocking(move || {
+            let result = sync_leadership(&t, &g, &mut loaded);
+            (loaded, result)
+        })
+        .await;
+        match result {
+            Ok((l, result)) => {
+                loaded = l;
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "loading {TOPIC} failed");
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "{TOPIC} loader failed");
+                return;
+            }
+        }
+        if applied.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Replays one partition of the offsets topic into the coordinator, to its log end (records
+/// above the high watermark are the new leader's and will be committed).
+fn load_partition(
+    partition: &crate::topics::Partition,
+    groups: &GroupCoordinator,
+) -> Result<(), BrokerError> {
     let started = std::time::Instant::now();
     let mut loaded = 0usize;
-    for partition in topic.local_partitions() {
+    {
         let mut offset = partition.log.offsets().log_start_offset;
         loop {
-            let read = partition.log.read(offset, LOAD_READ_BYTES, true)?;
+            let read = partition
+                .log
+                .read_to_log_end(offset, LOAD_READ_BYTES, true)?;
             let Some(slice) = read.slice else { break };
             let bytes = slice.read_to_vec()?;
             let mut complete = 0;
@@ -119,6 +204,7 @@ pub fn load(topics: &TopicManager, groups: &GroupCoordinator) -> Result<(), Brok
         }
     }
     info!(
+        partition = partition.index,
         records = loaded,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "loaded consumer groups from {TOPIC}"

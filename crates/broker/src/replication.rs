@@ -87,6 +87,18 @@ pub enum LeaderAppendError {
     Storage(strom_storage::StorageError),
 }
 
+/// How a wait for replication ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replicated {
+    /// The high watermark covers the records; the committed ISR's size then.
+    Yes {
+        isr_len: usize,
+    },
+    /// Leadership moved (or the broker is stopping): the records may be truncated.
+    NotLeader,
+    TimedOut,
+}
+
 /// An ISR the leader asks the controller for.
 #[derive(Debug)]
 pub struct IsrChange {
@@ -168,6 +180,34 @@ impl Partition {
         drop(r);
         self.appended.notify_waiters();
         Ok((info, epoch))
+    }
+
+    /// Waits (Kafka's delayed produce) until the high watermark reaches `end_offset` while
+    /// this broker still leads in `leader_epoch`.
+    pub async fn wait_replicated(
+        &self,
+        leader_epoch: i32,
+        end_offset: i64,
+        deadline: tokio::time::Instant,
+        shutdown: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> Replicated {
+        loop {
+            // Register before checking, so a change between the check and the wait wakes us.
+            let mut changed = std::pin::pin!(self.appended.notified());
+            changed.as_mut().enable();
+            let (leader, epoch, isr_len) = self.leadership();
+            if !leader || epoch != leader_epoch || *shutdown.borrow() {
+                return Replicated::NotLeader;
+            }
+            if self.log.offsets().high_watermark >= end_offset {
+                return Replicated::Yes { isr_len };
+            }
+            tokio::select! {
+                _ = changed => {}
+                _ = tokio::time::sleep_until(deadline) => return Replicated::TimedOut,
+                _ = shutdown.changed() => {}
+            }
+        }
     }
 
     /// The leader's view of the partition: (is leader, leader epoch, committed ISR size).

@@ -112,7 +112,15 @@ pub async fn run(
             topics: Arc::clone(&topics),
         }),
     ));
-    tokio::task::block_in_place(|| consumer_offsets::load(&topics, &groups))?;
+    let mut loaded = consumer_offsets::Loaded::new();
+    tokio::task::block_in_place(|| {
+        consumer_offsets::sync_leadership(&topics, &groups, &mut loaded)
+    })?;
+    let offsets_loader = tokio::spawn(consumer_offsets::follow_leadership(
+        Arc::clone(&topics),
+        Arc::clone(&groups),
+        loaded,
+    ));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (isr_changes, isr_queue) = tokio::sync::mpsc::channel(crate::replication::ISR_CHANGES_MAX);
     let broker = Arc::new(Broker {
@@ -165,6 +173,7 @@ pub async fn run(
     for task in replication {
         task.abort();
     }
+    offsets_loader.abort();
     flusher.abort();
     group_timer.abort();
     applier.abort();

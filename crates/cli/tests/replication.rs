@@ -529,3 +529,77 @@ fn elect_leaders_moves_leadership_to_in_sync_preferred_replicas_on_request() {
         ])
     );
 }
+
+/// The coordinator of `group` as broker `via` answers FindCoordinator (-1 if none).
+fn coordinator(cluster: &Cluster, via: i32, group: &str) -> i32 {
+    use kafka_protocol::messages::{FindCoordinatorRequest, FindCoordinatorResponse};
+    let mut client = RawClient::connect(&cluster.addr(via));
+    let request = FindCoordinatorRequest::default()
+        .with_key(StrBytes::from_string(group.into()))
+        .with_key_type(0);
+    client.send(ApiKey::FindCoordinator, 3, &request);
+    let response: FindCoordinatorResponse = client.recv(3);
+    if response.error_code == 0 {
+        response.node_id.0
+    } else {
+        -1
+    }
+}
+
+fn group_consumer(bootstrap: &str, group: &str) -> BaseConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer")
+}
+
+#[test]
+fn committed_offsets_survive_losing_the_group_coordinator() {
+    use rdkafka::consumer::CommitMode;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::combined(dir.path(), 3);
+    let topic = "offsets-failover";
+    create_replicated(&cluster.addr(1), topic, PARTITIONS, &[]);
+    wait_fully_replicated(&cluster, 1, topic);
+    let group = "failover-group";
+    let mut committed = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        committed
+            .add_partition_offset(topic, p, Offset::Offset(100 + i64::from(p)))
+            .unwrap();
+    }
+    let first = group_consumer(&cluster.bootstrap(), group);
+    first
+        .commit(&committed, CommitMode::Sync)
+        .expect("commit acknowledged");
+    drop(first);
+    let old = coordinator(&cluster, 1, group);
+    assert!(old > 0);
+    cluster.kill9(old);
+    let via = cluster
+        .broker_ids()
+        .into_iter()
+        .find(|b| *b != old)
+        .unwrap();
+    cluster.wait_for("a new coordinator", WAIT, || {
+        let c = coordinator(&cluster, via, group);
+        c > 0 && c != old
+    });
+    let second = group_consumer(&cluster.bootstrap(), group);
+    let mut asked = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        asked.add_partition(topic, p);
+    }
+    let got = second
+        .committed_offsets(asked, Duration::from_secs(30))
+        .expect("committed offsets");
+    for p in 0..PARTITIONS {
+        assert_eq!(
+            got.find_partition(topic, p).map(|e| e.offset()),
+            Some(Offset::Offset(100 + i64::from(p))),
+            "partition {p}: {got:?}"
+        );
+    }
+}

@@ -335,6 +335,16 @@ impl GroupCoordinator {
         records::partition_for(group_id, self.config.offsets_partitions)
     }
 
+    /// Forgets the groups of one offsets-topic partition (its leadership moved away, or it is
+    /// about to be replayed afresh). Returns how many groups were dropped.
+    pub fn unload_partition(&self, partition: i32) -> usize {
+        let mut groups = self.groups.lock();
+        let before = groups.len();
+        let partitions = self.config.offsets_partitions;
+        groups.retain(|id, _| records::partition_for(id, partitions) != partition);
+        before - groups.len()
+    }
+
     /// Applies one record of `__consumer_offsets` read at load time.
     pub fn replay(&self, key: &[u8], value: Option<&[u8]>) {
         let Some(record) = OffsetsRecord::decode(key, value) else {

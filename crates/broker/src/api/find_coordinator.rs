@@ -88,11 +88,19 @@ fn coordinator_for(broker: &Broker, key: StrBytes) -> Coordinator {
 /// Creates `__consumer_offsets` with `offsets.topic.num.partitions` partitions (one that
 /// exists already is fine) and waits until this broker has applied it.
 async fn create_offsets_topic(broker: &Broker) {
+    // Kafka refuses to create it until that many brokers are up; Strom takes what is live,
+    // so that a single node works without configuration.
+    let live = broker.topics.image().image.live_brokers().count();
+    let replication_factor = broker
+        .config
+        .offsets_topic_replication_factor
+        .min(i16::try_from(live).unwrap_or(i16::MAX))
+        .max(1);
     let request = ControllerRequest::CreateTopics {
         topics: vec![NewTopic {
             name: TOPIC.to_string(),
             num_partitions: broker.config.offsets_topic_num_partitions,
-            replication_factor: 1,
+            replication_factor,
             assignments: Vec::new(),
             configs: consumer_offsets::topic_configs(),
         }],

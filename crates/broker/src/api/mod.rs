@@ -93,7 +93,7 @@ pub async fn handle(
         RequestKind::ListGroups(req) => ctx.respond(&groups::list(broker, req, &ctx)),
         RequestKind::DescribeGroups(req) => ctx.respond(&groups::describe(broker, req, &ctx)),
         RequestKind::DeleteGroups(req) => ctx.respond(&groups::delete(broker, req)),
-        RequestKind::OffsetCommit(req) => ctx.respond(&offsets::commit(broker, req, &ctx)),
+        RequestKind::OffsetCommit(req) => ctx.respond(&offsets::commit(broker, req, &ctx).await),
         RequestKind::OffsetFetch(req) => ctx.respond(&offsets::fetch(broker, req, &ctx)),
         RequestKind::OffsetDelete(req) => ctx.respond(&offsets::delete(broker, req)),
         RequestKind::ConsumerGroupHeartbeat(req) => {

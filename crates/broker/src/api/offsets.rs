@@ -19,6 +19,7 @@ use kafka_protocol::ResponseError as E;
 use strom_coordinator::CommittedOffset;
 
 use super::Ctx;
+use crate::replication::Replicated;
 use crate::Broker;
 
 fn partition_exists(broker: &Broker, topic: &str, partition: i32) -> bool {
@@ -28,7 +29,35 @@ fn partition_exists(broker: &Broker, topic: &str, partition: i32) -> bool {
         .is_some_and(|t| usize::try_from(partition).is_ok_and(|p| p < t.partition_count()))
 }
 
-pub fn commit(broker: &Broker, req: OffsetCommitRequest, ctx: &Ctx) -> OffsetCommitResponse {
+/// `offsets.commit.timeout.ms`: longest a commit waits for the offsets topic's replicas.
+const COMMIT_REPLICATION_TIMEOUT_MS: u64 = 5_000;
+
+/// Waits until what the coordinator appended to the group's offsets partition is on every
+/// in-sync replica, as Kafka acknowledges commits only then; Kafka's codes when it is not
+/// (NOT_COORDINATOR when leadership moved, COORDINATOR_NOT_AVAILABLE on a timeout).
+async fn wait_commit_replicated(broker: &Broker, group_id: &str) -> Result<(), i16> {
+    let Some(topic) = broker.topics.get(crate::consumer_offsets::TOPIC) else {
+        return Err(E::NotCoordinator.code());
+    };
+    let partition = topic
+        .led(broker.groups.partition_for(group_id))
+        .map_err(|_| E::NotCoordinator.code())?;
+    let (_, leader_epoch, _) = partition.leadership();
+    let end_offset = partition.log.offsets().log_end_offset;
+    let deadline = tokio::time::Instant::now()
+        + std::time::Duration::from_millis(COMMIT_REPLICATION_TIMEOUT_MS);
+    let mut shutdown = broker.shutdown.clone();
+    match partition
+        .wait_replicated(leader_epoch, end_offset, deadline, &mut shutdown)
+        .await
+    {
+        Replicated::Yes { .. } => Ok(()),
+        Replicated::NotLeader => Err(E::NotCoordinator.code()),
+        Replicated::TimedOut => Err(E::CoordinatorNotAvailable.code()),
+    }
+}
+
+pub async fn commit(broker: &Broker, req: OffsetCommitRequest, ctx: &Ctx) -> OffsetCommitResponse {
     // Unknown partitions are answered by the broker; the rest go to the coordinator together.
     let mut wanted = Vec::new();
     for topic in &req.topics {
@@ -54,7 +83,7 @@ pub fn commit(broker: &Broker, req: OffsetCommitRequest, ctx: &Ctx) -> OffsetCom
     let instance = req.group_instance_id.as_ref().map(|i| i.to_string());
     let keys: Vec<(String, i32)> = wanted.iter().map(|(t, p, _)| (t.clone(), *p)).collect();
     let not_coordinator = super::groups::check_coordinator(broker, &req.group_id).err();
-    let codes = match not_coordinator {
+    let mut codes = match not_coordinator {
         Some(code) => vec![code; wanted.len()],
         None => broker.groups.commit_offsets(
             &req.group_id,
@@ -64,6 +93,13 @@ pub fn commit(broker: &Broker, req: OffsetCommitRequest, ctx: &Ctx) -> OffsetCom
             wanted,
         ),
     };
+    if codes.contains(&0) {
+        if let Err(code) = wait_commit_replicated(broker, &req.group_id).await {
+            for c in codes.iter_mut().filter(|c| **c == 0) {
+                *c = code;
+            }
+        }
+    }
     let code_of = |topic: &str, partition: i32| {
         keys.iter()
             .position(|(t, p)| t == topic && *p == partition)

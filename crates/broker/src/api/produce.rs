@@ -19,12 +19,11 @@ use kafka_protocol::ResponseError;
 use strom_protocol::batch;
 use tracing::debug;
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Ctx, Outcome};
-use crate::replication::LeaderAppendError;
+use crate::replication::{LeaderAppendError, Replicated};
 use crate::topics::{now_ms, Partition, Topic};
 use crate::Broker;
 
@@ -146,30 +145,17 @@ async fn wait_for_replication(
     deadline: tokio::time::Instant,
     shutdown: &mut tokio::sync::watch::Receiver<bool>,
 ) -> i16 {
-    let partition = &wait.partition;
-    loop {
-        // Register before checking, so a change between the check and the wait wakes us.
-        let mut changed = Box::pin(partition.appended.notified());
-        Pin::as_mut(&mut changed).enable();
-        let (leader, leader_epoch, isr_len) = partition.leadership();
-        if !leader || leader_epoch != wait.leader_epoch {
-            return ResponseError::NotLeaderOrFollower.code();
+    let outcome = wait
+        .partition
+        .wait_replicated(wait.leader_epoch, wait.end_offset, deadline, shutdown)
+        .await;
+    match outcome {
+        Replicated::Yes { isr_len } if (isr_len as i32) < wait.min_insync_replicas => {
+            ResponseError::NotEnoughReplicasAfterAppend.code()
         }
-        if partition.log.offsets().high_watermark >= wait.end_offset {
-            return if (isr_len as i32) < wait.min_insync_replicas {
-                ResponseError::NotEnoughReplicasAfterAppend.code()
-            } else {
-                0
-            };
-        }
-        if *shutdown.borrow() {
-            return ResponseError::NotLeaderOrFollower.code();
-        }
-        tokio::select! {
-            _ = changed => {}
-            _ = tokio::time::sleep_until(deadline) => return ResponseError::RequestTimedOut.code(),
-            _ = shutdown.changed() => {}
-        }
+        Replicated::Yes { .. } => 0,
+        Replicated::NotLeader => ResponseError::NotLeaderOrFollower.code(),
+        Replicated::TimedOut => ResponseError::RequestTimedOut.code(),
     }
 }
 
