@@ -179,6 +179,9 @@ pub struct PartitionLog {
     writer: Mutex<Writer>,
     view: RwLock<View>,
     recovery_point: AtomicI64,
+    /// A sequence lock against truncations: odd while one is cutting files, bumped again
+    /// once it published its view. A reader whose read overlapped a change retries.
+    truncation_seq: std::sync::atomic::AtomicU64,
 }
 
 impl PartitionLog {
@@ -289,6 +292,7 @@ impl PartitionLog {
             } else {
                 recovery_point.min(next_offset)
             }),
+            truncation_seq: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -650,9 +654,14 @@ impl PartitionLog {
         read: impl Fn(&View) -> Result<T, StorageError>,
     ) -> Result<T, StorageError> {
         for _ in 0..OPTIMISTIC_READ_ATTEMPTS {
+            let before = self.truncation_seq.load(Ordering::Acquire);
+            if before % 2 == 1 {
+                // A truncation is cutting files right now.
+                break;
+            }
             let view = self.view.read().clone();
             let result = read(&view);
-            if self.view.read().truncations == view.truncations {
+            if self.truncation_seq.load(Ordering::Acquire) == before {
                 return result;
             }
         }

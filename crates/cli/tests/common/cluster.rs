@@ -175,6 +175,12 @@ impl Cluster {
         self.nodes.get_mut(&id).expect("node").process.kill9();
     }
 
+    /// Stops node `id` with SIGTERM (a controlled shutdown) and waits for it to exit.
+    pub fn stop(&mut self, id: i32) {
+        let status = self.nodes.get_mut(&id).expect("node").process.terminate();
+        assert!(status.success(), "node {id} exited with {status}");
+    }
+
     /// Sends `signal` (SIGSTOP, SIGCONT) to node `id`.
     pub fn signal(&self, id: i32, signal: i32) {
         let pid = self.nodes[&id].process.pid();

@@ -123,6 +123,7 @@ impl PartitionLog {
         if offset >= view.offsets.log_end_offset {
             return Ok(());
         }
+        let _truncating = Truncating::start(&self.truncation_seq);
         let target = offset.max(view.offsets.log_start_offset);
         let (new_end, cut) = boundary_at_or_below(&view.segments, target)?;
         let kept = self
@@ -215,6 +216,7 @@ impl PartitionLog {
         if writer.closed {
             return Err(StorageError::Closed);
         }
+        let _truncating = Truncating::start(&self.truncation_seq);
         let active = self
             .replace_segments(&mut writer, offset)
             .inspect_err(|_| writer.closed = true)?;
@@ -328,4 +330,21 @@ fn complete_batches(records: &[u8]) -> Result<(Vec<BatchHeader>, usize), Storage
 /// Fsyncs a directory, so file creations and removals in it survive a crash.
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
+}
+
+/// Marks a truncation in progress in the log's sequence lock (odd) until dropped, also on
+/// an error part way, so readers overlapping it read again.
+struct Truncating<'a>(&'a std::sync::atomic::AtomicU64);
+
+impl<'a> Truncating<'a> {
+    fn start(seq: &'a std::sync::atomic::AtomicU64) -> Truncating<'a> {
+        seq.fetch_add(1, Ordering::AcqRel);
+        Truncating(seq)
+    }
+}
+
+impl Drop for Truncating<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::AcqRel);
+    }
 }
