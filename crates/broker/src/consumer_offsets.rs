@@ -87,78 +87,61 @@ impl OffsetsLog for OffsetsTopic {
 /// they were loaded in.
 pub type Loaded = std::collections::BTreeMap<i32, i32>;
 
-/// Brings the coordinator in step with this broker's leadership of the offsets topic:
-/// replays partitions newly led (or led in a new epoch), drops those no longer led.
-pub fn sync_leadership(
-    topics: &TopicManager,
-    groups: &GroupCoordinator,
-    loaded: &mut Loaded,
-) -> Result<(), BrokerError> {
-    let led: Loaded = topics
-        .get(TOPIC)
-        .map(|topic| {
-            topic
-                .local_partitions()
-                .filter(|p| topic.led(p.index).is_ok())
-                .map(|p| (p.index, p.leader_epoch()))
-                .collect()
-        })
-        .unwrap_or_default();
-    for (partition, _) in loaded.iter().filter(|(p, _)| !led.contains_key(p)) {
-        let dropped = groups.unload_partition(*partition);
-        info!(
-            partition,
-            groups = dropped,
-            "unloaded {TOPIC} partition: leadership moved"
-        );
-    }
-    loaded.retain(|p, _| led.contains_key(p));
-    let Some(topic) = topics.get(TOPIC) else {
-        return Ok(());
-    };
-    for (index, epoch) in led {
-        if loaded.get(&index) == Some(&epoch) {
-            continue;
-        }
-        let Some(partition) = topic.local.get(index as usize).cloned().flatten() else {
-            continue;
-        };
-        groups.unload_partition(index);
-        load_partition(&partition, groups)?;
-        loaded.insert(index, epoch);
-    }
-    Ok(())
+/// Keeps the coordinator in step with this broker's leadership of the offsets topic. Runs
+/// inside each metadata apply (before the applied index is published), so an admin request
+/// that waited for its change never races a later load.
+pub struct Loader {
+    groups: Arc<GroupCoordinator>,
+    loaded: parking_lot::Mutex<Loaded>,
 }
 
-/// Follows applied metadata and keeps the coordinator's loaded partitions in step.
-pub async fn follow_leadership(
-    topics: Arc<TopicManager>,
-    groups: Arc<GroupCoordinator>,
-    mut loaded: Loaded,
-) {
-    let mut applied = topics.subscribe_applied();
-    loop {
-        let (t, g) = (Arc::clone(&topics), Arc::clone(&groups));
-        let result = tokio::task::spawn_blocking(move || {
-            let result = sync_leadership(&t, &g, &mut loaded);
-            (loaded, result)
-        })
-        .await;
-        match result {
-            Ok((l, result)) => {
-                loaded = l;
-                if let Err(e) = result {
-                    tracing::error!(error = %e, "loading {TOPIC} failed");
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "{TOPIC} loader failed");
-                return;
-            }
+impl Loader {
+    pub fn new(groups: Arc<GroupCoordinator>) -> Loader {
+        Loader {
+            groups,
+            loaded: parking_lot::Mutex::new(Loaded::new()),
         }
-        if applied.changed().await.is_err() {
-            return;
+    }
+
+    /// Whether the groups of `partition` are loaded for its current leader epoch; until
+    /// then group requests get COORDINATOR_LOAD_IN_PROGRESS.
+    pub fn is_loaded(&self, partition: i32, leader_epoch: i32) -> bool {
+        self.loaded.lock().get(&partition) == Some(&leader_epoch)
+    }
+
+    /// Replays partitions newly led (or led in a new epoch), drops those no longer led.
+    pub fn sync(&self, topics: &TopicManager) -> Result<(), BrokerError> {
+        let mut loaded = self.loaded.lock();
+        let led: Loaded = topics
+            .get(TOPIC)
+            .map(|topic| {
+                topic
+                    .local_partitions()
+                    .filter(|p| topic.led(p.index).is_ok())
+                    .map(|p| (p.index, p.leader_epoch()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (partition, _) in loaded.iter().filter(|(p, _)| !led.contains_key(p)) {
+            let dropped = self.groups.unload_partition(*partition);
+            info!(partition, groups = dropped, "unloaded {TOPIC} partition: leadership moved");
         }
+        loaded.retain(|p, _| led.contains_key(p));
+        let Some(topic) = topics.get(TOPIC) else {
+            return Ok(());
+        };
+        for (index, epoch) in led {
+            if loaded.get(&index) == Some(&epoch) {
+                continue;
+            }
+            let Some(partition) = topic.local.get(index as usize).cloned().flatten() else {
+                continue;
+            };
+            self.groups.unload_partition(index);
+            load_partition(&partition, &self.groups)?;
+            loaded.insert(index, epoch);
+        }
+        Ok(())
     }
 }
 

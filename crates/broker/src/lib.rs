@@ -45,6 +45,8 @@ pub struct Broker {
     /// `queued.max.request.bytes`: bytes of requests being read or served; reading pauses
     /// while it is exhausted. `None` when unlimited (Kafka's default).
     pub request_memory: Option<Arc<tokio::sync::Semaphore>>,
+    /// Which `__consumer_offsets` partitions the group coordinator has loaded.
+    pub offsets_loader: Arc<consumer_offsets::Loader>,
     /// ISR changes for the controller, from follower fetches ([`replication`]).
     pub isr_changes: tokio::sync::mpsc::Sender<replication::IsrChange>,
     /// Flips to `true` when the broker shuts down; long waits watch it.

@@ -112,19 +112,21 @@ pub async fn run(
             topics: Arc::clone(&topics),
         }),
     ));
-    let mut loaded = consumer_offsets::Loaded::new();
-    tokio::task::block_in_place(|| {
-        consumer_offsets::sync_leadership(&topics, &groups, &mut loaded)
-    })?;
-    let offsets_loader = tokio::spawn(consumer_offsets::follow_leadership(
-        Arc::clone(&topics),
-        Arc::clone(&groups),
-        loaded,
-    ));
+    let offsets_loader = Arc::new(consumer_offsets::Loader::new(Arc::clone(&groups)));
+    {
+        let loader = Arc::clone(&offsets_loader);
+        topics.set_on_applied(Arc::new(move |topics| {
+            if let Err(e) = loader.sync(topics) {
+                error!(error = %e, "loading {} failed", consumer_offsets::TOPIC);
+            }
+        }));
+    }
+    tokio::task::block_in_place(|| offsets_loader.sync(&topics))?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (isr_changes, isr_queue) = tokio::sync::mpsc::channel(crate::replication::ISR_CHANGES_MAX);
     let broker = Arc::new(Broker {
         isr_changes: isr_changes.clone(),
+        offsets_loader,
         node_id: config.node_id,
         cluster_id: cluster_id.clone(),
         advertised_host,
@@ -173,7 +175,6 @@ pub async fn run(
     for task in replication {
         task.abort();
     }
-    offsets_loader.abort();
     flusher.abort();
     group_timer.abort();
     applier.abort();

@@ -85,7 +85,7 @@ pub struct Partition {
 }
 
 impl Partition {
-    fn new(index: i32, log: PartitionLog, node_id: i32) -> Partition {
+    pub(crate) fn new(index: i32, log: PartitionLog, node_id: i32) -> Partition {
         Partition {
             index,
             log: Arc::new(log),
@@ -215,7 +215,12 @@ pub struct TopicManager {
     applying: Mutex<()>,
     /// The log index of the last applied metadata, for requests waiting on their change.
     applied: tokio::sync::watch::Sender<u64>,
+    /// Runs after the topics reflect an image and before its index is published.
+    on_applied: RwLock<Option<AppliedHook>>,
 }
+
+/// Work that must follow every applied image before anyone sees it as applied.
+pub type AppliedHook = Arc<dyn Fn(&TopicManager) + Send + Sync>;
 
 impl TopicManager {
     /// Prepares the log dirs; topics appear as metadata is applied ([`TopicManager::apply`]).
@@ -252,6 +257,7 @@ impl TopicManager {
             high_watermarks: Mutex::new(high_watermarks),
             applying: Mutex::new(()),
             applied: tokio::sync::watch::channel(0).0,
+            on_applied: RwLock::new(None),
         })
     }
 
@@ -300,8 +306,17 @@ impl TopicManager {
             self.remove_stray_partitions()?;
         }
         *self.image.write() = published.clone();
+        let hook = self.on_applied.read().clone();
+        if let Some(hook) = hook {
+            hook(self);
+        }
         self.applied.send_replace(published.index);
         Ok(())
+    }
+
+    /// Sets the work run after each applied image (see [`AppliedHook`]).
+    pub fn set_on_applied(&self, hook: AppliedHook) {
+        *self.on_applied.write() = Some(hook);
     }
 
     /// Follows the index of the applied metadata.

@@ -28,7 +28,8 @@ pub fn check_coordinator(broker: &Broker, group_id: &str) -> Result<(), i16> {
         .ok_or(E::NotCoordinator.code())?;
     let partition = broker.groups.partition_for(group_id);
     match topic.led(partition) {
-        Ok(_) => Ok(()),
+        Ok(p) if broker.offsets_loader.is_loaded(partition, p.leader_epoch()) => Ok(()),
+        Ok(_) => Err(E::CoordinatorLoadInProgress.code()),
         Err(_) => Err(E::NotCoordinator.code()),
     }
 }
