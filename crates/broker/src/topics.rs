@@ -337,6 +337,13 @@ impl TopicManager {
         for (i, state) in states.iter().enumerate() {
             let index = i as i32;
             if !state.replicas.contains(&self.node_id) {
+                // A reassignment moved this replica away: its copy goes.
+                if let Some(gone) = current.and_then(|t| t.local.get(i).cloned().flatten()) {
+                    info!(topic = %image.name, partition = index, "replica moved away; deleting its log");
+                    gone.apply_state(state, now_ms());
+                    gone.log.delete()?;
+                    gone.appended.notify_waiters();
+                }
                 local.push(None);
                 continue;
             }

@@ -676,3 +676,115 @@ fn restarting_every_broker_in_turn_during_an_acks_all_stream_loses_no_acknowledg
     let (acked, sent) = stream.finish();
     check_nothing_lost(&cluster, topic, &acked, sent);
 }
+
+fn reassign_raw(
+    client: &mut RawClient,
+    topic: &str,
+    partition: i32,
+    target: Option<Vec<i32>>,
+) -> i16 {
+    use kafka_protocol::messages::alter_partition_reassignments_request::{
+        ReassignablePartition, ReassignableTopic,
+    };
+    use kafka_protocol::messages::{
+        AlterPartitionReassignmentsRequest, AlterPartitionReassignmentsResponse, BrokerId,
+    };
+    let request = AlterPartitionReassignmentsRequest::default()
+        .with_timeout_ms(10_000)
+        .with_allow_replication_factor_change(true)
+        .with_topics(vec![ReassignableTopic::default()
+            .with_name(TopicName(StrBytes::from_string(topic.into())))
+            .with_partitions(vec![ReassignablePartition::default()
+                .with_partition_index(partition)
+                .with_replicas(
+                    target.map(|t| t.into_iter().map(BrokerId).collect()),
+                )])]);
+    client.send(ApiKey::AlterPartitionReassignments, 1, &request);
+    let response: AlterPartitionReassignmentsResponse = client.recv(1);
+    assert_eq!(response.error_code, 0, "{response:?}");
+    response.responses[0].partitions[0].error_code
+}
+
+/// Partitions of `topic` with a reassignment in progress.
+fn ongoing_reassignments(client: &mut RawClient) -> usize {
+    use kafka_protocol::messages::{
+        ListPartitionReassignmentsRequest, ListPartitionReassignmentsResponse,
+    };
+    client.send(
+        ApiKey::ListPartitionReassignments,
+        0,
+        &ListPartitionReassignmentsRequest::default().with_timeout_ms(10_000),
+    );
+    let response: ListPartitionReassignmentsResponse = client.recv(0);
+    response.topics.iter().map(|t| t.partitions.len()).sum()
+}
+
+#[test]
+fn a_reassignment_moves_a_partition_with_its_records_to_other_brokers() {
+    use common::clients::{consume_all, produce_all, Rec};
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::split(dir.path(), 1, 4);
+    let brokers = cluster.broker_ids();
+    let topic = "moving";
+    let (admin, rt) = admin(&cluster.addr(brokers[0]));
+    for r in rt
+        .block_on(admin.create_topics(
+            &[NewTopic::new(topic, 1, TopicReplication::Fixed(2))],
+            &AdminOptions::new(),
+        ))
+        .unwrap()
+    {
+        r.unwrap();
+    }
+    let records: Vec<Rec> = (0..500)
+        .map(|i| Rec {
+            key: format!("k{i}").into_bytes(),
+            value: format!("v{i}").into_bytes(),
+            headers: vec![],
+        })
+        .collect();
+    let bootstrap = cluster.bootstrap();
+    produce_all(&bootstrap, topic, "none", &records[..250], "all");
+    let replicas_now = |c: &Cluster| -> Vec<i32> {
+        c.metadata(brokers[0])
+            .topics
+            .iter()
+            .find(|t| t.name.as_deref().map(|n| n.as_str()) == Some(topic))
+            .map(|t| t.partitions[0].replica_nodes.iter().map(|b| b.0).collect())
+            .unwrap_or_default()
+    };
+    let before = replicas_now(&cluster);
+    let target: Vec<i32> = brokers
+        .iter()
+        .copied()
+        .filter(|b| !before.contains(b))
+        .collect();
+    assert_eq!(target.len(), 2);
+    let mut client = RawClient::connect(&cluster.addr(brokers[0]));
+    assert_eq!(reassign_raw(&mut client, topic, 0, Some(target.clone())), 0);
+    cluster.wait_for("the reassignment to complete", WAIT, || {
+        ongoing_reassignments(&mut client) == 0 && replicas_now(&cluster) == target
+    });
+    for old in &before {
+        let dir = cluster
+            .dir
+            .join(format!("node-{old}"))
+            .join("logs")
+            .join(format!("{topic}-0"));
+        cluster.wait_for("the old replica's log to go", WAIT, || !dir.exists());
+    }
+    produce_all(&bootstrap, topic, "none", &records[250..], "all");
+    let got = consume_all(&bootstrap, topic, &BTreeMap::from([(0, records.len())]));
+    let values: Vec<Vec<u8>> = got[&0].iter().map(|(_, r)| r.value.clone()).collect();
+    let expected: Vec<Vec<u8>> = records.iter().map(|r| r.value.clone()).collect();
+    assert_eq!(values, expected);
+    // Nothing to cancel any more; an unknown partition is refused.
+    assert_eq!(
+        reassign_raw(&mut client, topic, 0, None),
+        ResponseError::NoReassignmentInProgress.code()
+    );
+    assert_eq!(
+        reassign_raw(&mut client, topic, 7, Some(target)),
+        ResponseError::UnknownTopicOrPartition.code()
+    );
+}

@@ -47,6 +47,7 @@ pub mod code {
     pub const PREFERRED_LEADER_NOT_AVAILABLE: i16 = 80;
     pub const ELIGIBLE_LEADERS_NOT_AVAILABLE: i16 = 83;
     pub const ELECTION_NOT_NEEDED: i16 = 84;
+    pub const NO_REASSIGNMENT_IN_PROGRESS: i16 = 85;
     pub const INELIGIBLE_REPLICA: i16 = 107;
     pub const INVALID_UPDATE_VERSION: i16 = 108;
     pub const DUPLICATE_BROKER_REGISTRATION: i16 = 101;
@@ -166,6 +167,11 @@ pub enum ControllerRequest {
     ElectLeaders {
         election_type: i8,
         partitions: Option<Vec<(String, Vec<i32>)>>,
+    },
+    /// Kafka's AlterPartitionReassignments: per partition the target replicas, or None to
+    /// cancel a reassignment in progress.
+    AlterReassignments {
+        partitions: Vec<(String, i32, Option<Vec<i32>>)>,
     },
     /// A partition leader's new ISR (Kafka's AlterPartition), valid only for the leader
     /// epoch and partition epoch the leader last saw, so that a stale leader changes nothing.
@@ -494,6 +500,22 @@ impl Controller {
                     Err(e) => e,
                 }
             }
+            ControllerRequest::AlterReassignments { partitions } => {
+                let (records, results) = reassign(&image, &partitions);
+                if records.is_empty() {
+                    return ControllerResponse::Elected { results, index: 0 };
+                }
+                match self.commit(&records).await {
+                    Ok(index) => {
+                        info!(
+                            partitions = partitions.len(),
+                            "partition reassignment changed"
+                        );
+                        ControllerResponse::Elected { results, index }
+                    }
+                    Err(e) => e,
+                }
+            }
             ControllerRequest::AlterPartition {
                 broker_id,
                 broker_epoch,
@@ -746,6 +768,23 @@ impl Controller {
                 }
             }
             Err(e) => e,
+        }
+    }
+
+    /// Finishes reassignments whose target replicas are all in sync.
+    async fn complete_reassignments(&self) {
+        if self.leader() != Some(self.node_id) {
+            return;
+        }
+        let _deciding = self.decide.lock().await;
+        let image = self.state.subscribe().borrow().image.clone();
+        let records = completed_reassignments(&image);
+        if records.is_empty() {
+            return;
+        }
+        match self.commit(&records).await {
+            Ok(_) => info!(records = records.len(), "completed partition reassignments"),
+            Err(e) => warn!(error = ?e, "completing partition reassignments failed"),
         }
     }
 
@@ -1051,7 +1090,7 @@ pub type ElectionResult = (String, i32, i16, Option<String>);
 
 /// Leader elections (Kafka's ElectLeaders): the records to commit and one result per
 /// partition asked for (or, when none are named, per partition that needed one).
-fn elect(
+pub fn elect(
     image: &MetadataImage,
     election_type: i8,
     partitions: Option<&[(String, Vec<i32>)]>,
@@ -1133,6 +1172,128 @@ fn elect(
     (records, results)
 }
 
+/// Starts, changes or cancels reassignments (KIP-455): the partition's replicas become the
+/// target followed by the replicas leaving, which stay until every target replica is in
+/// sync ([`completed_reassignments`]). Cancelling goes back to the replicas before it.
+fn reassign(
+    image: &MetadataImage,
+    partitions: &[(String, i32, Option<Vec<i32>>)],
+) -> (Vec<MetadataRecord>, Vec<ElectionResult>) {
+    let mut records = Vec::new();
+    let mut results = Vec::new();
+    for (topic_name, index, target) in partitions {
+        let Some((topic, p)) = image
+            .topic_by_name(topic_name)
+            .and_then(|t| t.partitions.get(index).map(|p| (t, p)))
+        else {
+            results.push((
+                topic_name.clone(),
+                *index,
+                code::UNKNOWN_TOPIC_OR_PARTITION,
+                Some("The partition does not exist.".into()),
+            ));
+            continue;
+        };
+        let original: Vec<i32> = p
+            .replicas
+            .iter()
+            .copied()
+            .filter(|r| !p.adding.contains(r))
+            .collect();
+        let target = match target {
+            None if !p.reassigning() => {
+                results.push((
+                    topic_name.clone(),
+                    *index,
+                    code::NO_REASSIGNMENT_IN_PROGRESS,
+                    Some(format!("No ongoing reassignment for {topic_name}-{index}.")),
+                ));
+                continue;
+            }
+            None => original.clone(),
+            Some(target) => {
+                if let Err((c, m)) = check_replicas(image, target, target.len()) {
+                    results.push((topic_name.clone(), *index, c, Some(m)));
+                    continue;
+                }
+                target.clone()
+            }
+        };
+        let adding: Vec<i32> = target
+            .iter()
+            .copied()
+            .filter(|r| !original.contains(r))
+            .collect();
+        let removing: Vec<i32> = original
+            .iter()
+            .copied()
+            .filter(|r| !target.contains(r))
+            .collect();
+        let replicas: Vec<i32> = target.iter().chain(&removing).copied().collect();
+        if replicas != p.replicas || adding != p.adding || removing != p.removing {
+            records.push(MetadataRecord::PartitionChange {
+                topic_id: topic.id,
+                partition: *index,
+                isr: None,
+                leader: None,
+                replicas: Some(replicas),
+            });
+            records.push(MetadataRecord::PartitionReassignment {
+                topic_id: topic.id,
+                partition: *index,
+                adding,
+                removing,
+            });
+        }
+        results.push((topic_name.clone(), *index, code::NONE, None));
+    }
+    (records, results)
+}
+
+/// Reassignments whose target replicas are all in the ISR end: the replicas become the
+/// target, the ISR loses the leaving ones, and a leaving leader hands over to the first
+/// in-sync target replica.
+fn completed_reassignments(image: &MetadataImage) -> Vec<MetadataRecord> {
+    let live = |b: &i32| image.brokers.get(b).is_some_and(|b| !b.fenced);
+    let mut records = Vec::new();
+    for topic in image.topics.values() {
+        for (index, p) in &topic.partitions {
+            if !p.reassigning() {
+                continue;
+            }
+            let target = p.target_replicas();
+            if !target.iter().all(|r| p.isr.contains(r)) {
+                continue;
+            }
+            let isr: Vec<i32> = p
+                .isr
+                .iter()
+                .copied()
+                .filter(|r| target.contains(r))
+                .collect();
+            let leader = if target.contains(&p.leader) {
+                None
+            } else {
+                Some(target.iter().copied().find(|r| live(r)).unwrap_or(-1))
+            };
+            records.push(MetadataRecord::PartitionChange {
+                topic_id: topic.id,
+                partition: *index,
+                isr: Some(isr),
+                leader,
+                replicas: Some(target),
+            });
+            records.push(MetadataRecord::PartitionReassignment {
+                topic_id: topic.id,
+                partition: *index,
+                adding: Vec::new(),
+                removing: Vec::new(),
+            });
+        }
+    }
+    records
+}
+
 /// Every `interval_ms` while active, moves leadership back to preferred replicas that are
 /// in sync (Kafka's `auto.leader.rebalance.enable`), e.g. after a restarted broker caught up.
 async fn rebalance_loop(controller: std::sync::Weak<Controller>, interval_ms: u64) {
@@ -1164,22 +1325,23 @@ async fn rebalance_loop(controller: std::sync::Weak<Controller>, interval_ms: u6
     }
 }
 
-/// An AlterPartition request, decoded.
-struct AlterPartition {
-    broker_id: i32,
-    broker_epoch: i64,
-    topic_id: Uuid,
-    partition: i32,
-    leader_epoch: i32,
-    partition_epoch: i32,
-    isr: Vec<i32>,
+/// An AlterPartition request, decoded. Public, as the decisions below, for the broker's
+/// replication simulation, which takes its controller decisions from these functions.
+pub struct AlterPartition {
+    pub broker_id: i32,
+    pub broker_epoch: i64,
+    pub topic_id: Uuid,
+    pub partition: i32,
+    pub leader_epoch: i32,
+    pub partition_epoch: i32,
+    pub isr: Vec<i32>,
 }
 
 /// Kafka's checks of an AlterPartition: the sender is the current registration of the
 /// partition's leader, at the partition's current leader and partition epochs; the new ISR
 /// holds the leader, only replicas, and only unfenced brokers among those it adds. `None`
 /// when the ISR already is the requested one.
-fn check_alter_partition(
+pub fn check_alter_partition(
     image: &MetadataImage,
     change: &AlterPartition,
 ) -> Result<Option<MetadataRecord>, (i16, String)> {
@@ -1275,7 +1437,7 @@ fn unclean_allowed(image: &MetadataImage, topic: &str) -> bool {
 /// only where `unclean.leader.election.enable` allows it, to any unfenced replica; else to
 /// none, -1), and it leaves every ISR it was in (a partition's last in-sync replica stays,
 /// so that it can lead again when it returns, as Kafka keeps it).
-fn fence(image: &MetadataImage, broker_id: i32, epoch: i64) -> Vec<MetadataRecord> {
+pub fn fence(image: &MetadataImage, broker_id: i32, epoch: i64) -> Vec<MetadataRecord> {
     let mut records = vec![MetadataRecord::FenceBroker { broker_id, epoch }];
     let live = |b: &i32| *b != broker_id && image.brokers.get(b).is_some_and(|b| !b.fenced);
     for topic in image.topics.values() {
@@ -1320,7 +1482,7 @@ fn fence(image: &MetadataImage, broker_id: i32, epoch: i64) -> Vec<MetadataRecor
 /// Unfences a broker and gives it leadership of the leaderless partitions it is in sync for
 /// (or, where `unclean.leader.election.enable` allows it, of any leaderless partition it
 /// holds a replica of).
-fn unfence(image: &MetadataImage, broker_id: i32, epoch: i64) -> Vec<MetadataRecord> {
+pub fn unfence(image: &MetadataImage, broker_id: i32, epoch: i64) -> Vec<MetadataRecord> {
     let mut records = vec![MetadataRecord::UnfenceBroker { broker_id, epoch }];
     for topic in image.topics.values() {
         for (partition, p) in &topic.partitions {
@@ -1352,6 +1514,7 @@ async fn fence_loop(controller: std::sync::Weak<Controller>) {
             return;
         };
         controller.fence_expired().await;
+        controller.complete_reassignments().await;
     }
 }
 
@@ -1498,6 +1661,69 @@ mod tests {
         let after = unclean.apply(&fence(&unclean, 1, 10)).unwrap();
         let p = partition(&after);
         assert_eq!((p.leader, p.isr.clone()), (2, vec![2]));
+    }
+
+    #[test]
+    fn a_reassignment_adds_the_new_replicas_first_and_drops_the_old_ones_once_all_are_in_sync() {
+        // Partition on [1, 2, 3] led by 1, moving to [2, 3, 4] with a fourth broker.
+        let mut image = image(vec![1, 2, 3], 1);
+        image = image
+            .apply(&[
+                MetadataRecord::RegisterBroker {
+                    broker_id: 4,
+                    incarnation_id: Uuid::from_u128(4),
+                    epoch: 40,
+                    host: "127.0.0.1".into(),
+                    port: 9004,
+                    rack: None,
+                },
+                MetadataRecord::UnfenceBroker {
+                    broker_id: 4,
+                    epoch: 40,
+                },
+            ])
+            .unwrap();
+        let request = vec![("t".to_string(), 0, Some(vec![2, 3, 4]))];
+        let (records, results) = reassign(&image, &request);
+        assert_eq!(results[0].2, code::NONE);
+        let moving = image.apply(&records).unwrap();
+        let p = partition(&moving);
+        assert_eq!(
+            (p.replicas.clone(), p.adding.clone(), p.removing.clone()),
+            (vec![2, 3, 4, 1], vec![4], vec![1])
+        );
+        assert!(
+            completed_reassignments(&moving).is_empty(),
+            "4 is not in sync yet"
+        );
+        let in_sync = moving
+            .apply(&[MetadataRecord::PartitionChange {
+                topic_id: TOPIC,
+                partition: 0,
+                isr: Some(vec![1, 2, 3, 4]),
+                leader: None,
+                replicas: None,
+            }])
+            .unwrap();
+        let done = in_sync.apply(&completed_reassignments(&in_sync)).unwrap();
+        let p = partition(&done);
+        assert_eq!(
+            (p.replicas.clone(), p.isr.clone(), p.leader, p.reassigning()),
+            (vec![2, 3, 4], vec![2, 3, 4], 2, false)
+        );
+        // Cancelling needs a reassignment in progress; cancelling one drops the joining
+        // replicas (keeping the order the reassignment gave the others, as Kafka's revert).
+        let (_, results) = reassign(&done, &[("t".to_string(), 0, None)]);
+        assert_eq!(results[0].2, code::NO_REASSIGNMENT_IN_PROGRESS);
+        let (records, _) = reassign(&moving, &[("t".to_string(), 0, None)]);
+        let cancelled = moving.apply(&records).unwrap();
+        let p = partition(&cancelled);
+        assert_eq!(
+            (p.replicas.clone(), p.reassigning()),
+            (vec![2, 3, 1], false)
+        );
+        let (_, results) = reassign(&image, &[("t".to_string(), 0, Some(vec![1, 1, 2]))]);
+        assert_eq!(results[0].2, code::INVALID_REPLICA_ASSIGNMENT);
     }
 
     fn alter(isr: Vec<i32>, leader_epoch: i32, partition_epoch: i32) -> AlterPartition {

@@ -23,11 +23,31 @@ pub struct BrokerImage {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionImage {
+    /// During a reassignment: the target replicas followed by those being removed.
     pub replicas: Vec<i32>,
     pub isr: Vec<i32>,
     pub leader: i32,
     pub leader_epoch: i32,
     pub partition_epoch: i32,
+    /// A reassignment in progress: replicas joining (not yet in sync) and replicas leaving
+    /// once they are. Both empty otherwise.
+    pub adding: Vec<i32>,
+    pub removing: Vec<i32>,
+}
+
+impl PartitionImage {
+    /// The replicas a reassignment is moving to (all replicas when none is in progress).
+    pub fn target_replicas(&self) -> Vec<i32> {
+        self.replicas
+            .iter()
+            .copied()
+            .filter(|r| !self.removing.contains(r))
+            .collect()
+    }
+
+    pub fn reassigning(&self) -> bool {
+        !self.adding.is_empty() || !self.removing.is_empty()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,8 +166,28 @@ impl MetadataImage {
                         leader: *leader,
                         leader_epoch: *leader_epoch,
                         partition_epoch: *partition_epoch,
+                        adding: Vec::new(),
+                        removing: Vec::new(),
                     },
                 );
+            }
+            MetadataRecord::PartitionReassignment {
+                topic_id,
+                partition,
+                adding,
+                removing,
+            } => {
+                let topic = Arc::make_mut(
+                    self.topics
+                        .get_mut(topic_id)
+                        .ok_or(ApplyError::UnknownTopic(*topic_id))?,
+                );
+                let p = topic
+                    .partitions
+                    .get_mut(partition)
+                    .ok_or(ApplyError::UnknownPartition(*topic_id, *partition))?;
+                p.adding = adding.clone();
+                p.removing = removing.clone();
             }
             MetadataRecord::PartitionChange {
                 topic_id,
@@ -244,6 +284,14 @@ impl MetadataImage {
                     leader_epoch: p.leader_epoch,
                     partition_epoch: p.partition_epoch,
                 });
+                if p.reassigning() {
+                    records.push(MetadataRecord::PartitionReassignment {
+                        topic_id: t.id,
+                        partition: *partition,
+                        adding: p.adding.clone(),
+                        removing: p.removing.clone(),
+                    });
+                }
             }
         }
         for ((resource_type, resource_name), entries) in &self.configs {

@@ -54,6 +54,15 @@ pub enum MetadataRecord {
     RemoveTopic {
         topic_id: Uuid,
     },
+    /// A partition reassignment in progress (KIP-455): the replicas being added and those
+    /// to be removed once the added ones are in sync; both empty when none is. Changes no
+    /// epoch (the controller commits it with the PartitionChange of the replicas).
+    PartitionReassignment {
+        topic_id: Uuid,
+        partition: i32,
+        adding: Vec<i32>,
+        removing: Vec<i32>,
+    },
 }
 
 /// A record that does not decode.
@@ -259,6 +268,18 @@ impl MetadataRecord {
                 out.put_u8(7);
                 out.put_slice(topic_id.as_bytes());
             }
+            MetadataRecord::PartitionReassignment {
+                topic_id,
+                partition,
+                adding,
+                removing,
+            } => {
+                out.put_u8(8);
+                out.put_slice(topic_id.as_bytes());
+                out.put_i32(*partition);
+                put_ids(&mut out, adding);
+                put_ids(&mut out, removing);
+            }
         }
         out
     }
@@ -317,6 +338,12 @@ impl MetadataRecord {
             },
             7 => MetadataRecord::RemoveTopic {
                 topic_id: r.uuid()?,
+            },
+            8 => MetadataRecord::PartitionReassignment {
+                topic_id: r.uuid()?,
+                partition: r.i32()?,
+                adding: r.ids()?,
+                removing: r.ids()?,
             },
             _ => return Err(DecodeError("unknown record type")),
         };
@@ -422,6 +449,20 @@ pub(crate) mod strategy {
                     }
                 }),
             uuid().prop_map(|topic_id| MetadataRecord::RemoveTopic { topic_id }),
+            (
+                uuid(),
+                0..64i32,
+                proptest::collection::vec(0..8i32, 0..3),
+                proptest::collection::vec(0..8i32, 0..3)
+            )
+                .prop_map(|(topic_id, partition, adding, removing)| {
+                    MetadataRecord::PartitionReassignment {
+                        topic_id,
+                        partition,
+                        adding,
+                        removing,
+                    }
+                }),
         ]
     }
 }

@@ -43,6 +43,8 @@ pub const SUPPORTED: &[ApiSupport] = &[
     api(ApiKey::CreatePartitions, 0, 0, 3),
     api(ApiKey::DescribeQuorum, 0, 0, 2),
     api(ApiKey::ElectLeaders, 0, 0, 2),
+    api(ApiKey::AlterPartitionReassignments, 0, 0, 1),
+    api(ApiKey::ListPartitionReassignments, 0, 0, 0),
     api(ApiKey::DeleteGroups, 0, 0, 2),
     api(ApiKey::OffsetDelete, 0, 0, 0),
     api(ApiKey::ConsumerGroupHeartbeat, 0, 0, 1),

@@ -13,13 +13,14 @@ mod describe_cluster;
 mod describe_configs;
 mod describe_quorum;
 mod elect_leaders;
-mod fetch;
+pub(crate) mod fetch;
 mod find_coordinator;
 mod groups;
 mod list_offsets;
 mod metadata;
 mod offsets;
 mod produce;
+mod reassignments;
 
 use bytes::Bytes;
 use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind};
@@ -79,6 +80,12 @@ pub async fn handle(
         }
         RequestKind::DescribeQuorum(req) => {
             ctx.respond(&describe_quorum::handle(broker, req, version).await)
+        }
+        RequestKind::AlterPartitionReassignments(req) => {
+            ctx.respond(&reassignments::alter(broker, req, version).await)
+        }
+        RequestKind::ListPartitionReassignments(req) => {
+            ctx.respond(&reassignments::list(broker, req))
         }
         RequestKind::ElectLeaders(req) => {
             ctx.respond(&elect_leaders::handle(broker, req, version).await)
