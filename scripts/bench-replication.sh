@@ -32,6 +32,8 @@ bootstrap="127.0.0.1:$BASE_PORT,127.0.0.1:$((BASE_PORT + 2)),127.0.0.1:$((BASE_P
 common=(--bootstrap "$bootstrap" --replication-factor 3 --min-insync-replicas 2 --acks all
     --partitions 6 --record-bytes "$RECORD_BYTES")
 
+echo "== $TARGET: warm-up (not reported), 10 s at $RATE records/s"
+"$STROM" bench produce "${common[@]}" --topic warmup --records $((RATE * 10)) --rate "$RATE" > /dev/null
 echo "== $TARGET: fixed rate $RATE records/s, $((RATE * 30)) records"
 "$STROM" bench produce "${common[@]}" --topic rate --records $((RATE * 30)) --rate "$RATE"
 echo "== $TARGET: as fast as the client can, $RECORDS records"
