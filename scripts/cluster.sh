@@ -7,7 +7,8 @@
 #
 # Node i listens for clients on BASE_PORT+2(i-1) and for the controller quorum on the port
 # after it: with the default BASE_PORT=9092, clients use 127.0.0.1:9092,9094,9096.
-# Data, configs, logs and PIDs live in CLUSTER_DIR (default ./strom-cluster).
+# Data, configs, logs and PIDs live in CLUSTER_DIR (default ./strom-cluster); CLUSTER_PROPERTIES
+# (newline-separated key=value lines) is appended to every node's server.properties.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -41,6 +42,7 @@ listeners=PLAINTEXT://127.0.0.1:$(client_port "$i"),CONTROLLER://127.0.0.1:$(con
 controller.listener.names=CONTROLLER
 controller.quorum.voters=$voters
 log.dirs=$dir/data
+${CLUSTER_PROPERTIES:-}
 PROPS
         "$STROM" storage format --cluster-id "$cluster_id" --config "$dir/server.properties" \
             --ignore-formatted > /dev/null 2> "$dir/format.log" \

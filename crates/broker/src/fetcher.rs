@@ -44,11 +44,11 @@ const RESPONSE_BYTES_MAX: usize = 256 << 20;
 
 /// A partition to fetch from its leader.
 #[derive(Clone)]
-struct Target {
-    topic_id: Uuid,
-    topic: String,
-    partition: Arc<Partition>,
-    leader_epoch: i32,
+pub(crate) struct Target {
+    pub(crate) topic_id: Uuid,
+    pub(crate) topic: String,
+    pub(crate) partition: Arc<Partition>,
+    pub(crate) leader_epoch: i32,
 }
 
 /// What one fetcher task is told by [`run`].
@@ -104,6 +104,7 @@ pub async fn run(config: Arc<BrokerConfig>, topics: Arc<TopicManager>) {
                     leader,
                     Arc::clone(&fetcher),
                     Arc::clone(&config),
+                    Arc::clone(&topics),
                 ));
                 fetcher
             });
@@ -117,7 +118,12 @@ pub async fn run(config: Arc<BrokerConfig>, topics: Arc<TopicManager>) {
 }
 
 /// Fetches from one leader for as long as the process runs.
-async fn fetch_loop(leader: i32, fetcher: Arc<Fetcher>, config: Arc<BrokerConfig>) {
+async fn fetch_loop(
+    leader: i32,
+    fetcher: Arc<Fetcher>,
+    config: Arc<BrokerConfig>,
+    topics: Arc<TopicManager>,
+) {
     let backoff = Duration::from_millis(config.replica_fetch_backoff_ms.max(1) as u64);
     let timeout = Duration::from_millis(config.replica_socket_timeout_ms.max(1) as u64);
     let mut connection: Option<(String, u16, TcpStream)> = None;
@@ -205,7 +211,15 @@ async fn fetch_loop(leader: i32, fetcher: Arc<Fetcher>, config: Arc<BrokerConfig
             failing = false;
         }
         for (target, data) in match_partitions(&active, &response) {
-            if let Err(code) = apply(target, data) {
+            let recovery_point = target.partition.log.recovery_point();
+            let applied = apply(target, data);
+            if target.partition.log.recovery_point() < recovery_point {
+                // A truncation moved the recovery point back: on disk before any append.
+                if let Err(e) = topics.checkpoint_recovery_points() {
+                    warn!(error = %e, "cannot checkpoint recovery points after a truncation");
+                }
+            }
+            if let Err(code) = applied {
                 paused.insert(
                     (target.topic_id, target.partition.index),
                     (target.leader_epoch, Instant::now() + backoff),
@@ -221,7 +235,7 @@ async fn fetch_loop(leader: i32, fetcher: Arc<Fetcher>, config: Arc<BrokerConfig
     }
 }
 
-fn fetch_request(config: &BrokerConfig, targets: &[Target]) -> FetchRequest {
+pub(crate) fn fetch_request(config: &BrokerConfig, targets: &[Target]) -> FetchRequest {
     let mut by_topic: BTreeMap<Uuid, Vec<FetchPartition>> = BTreeMap::new();
     for t in targets {
         let log = &t.partition.log;
@@ -315,7 +329,7 @@ fn match_partitions<'a>(
 
 /// Applies one partition's answer: truncate on a diverging epoch, append records, follow
 /// the leader's high watermark. An error code pauses the partition.
-fn apply(target: &Target, data: &PartitionData) -> Result<(), i16> {
+pub(crate) fn apply(target: &Target, data: &PartitionData) -> Result<(), i16> {
     let partition = &target.partition;
     // Held while applying, so that leadership cannot change under a follower's append or
     // truncation (the leader's append holds it too).

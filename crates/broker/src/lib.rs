@@ -21,6 +21,8 @@ mod legacy;
 pub mod replication;
 pub mod response;
 pub mod server;
+#[cfg(test)]
+mod sim;
 pub mod storage_format;
 pub mod topic_config;
 pub mod topics;

@@ -43,6 +43,11 @@ pub struct ReplicaState {
     pub pending_isr: Option<Vec<i32>>,
     /// Leader only: what each follower fetched.
     pub followers: BTreeMap<i32, FollowerProgress>,
+    /// Leader only: the log end when this broker took the leadership (Kafka's
+    /// `leaderEpochStartOffset`). Its high watermark may lag behind records committed before
+    /// (it is the one it had as a follower, or its checkpoint), so a follower joins the ISR
+    /// only once it has reached this offset too (KAFKA-7128).
+    pub leader_epoch_start_offset: i64,
 }
 
 impl ReplicaState {
@@ -130,6 +135,7 @@ impl Partition {
         } else {
             if new_epoch {
                 r.followers.clear();
+                r.leader_epoch_start_offset = self.log.offsets().log_end_offset;
             }
             let isr = state.isr.clone();
             r.followers.retain(|id, _| state.replicas.contains(id));
@@ -251,7 +257,7 @@ impl Partition {
     /// Leader: follower `follower` fetched at `fetch_offset`, so its log holds everything
     /// below it. Updates its progress as Kafka's `Replica.updateFetchState`, advances the
     /// high watermark, and returns the ISR to ask for when the follower has caught up with
-    /// the high watermark but is not in sync yet.
+    /// the high watermark and the start of this leader's epoch but is not in sync yet.
     pub fn follower_fetched(
         self: &Arc<Self>,
         topic_id: Uuid,
@@ -276,7 +282,8 @@ impl Partition {
         f.log_end_offset = fetch_offset.min(leader_end);
         let expand = r.pending_isr.is_none()
             && !r.isr.contains(&follower)
-            && fetch_offset >= offsets.high_watermark;
+            && fetch_offset >= offsets.high_watermark
+            && fetch_offset >= r.leader_epoch_start_offset;
         let change = expand.then(|| {
             let mut isr = r.isr.clone();
             isr.push(follower);
@@ -326,7 +333,7 @@ impl Partition {
     }
 
     /// Forgets an ISR change the controller refused, so it can be asked again.
-    fn isr_change_failed(&self, partition_epoch: i32) {
+    pub(crate) fn isr_change_failed(&self, partition_epoch: i32) {
         let mut r = self.replica.lock();
         if r.partition_epoch == partition_epoch {
             r.pending_isr = None;

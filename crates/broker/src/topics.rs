@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI32, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -207,12 +207,21 @@ pub struct TopicManager {
     /// Log dirs whose last shutdown was clean (their logs skip recovery when first opened).
     clean: Vec<bool>,
     recovery_points: Mutex<BTreeMap<(String, i32), i64>>,
+    /// Held while the recovery point checkpoints are written.
+    writing_recovery_points: Mutex<()>,
     /// High watermarks as last checkpointed (Kafka's `replication-offset-checkpoint`): read
     /// at start so that a restarted replica does not take its whole log as committed, and
     /// compared at each flush so that an unchanged set is not rewritten.
     high_watermarks: Mutex<BTreeMap<(String, i32), i64>>,
     /// Serializes applying images (the read path never takes it).
     applying: Mutex<()>,
+    /// Whether an image in which this broker is live has been applied. Replicas take their
+    /// partition's leader, epochs and ISR only from then on: before, a restarting broker may
+    /// apply images older than its own log (from a lagging state machine or controller), and
+    /// leading by one with a smaller ISR than its log was written under would move its high
+    /// watermark over records the other replicas lack (Kafka's brokers likewise publish no
+    /// metadata before they have caught up).
+    live: AtomicBool,
     /// The log index of the last applied metadata, for requests waiting on their change.
     applied: tokio::sync::watch::Sender<u64>,
     /// Runs after the topics reflect an image and before its index is published.
@@ -254,8 +263,10 @@ impl TopicManager {
             image: RwLock::new(Published::default()),
             clean,
             recovery_points: Mutex::new(recovery_points),
+            writing_recovery_points: Mutex::new(()),
             high_watermarks: Mutex::new(high_watermarks),
             applying: Mutex::new(()),
+            live: AtomicBool::new(false),
             applied: tokio::sync::watch::channel(0).0,
             on_applied: RwLock::new(None),
         })
@@ -268,10 +279,12 @@ impl TopicManager {
 
     /// Brings the topics in step with `published`: opens logs of new local partitions,
     /// deletes those of removed topics, refreshes leaders, epochs and configs. With
-    /// `remove_strays` (once caught up with the log), also deletes partition directories no
-    /// topic owns, left by deletions this broker missed.
+    /// `remove_strays` (once caught up with the log: the first image in which this broker is
+    /// live), also deletes partition directories no topic owns, left by deletions this broker
+    /// missed, and hands every replica its partition's state, which it takes from then on.
     pub fn apply(&self, published: &Published, remove_strays: bool) -> Result<(), BrokerError> {
         let _applying = self.applying.lock();
+        let live = remove_strays || self.live.load(Ordering::Acquire);
         let image = &published.image;
         let removed: Vec<Arc<Topic>> = self
             .topics
@@ -292,11 +305,14 @@ impl TopicManager {
             let current = self.get(&topic_image.name);
             if let Some(current) = &current {
                 // Images share unchanged topics: most of a large cluster is skipped here.
-                if Arc::ptr_eq(&current.image, topic_image) && current.configs == *configs {
+                if Arc::ptr_eq(&current.image, topic_image)
+                    && current.configs == *configs
+                    && !remove_strays
+                {
                     continue;
                 }
             }
-            let topic = self.build(topic_image, configs.clone(), current.as_deref())?;
+            let topic = self.build(topic_image, configs.clone(), current.as_deref(), live)?;
             self.by_id.write().insert(topic.id, topic.name.clone());
             self.topics
                 .write()
@@ -305,6 +321,7 @@ impl TopicManager {
         if remove_strays {
             self.remove_stray_partitions()?;
         }
+        self.live.store(live, Ordering::Release);
         *self.image.write() = published.clone();
         let hook = self.on_applied.read().clone();
         if let Some(hook) = hook {
@@ -324,12 +341,14 @@ impl TopicManager {
         self.applied.subscribe()
     }
 
-    /// A topic from its image, reusing the partitions already open.
+    /// A topic from its image, reusing the partitions already open; with `live`, each
+    /// replica takes its partition's state.
     fn build(
         &self,
         image: &Arc<TopicImage>,
         configs: BTreeMap<String, String>,
         current: Option<&Topic>,
+        live: bool,
     ) -> Result<Topic, BrokerError> {
         let settings = topic_config::resolve(&configs, &self.config);
         let states: Vec<PartitionImage> = image.partitions.values().cloned().collect();
@@ -352,7 +371,9 @@ impl TopicManager {
                 Some(p) => p,
                 None => Arc::new(self.open_partition(image, index, &settings)?),
             };
-            partition.apply_state(state, now_ms());
+            if live {
+                partition.apply_state(state, now_ms());
+            }
             local.push(Some(partition));
         }
         if current.is_none() {
@@ -419,14 +440,12 @@ impl TopicManager {
             std::fs::write(&tmp, &expected)?;
             std::fs::rename(&tmp, &marker)?;
         }
-        if let Some(high_watermark) = self
+        let checkpointed = self
             .high_watermarks
             .lock()
             .get(&(topic.name.clone(), index))
-            .copied()
-        {
-            log.reset_high_watermark(high_watermark);
-        }
+            .copied();
+        restore_high_watermark(&log, checkpointed);
         Ok(Partition::new(index, log, self.node_id))
     }
 
@@ -509,9 +528,8 @@ impl TopicManager {
     pub fn flush_due(&self, force: bool) -> Result<(), BrokerError> {
         let now = now_ms();
         let mut flushed_any = false;
-        let mut points: Vec<BTreeMap<(String, i32), i64>> =
+        let mut high_watermarks: Vec<BTreeMap<(String, i32), i64>> =
             vec![BTreeMap::new(); self.log_dirs.len()];
-        let mut high_watermarks = points.clone();
         for topic in self.all() {
             for partition in topic.local_partitions() {
                 let dir_index = self.dir_index_of(partition.log.dir());
@@ -528,13 +546,10 @@ impl TopicManager {
                     before
                 };
                 flushed_any |= force || point != before;
-                points[dir_index].insert((topic.name.clone(), partition.index), point);
             }
         }
         if flushed_any {
-            for (dir, entries) in self.log_dirs.iter().zip(&points) {
-                checkpoint::write(&dir.join(checkpoint::RECOVERY_POINT_FILE), entries)?;
-            }
+            self.checkpoint_recovery_points()?;
         }
         let all: BTreeMap<(String, i32), i64> = high_watermarks
             .iter()
@@ -547,6 +562,30 @@ impl TopicManager {
                 checkpoint::write(&dir.join(checkpoint::REPLICATION_OFFSET_FILE), entries)?;
             }
             *written = all;
+        }
+        Ok(())
+    }
+
+    /// Writes every open partition's recovery point to its log dir's checkpoint: after
+    /// flushes, and right after a follower's truncation moved a recovery point back, before
+    /// anything is appended past the cut (Kafka checkpoints after every truncation): a crash
+    /// with the older, higher point on disk would trust segments rewritten since, stale index
+    /// files included. Writers take turns, each writing the points as they are then, so none
+    /// puts back a point a truncation has lowered.
+    pub fn checkpoint_recovery_points(&self) -> Result<(), BrokerError> {
+        let _writing = self.writing_recovery_points.lock();
+        let mut points: Vec<BTreeMap<(String, i32), i64>> =
+            vec![BTreeMap::new(); self.log_dirs.len()];
+        for topic in self.all() {
+            for partition in topic.local_partitions() {
+                points[self.dir_index_of(partition.log.dir())].insert(
+                    (topic.name.clone(), partition.index),
+                    partition.log.recovery_point(),
+                );
+            }
+        }
+        for (dir, entries) in self.log_dirs.iter().zip(&points) {
+            checkpoint::write(&dir.join(checkpoint::RECOVERY_POINT_FILE), entries)?;
         }
         Ok(())
     }
@@ -571,6 +610,14 @@ impl TopicManager {
         }
         Ok(())
     }
+}
+
+/// Sets a reopened log's high watermark to its checkpoint or, without one (a crash before the
+/// first checkpoint, a partition created since), to the log start as Kafka does: the log end
+/// may hold records no other replica has, and a restarted leader would take them as committed.
+/// A leader moves it on once its in-sync followers have fetched (at once when it is alone).
+pub(crate) fn restore_high_watermark(log: &PartitionLog, checkpointed: Option<i64>) {
+    log.reset_high_watermark(checkpointed.unwrap_or(log.offsets().log_start_offset));
 }
 
 /// Kafka's `partition.metadata` content for a topic id (base64 of the id, URL-safe, no

@@ -193,6 +193,35 @@ fn ensure_replicated_topic(
     Ok(())
 }
 
+/// Waits until every partition of `topic` has a leader and `replication_factor` in-sync
+/// replicas, so that a run measures steady state, not the topic's first moments.
+fn wait_until_replicated(
+    bootstrap: &str,
+    topic: &str,
+    replication_factor: i32,
+) -> anyhow::Result<()> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        let ready = metadata.topics().iter().any(|t| {
+            !t.partitions().is_empty()
+                && t.partitions().iter().all(|p| {
+                    p.leader() >= 0 && p.isr().len() >= replication_factor.max(1) as usize
+                })
+        });
+        if ready {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("topic {topic} is not fully replicated after 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn produce(a: ProduceArgs) -> anyhow::Result<()> {
     let min_insync = a.min_insync_replicas.to_string();
     ensure_replicated_topic(
@@ -201,6 +230,11 @@ fn produce(a: ProduceArgs) -> anyhow::Result<()> {
         a.partitions,
         a.replication_factor,
         (a.min_insync_replicas > 0).then_some(min_insync.as_str()),
+    )?;
+    wait_until_replicated(
+        &a.common.bootstrap,
+        &a.common.topic,
+        a.replication_factor,
     )?;
     let histogram = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
         1, 60_000_000, 3,

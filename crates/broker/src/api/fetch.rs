@@ -61,16 +61,16 @@ struct PartitionRequest {
 }
 
 /// What one partition contributes to the response.
-struct PartitionRead {
+pub(crate) struct PartitionRead {
     index: i32,
-    error_code: i16,
+    pub(crate) error_code: i16,
     /// Sent as CurrentLeader (v12+) when the client must go elsewhere.
     current_leader: Option<(i32, i32)>,
     /// Sent as DivergingEpoch (v12+) to a follower that must truncate.
-    diverging: Option<(i32, i64)>,
-    high_watermark: i64,
-    log_start_offset: i64,
-    slice: Option<FileSlice>,
+    pub(crate) diverging: Option<(i32, i64)>,
+    pub(crate) high_watermark: i64,
+    pub(crate) log_start_offset: i64,
+    pub(crate) slice: Option<FileSlice>,
 }
 
 pub async fn handle(broker: &Broker, req: FetchRequest, ctx: &Ctx) -> Outcome {
@@ -176,9 +176,15 @@ fn resolve(
                         }),
                     };
                     let diverging = match (&target, &topic) {
-                        (Ok(partition), Some(topic)) if replica_id >= 0 => {
-                            follower_fetch(broker, topic.id, partition, replica_id, p, version, now)
-                        }
+                        (Ok(partition), Some(topic)) if replica_id >= 0 => follower_fetch(
+                            &broker.isr_changes,
+                            topic.id,
+                            partition,
+                            replica_id,
+                            p,
+                            version,
+                            now,
+                        ),
                         _ => None,
                     };
                     PartitionRequest {
@@ -205,8 +211,8 @@ fn resolve(
 /// A follower's fetch: whether its log diverges from ours (the epoch and end offset it must
 /// truncate to, Kafka's `validateFetchOffsetAndMaybeGetDivergingEpoch`); if not, its fetch
 /// offset is its log end, which may move the high watermark or let it join the ISR.
-fn follower_fetch(
-    broker: &Broker,
+pub(crate) fn follower_fetch(
+    isr_changes: &tokio::sync::mpsc::Sender<crate::replication::IsrChange>,
     topic_id: Uuid,
     partition: &Arc<Partition>,
     replica_id: i32,
@@ -215,7 +221,7 @@ fn follower_fetch(
     now_ms: i64,
 ) -> Option<(i32, i64)> {
     if version >= 12 && p.last_fetched_epoch >= 0 {
-        let (epoch, end_offset) = partition.log.end_offset_for_epoch(p.last_fetched_epoch);
+        let (epoch, end_offset) = end_offset_for_epoch(partition, p.last_fetched_epoch);
         if epoch < p.last_fetched_epoch || end_offset < p.fetch_offset {
             return Some((epoch, end_offset));
         }
@@ -224,15 +230,33 @@ fn follower_fetch(
         if let Some(change) =
             partition.follower_fetched(topic_id, replica_id, p.fetch_offset, now_ms)
         {
-            crate::replication::request_isr_change(&broker.isr_changes, change);
+            crate::replication::request_isr_change(isr_changes, change);
         }
     }
     None
 }
 
+/// Where `requested_epoch` ends in the leader's log. Kafka's leader writes its own epoch at
+/// its log end when elected, so an epoch newer than every epoch in the log (the leader has
+/// not appended in its epoch yet) ends at the log end, in the latest earlier epoch; the log's
+/// own answer would be undefined, which the follower reads as "no divergence", keeping
+/// records this log lacks and never getting in sync. Under the replica lock, so that no
+/// leader append moves the log between the two reads.
+fn end_offset_for_epoch(partition: &Partition, requested_epoch: i32) -> (i32, i64) {
+    let _replica = partition.replica.lock();
+    let log = &partition.log;
+    match log.end_offset_for_epoch(requested_epoch) {
+        (-1, _) => (
+            log.latest_epoch().unwrap_or(requested_epoch),
+            log.offsets().log_end_offset,
+        ),
+        known => known,
+    }
+}
+
 /// KIP-320: a client that knows a newer epoch than ours sees UNKNOWN_LEADER_EPOCH, one that
 /// knows an older epoch is FENCED_LEADER_EPOCH.
-fn check_epoch(partition: &Partition, current_leader_epoch: i32) -> Result<(), i16> {
+pub(crate) fn check_epoch(partition: &Partition, current_leader_epoch: i32) -> Result<(), i16> {
     match current_leader_epoch {
         -1 => Ok(()),
         e if e > partition.leader_epoch() => Err(ResponseError::UnknownLeaderEpoch.code()),
@@ -264,58 +288,81 @@ fn read_all(topics: &[TopicRequest], max_bytes: usize) -> Vec<Vec<PartitionRead>
                             return read;
                         }
                     };
-                    if let Some(diverging) = p.diverging {
-                        let offsets = partition.log.offsets();
-                        return PartitionRead {
-                            diverging: Some(diverging),
-                            high_watermark: offsets.high_watermark,
-                            log_start_offset: offsets.log_start_offset,
-                            ..empty(p.index, 0)
-                        };
-                    }
                     let limit = (p.fetch.partition_max_bytes.max(0) as usize).min(remaining);
-                    let read = if p.replica {
-                        partition
-                            .log
-                            .read_to_log_end(p.fetch.fetch_offset, limit, min_one_batch)
-                    } else {
-                        partition
-                            .log
-                            .read(p.fetch.fetch_offset, limit, min_one_batch)
-                    };
-                    match read {
-                        Ok(read) => {
-                            if let Some(slice) = &read.slice {
-                                remaining = remaining.saturating_sub(slice.len);
-                                min_one_batch = false;
-                            }
-                            PartitionRead {
-                                index: p.index,
-                                error_code: 0,
-                                current_leader: None,
-                                diverging: None,
-                                high_watermark: read.offsets.high_watermark,
-                                log_start_offset: read.offsets.log_start_offset,
-                                slice: read.slice,
-                            }
-                        }
-                        Err(e) => {
-                            let offsets = partition.log.offsets();
-                            PartitionRead {
-                                index: p.index,
-                                error_code: e.error_code(),
-                                current_leader: None,
-                                diverging: None,
-                                high_watermark: offsets.high_watermark,
-                                log_start_offset: offsets.log_start_offset,
-                                slice: None,
-                            }
-                        }
+                    let read = read_partition(
+                        partition,
+                        p.index,
+                        &p.fetch,
+                        p.replica,
+                        p.diverging,
+                        limit,
+                        min_one_batch,
+                    );
+                    if let Some(slice) = &read.slice {
+                        remaining = remaining.saturating_sub(slice.len);
+                        min_one_batch = false;
                     }
+                    read
                 })
                 .collect()
         })
         .collect()
+}
+
+/// One led partition's part of the answer: for a follower whose log diverges, the epoch
+/// and end offset to truncate to; else the records from the fetch offset (up to the log end
+/// for a follower, the high watermark for a consumer), at most `max_bytes` (or one batch
+/// when `min_one_batch`), or the read's error.
+pub(crate) fn read_partition(
+    partition: &Partition,
+    index: i32,
+    fetch: &FetchPartition,
+    replica: bool,
+    diverging: Option<(i32, i64)>,
+    max_bytes: usize,
+    min_one_batch: bool,
+) -> PartitionRead {
+    if let Some(diverging) = diverging {
+        let offsets = partition.log.offsets();
+        return PartitionRead {
+            diverging: Some(diverging),
+            high_watermark: offsets.high_watermark,
+            log_start_offset: offsets.log_start_offset,
+            ..empty(index, 0)
+        };
+    }
+    let read = if replica {
+        partition
+            .log
+            .read_to_log_end(fetch.fetch_offset, max_bytes, min_one_batch)
+    } else {
+        partition
+            .log
+            .read(fetch.fetch_offset, max_bytes, min_one_batch)
+    };
+    match read {
+        Ok(read) => PartitionRead {
+            index,
+            error_code: 0,
+            current_leader: None,
+            diverging: None,
+            high_watermark: read.offsets.high_watermark,
+            log_start_offset: read.offsets.log_start_offset,
+            slice: read.slice,
+        },
+        Err(e) => {
+            let offsets = partition.log.offsets();
+            PartitionRead {
+                index,
+                error_code: e.error_code(),
+                current_leader: None,
+                diverging: None,
+                high_watermark: offsets.high_watermark,
+                log_start_offset: offsets.log_start_offset,
+                slice: None,
+            }
+        }
+    }
 }
 
 /// The endpoints of the leaders the response points clients to.
