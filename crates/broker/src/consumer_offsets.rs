@@ -124,7 +124,11 @@ impl Loader {
             .unwrap_or_default();
         for (partition, _) in loaded.iter().filter(|(p, _)| !led.contains_key(p)) {
             let dropped = self.groups.unload_partition(*partition);
-            info!(partition, groups = dropped, "unloaded {TOPIC} partition: leadership moved");
+            info!(
+                partition,
+                groups = dropped,
+                "unloaded {TOPIC} partition: leadership moved"
+            );
         }
         loaded.retain(|p, _| led.contains_key(p));
         let Some(topic) = topics.get(TOPIC) else {

@@ -38,6 +38,20 @@ use crate::topics::{now_ms, Partition, TopicManager};
 
 /// The Fetch version followers send: topic ids (v13) and diverging epochs (v12+).
 const FETCH_VERSION: i16 = 13;
+/// Pause before asking a leader again whose metadata is behind this broker's.
+const LEADER_CATCH_UP_RETRY_MS: u64 = 20;
+
+/// Errors a leader answers while it has not applied the metadata this follower has.
+fn leader_catching_up(code: i16) -> bool {
+    [
+        ResponseError::UnknownTopicId.code(),
+        ResponseError::UnknownTopicOrPartition.code(),
+        ResponseError::NotLeaderOrFollower.code(),
+        ResponseError::UnknownLeaderEpoch.code(),
+    ]
+    .contains(&code)
+}
+
 /// Largest fetch response a follower accepts (the leader honours the request's max_bytes;
 /// this bounds a broken peer).
 const RESPONSE_BYTES_MAX: usize = 256 << 20;
@@ -220,9 +234,16 @@ async fn fetch_loop(
                 }
             }
             if let Err(code) = applied {
+                // The leader not knowing the partition or its epoch yet means its metadata
+                // is a moment behind ours: ask again soon rather than after a full backoff.
+                let pause = if leader_catching_up(code) {
+                    Duration::from_millis(LEADER_CATCH_UP_RETRY_MS).min(backoff)
+                } else {
+                    backoff
+                };
                 paused.insert(
                     (target.topic_id, target.partition.index),
-                    (target.leader_epoch, Instant::now() + backoff),
+                    (target.leader_epoch, Instant::now() + pause),
                 );
                 if code != ResponseError::NotLeaderOrFollower.code()
                     && code != ResponseError::FencedLeaderEpoch.code()

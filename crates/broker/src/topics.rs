@@ -32,6 +32,10 @@ const CLEAN_SHUTDOWN_FILE: &str = ".strom-clean-shutdown";
 pub const METADATA_LOG_DIR: &str = "__cluster_metadata-0";
 /// Kafka's file naming the topic id a partition directory belongs to.
 const PARTITION_METADATA_FILE: &str = "partition.metadata";
+/// Kafka's `replica.high.watermark.checkpoint.interval.ms` default: high watermarks move
+/// with every acknowledged write, so they are checkpointed at most this often (and at
+/// shutdown); a replica restarting from an older one only re-learns it from its leader.
+const HIGH_WATERMARK_CHECKPOINT_INTERVAL_MS: i64 = 5_000;
 /// Topic configs' resource type in the metadata (Kafka's `ConfigResource.Type.TOPIC`).
 pub const TOPIC_RESOURCE: i8 = 2;
 
@@ -213,6 +217,8 @@ pub struct TopicManager {
     /// at start so that a restarted replica does not take its whole log as committed, and
     /// compared at each flush so that an unchanged set is not rewritten.
     high_watermarks: Mutex<BTreeMap<(String, i32), i64>>,
+    /// When the high watermarks were last checkpointed (ms since the epoch).
+    high_watermarks_written_ms: AtomicI64,
     /// Serializes applying images (the read path never takes it).
     applying: Mutex<()>,
     /// Whether an image in which this broker is live has been applied. Replicas take their
@@ -265,6 +271,7 @@ impl TopicManager {
             recovery_points: Mutex::new(recovery_points),
             writing_recovery_points: Mutex::new(()),
             high_watermarks: Mutex::new(high_watermarks),
+            high_watermarks_written_ms: AtomicI64::new(0),
             applying: Mutex::new(()),
             live: AtomicBool::new(false),
             applied: tokio::sync::watch::channel(0).0,
@@ -557,7 +564,11 @@ impl TopicManager {
             .map(|(k, v)| (k.clone(), *v))
             .collect();
         let mut written = self.high_watermarks.lock();
-        if force || *written != all {
+        let due = now.saturating_sub(self.high_watermarks_written_ms.load(Ordering::Relaxed))
+            >= HIGH_WATERMARK_CHECKPOINT_INTERVAL_MS;
+        if force || (due && *written != all) {
+            self.high_watermarks_written_ms
+                .store(now, Ordering::Relaxed);
             for (dir, entries) in self.log_dirs.iter().zip(&high_watermarks) {
                 checkpoint::write(&dir.join(checkpoint::REPLICATION_OFFSET_FILE), entries)?;
             }

@@ -208,9 +208,9 @@ fn wait_until_replicated(
         let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
         let ready = metadata.topics().iter().any(|t| {
             !t.partitions().is_empty()
-                && t.partitions().iter().all(|p| {
-                    p.leader() >= 0 && p.isr().len() >= replication_factor.max(1) as usize
-                })
+                && t.partitions()
+                    .iter()
+                    .all(|p| p.leader() >= 0 && p.isr().len() >= replication_factor.max(1) as usize)
         });
         if ready {
             return Ok(());
@@ -231,11 +231,7 @@ fn produce(a: ProduceArgs) -> anyhow::Result<()> {
         a.replication_factor,
         (a.min_insync_replicas > 0).then_some(min_insync.as_str()),
     )?;
-    wait_until_replicated(
-        &a.common.bootstrap,
-        &a.common.topic,
-        a.replication_factor,
-    )?;
+    wait_until_replicated(&a.common.bootstrap, &a.common.topic, a.replication_factor)?;
     let histogram = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
         1, 60_000_000, 3,
     )?));
