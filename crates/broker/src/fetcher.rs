@@ -122,8 +122,21 @@ pub async fn run(config: Arc<BrokerConfig>, topics: Arc<TopicManager>) {
                 ));
                 fetcher
             });
-            *fetcher.assignment.lock() = Assignment { endpoint, targets };
-            fetcher.changed.notify_one();
+            let mut assignment = fetcher.assignment.lock();
+            // Only a different set of partitions or epochs (or endpoint) interrupts the
+            // fetcher: most metadata changes (ISR, other topics) do not concern it.
+            let same = assignment.endpoint == endpoint
+                && assignment.targets.len() == targets.len()
+                && assignment.targets.iter().zip(&targets).all(|(a, b)| {
+                    a.topic_id == b.topic_id
+                        && a.partition.index == b.partition.index
+                        && a.leader_epoch == b.leader_epoch
+                        && Arc::ptr_eq(&a.partition, &b.partition)
+                });
+            if !same {
+                *assignment = Assignment { endpoint, targets };
+                fetcher.changed.notify_one();
+            }
         }
         if applied.changed().await.is_err() {
             return;
@@ -205,10 +218,24 @@ async fn fetch_loop(
             continue;
         };
         correlation_id = correlation_id.wrapping_add(1);
-        let request = fetch_request(&config, &active);
-        let wait = Duration::from_millis(config.replica_fetch_wait_max_ms.max(0) as u64);
+        let mut request = fetch_request(&config, &active);
+        // A partition paused for a moment must not wait for a whole long poll of the others.
+        if let Some(until) = paused.values().map(|(_, until)| *until).min() {
+            let soon = until.saturating_duration_since(Instant::now()).as_millis();
+            request.max_wait_ms = request.max_wait_ms.min(soon as i32);
+        }
+        let wait = Duration::from_millis(request.max_wait_ms.max(0) as u64);
         let exchange = exchange(stream, correlation_id, &request);
-        let response = match tokio::time::timeout(timeout + wait, exchange).await {
+        // A new assignment (a partition to start following, a new epoch) must not wait for
+        // the long poll in flight to end: drop it with its connection and fetch again now.
+        let answer = tokio::select! {
+            answer = tokio::time::timeout(timeout + wait, exchange) => answer,
+            _ = &mut changed => {
+                connection = None;
+                continue;
+            }
+        };
+        let response = match answer {
             Ok(Ok(response)) => response,
             other => {
                 if !failing {
