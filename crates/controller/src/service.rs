@@ -397,16 +397,19 @@ impl Controller {
                 // The broker epoch is the index the registration will have: only the
                 // leader writes, under `decide`, so nothing else takes that index.
                 let broker_epoch = metrics.last_log_index.unwrap_or(0) as i64 + 1;
-                let record = MetadataRecord::RegisterBroker {
-                    broker_id,
-                    incarnation_id: Uuid::from_u128(incarnation_id),
-                    epoch: broker_epoch,
-                    host,
-                    port,
-                    rack,
-                };
+                let records = registration(
+                    &image,
+                    MetadataRecord::RegisterBroker {
+                        broker_id,
+                        incarnation_id: Uuid::from_u128(incarnation_id),
+                        epoch: broker_epoch,
+                        host,
+                        port,
+                        rack,
+                    },
+                );
                 self.touch(broker_id, metrics.current_term);
-                match self.commit(&[record]).await {
+                match self.commit(&records).await {
                     Ok(_) => {
                         info!(broker_id, broker_epoch, "registered broker");
                         ControllerResponse::Registered { broker_epoch }
@@ -1085,6 +1088,29 @@ fn plan_partitions(
     Ok(partition_records(image, topic.id, current, &assignment))
 }
 
+/// The records of a broker registration. A new incarnation of a broker still registered
+/// unfenced (it crashed and came back before the controller fenced it) first loses that
+/// registration's leadership and ISR places, as Kafka handles an unclean shutdown: it must
+/// catch up before it leads again.
+fn registration(image: &MetadataImage, register: MetadataRecord) -> Vec<MetadataRecord> {
+    let MetadataRecord::RegisterBroker {
+        broker_id,
+        incarnation_id,
+        ..
+    } = &register
+    else {
+        return vec![register];
+    };
+    let mut records = match image.brokers.get(broker_id) {
+        Some(old) if !old.fenced && old.incarnation_id != *incarnation_id => {
+            fence(image, *broker_id, old.epoch)
+        }
+        _ => Vec::new(),
+    };
+    records.push(register);
+    records
+}
+
 /// One partition's election outcome: topic, partition, error code, message.
 pub type ElectionResult = (String, i32, i16, Option<String>);
 
@@ -1724,6 +1750,29 @@ mod tests {
         );
         let (_, results) = reassign(&image, &[("t".to_string(), 0, Some(vec![1, 1, 2]))]);
         assert_eq!(results[0].2, code::INVALID_REPLICA_ASSIGNMENT);
+    }
+
+    #[test]
+    fn a_new_incarnation_of_an_unfenced_leader_gives_up_its_leadership_and_isr_places() {
+        let before = image(vec![1, 2, 3], 1);
+        let register = |incarnation: u128| MetadataRecord::RegisterBroker {
+            broker_id: 1,
+            incarnation_id: Uuid::from_u128(incarnation),
+            epoch: 50,
+            host: "127.0.0.1".into(),
+            port: 9001,
+            rack: None,
+        };
+        let after = before.apply(&registration(&before, register(99))).unwrap();
+        let p = partition(&after);
+        assert_eq!(
+            (p.leader, p.isr.clone(), p.leader_epoch),
+            (2, vec![2, 3], 1)
+        );
+        assert!(after.brokers[&1].fenced && after.brokers[&1].epoch == 50);
+        // The same incarnation registering again (the controller forgot it) moves nothing.
+        let again = before.apply(&registration(&before, register(1))).unwrap();
+        assert_eq!(partition(&again).leader, 1);
     }
 
     fn alter(isr: Vec<i32>, leader_epoch: i32, partition_epoch: i32) -> AlterPartition {
