@@ -150,16 +150,19 @@ fn partition_dirs(cluster: &Cluster, topic: &str) -> Vec<std::path::PathBuf> {
 
 fn every_broker_reports_the_whole_cluster_and_spreads_partitions(cluster: &Cluster) {
     let ids: BTreeSet<i32> = cluster.broker_ids().into_iter().collect();
+    // A broker serves once it sees itself unfenced; the others learn of it when they apply
+    // that record, a Raft heartbeat or a metadata fetch later.
     for id in &ids {
-        assert_eq!(
-            broker_ids(&cluster.metadata(*id)),
-            ids,
-            "broker {id} lists every broker"
-        );
+        cluster.wait_for(&format!("broker {id} to list every broker"), WAIT, || {
+            broker_ids(&cluster.metadata(*id)) == ids
+        });
     }
     let first = *ids.iter().next().expect("a broker");
     create_topic(&cluster.addr(first), "spread", 6);
     for id in &ids {
+        cluster.wait_for(&format!("broker {id} to know the topic"), WAIT, || {
+            leaders(&cluster.metadata(*id), "spread").len() == 6
+        });
         let leaders = leaders(&cluster.metadata(*id), "spread");
         assert_eq!(leaders.len(), 6, "broker {id} knows all six partitions");
         let counts = leader_counts(&leaders);

@@ -788,3 +788,85 @@ fn a_reassignment_moves_a_partition_with_its_records_to_other_brokers() {
         ResponseError::UnknownTopicOrPartition.code()
     );
 }
+
+fn offset_for_epoch_raw(
+    client: &mut RawClient,
+    topic: &str,
+    current_leader_epoch: i32,
+    leader_epoch: i32,
+) -> (i16, i32, i64) {
+    use kafka_protocol::messages::offset_for_leader_epoch_request::{
+        OffsetForLeaderPartition, OffsetForLeaderTopic,
+    };
+    use kafka_protocol::messages::{OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse};
+    let request = OffsetForLeaderEpochRequest::default()
+        .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+        .with_topics(vec![OffsetForLeaderTopic::default()
+            .with_topic(TopicName(StrBytes::from_string(topic.into())))
+            .with_partitions(vec![OffsetForLeaderPartition::default()
+                .with_partition(0)
+                .with_current_leader_epoch(current_leader_epoch)
+                .with_leader_epoch(leader_epoch)])]);
+    client.send(ApiKey::OffsetForLeaderEpoch, 4, &request);
+    let response: OffsetForLeaderEpochResponse = client.recv(4);
+    let p = &response.topics[0].partitions[0];
+    (p.error_code, p.leader_epoch, p.end_offset)
+}
+
+#[test]
+fn offset_for_leader_epoch_tells_where_each_leader_epoch_ended() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::combined(dir.path(), 3);
+    let topic = "epochs";
+    create_replicated(&cluster.addr(1), topic, 1, &[("min.insync.replicas", "2")]);
+    cluster.wait_for("a full ISR", WAIT, || {
+        partitions(&cluster, 1, topic)
+            .get(&0)
+            .is_some_and(|(l, isr)| *l >= 0 && isr.len() == 3)
+    });
+    let leader_and_epoch = |c: &Cluster, via: i32| {
+        c.metadata(via)
+            .topics
+            .iter()
+            .find(|t| t.name.as_deref().map(|n| n.as_str()) == Some(topic))
+            .map(|t| (t.partitions[0].leader_id.0, t.partitions[0].leader_epoch))
+            .unwrap()
+    };
+    let (first, epoch0) = leader_and_epoch(&cluster, 1);
+    let mut client = RawClient::connect(&cluster.addr(first));
+    for _ in 0..3 {
+        assert_eq!(produce_raw(&mut client, topic, 0, -1), 0);
+    }
+    cluster.kill9(first);
+    let via = cluster
+        .broker_ids()
+        .into_iter()
+        .find(|b| *b != first)
+        .unwrap();
+    cluster.wait_for("a new leader", WAIT, || {
+        let (l, _) = leader_and_epoch(&cluster, via);
+        l >= 0 && l != first
+    });
+    let (second, epoch1) = leader_and_epoch(&cluster, via);
+    let mut client = RawClient::connect(&cluster.addr(second));
+    for _ in 0..2 {
+        assert_eq!(produce_raw(&mut client, topic, 0, -1), 0);
+    }
+    // The first epoch's three records end where the second epoch's begin.
+    assert_eq!(
+        offset_for_epoch_raw(&mut client, topic, epoch1, epoch0),
+        (0, epoch0, 3)
+    );
+    assert_eq!(
+        offset_for_epoch_raw(&mut client, topic, epoch1, epoch1),
+        (0, epoch1, 5)
+    );
+    assert_eq!(
+        offset_for_epoch_raw(&mut client, topic, epoch0, epoch0).0,
+        ResponseError::FencedLeaderEpoch.code()
+    );
+    assert_eq!(
+        offset_for_epoch_raw(&mut client, topic, epoch1 + 1, epoch0).0,
+        ResponseError::UnknownLeaderEpoch.code()
+    );
+}

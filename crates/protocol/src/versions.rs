@@ -42,6 +42,7 @@ pub const SUPPORTED: &[ApiSupport] = &[
     api(ApiKey::DescribeCluster, 0, 0, 1),
     api(ApiKey::CreatePartitions, 0, 0, 3),
     api(ApiKey::DescribeQuorum, 0, 0, 2),
+    api(ApiKey::OffsetForLeaderEpoch, 2, 2, 4),
     api(ApiKey::ElectLeaders, 0, 0, 2),
     api(ApiKey::AlterPartitionReassignments, 0, 0, 1),
     api(ApiKey::ListPartitionReassignments, 0, 0, 0),

@@ -242,7 +242,7 @@ pub(crate) fn follower_fetch(
 /// own answer would be undefined, which the follower reads as "no divergence", keeping
 /// records this log lacks and never getting in sync. Under the replica lock, so that no
 /// leader append moves the log between the two reads.
-fn end_offset_for_epoch(partition: &Partition, requested_epoch: i32) -> (i32, i64) {
+pub(crate) fn end_offset_for_epoch(partition: &Partition, requested_epoch: i32) -> (i32, i64) {
     let _replica = partition.replica.lock();
     let log = &partition.log;
     match log.end_offset_for_epoch(requested_epoch) {

@@ -18,6 +18,7 @@ mod find_coordinator;
 mod groups;
 mod list_offsets;
 mod metadata;
+mod offset_for_leader_epoch;
 mod offsets;
 mod produce;
 mod reassignments;
@@ -86,6 +87,9 @@ pub async fn handle(
         }
         RequestKind::ListPartitionReassignments(req) => {
             ctx.respond(&reassignments::list(broker, req))
+        }
+        RequestKind::OffsetForLeaderEpoch(req) => {
+            ctx.respond(&offset_for_leader_epoch::handle(broker, req))
         }
         RequestKind::ElectLeaders(req) => {
             ctx.respond(&elect_leaders::handle(broker, req, version).await)
