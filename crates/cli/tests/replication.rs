@@ -20,6 +20,7 @@ use bytes::Bytes;
 use common::clients::admin;
 use common::cluster::Cluster;
 use common::RawClient;
+use kafka_protocol::messages::metadata_response::MetadataResponseTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
@@ -49,13 +50,34 @@ fn create_replicated(addr: &str, topic: &str, partitions: i32, configs: &[(&str,
     }
 }
 
-/// Partition → (leader, ISR) of `topic` as broker `via` reports it.
-fn partitions(cluster: &Cluster, via: i32, topic: &str) -> BTreeMap<i32, (i32, BTreeSet<i32>)> {
+/// Creates `topic` (RF=3, with `configs`) through the first broker and waits until every
+/// partition has a leader and three in-sync replicas.
+fn create_in_sync(cluster: &Cluster, topic: &str, partitions: i32, configs: &[(&str, &str)]) {
+    let first = cluster.broker_ids()[0];
+    create_replicated(&cluster.addr(first), topic, partitions, configs);
+    cluster.wait_for("a new topic's full ISR", WAIT, || {
+        let state = partitions_of(cluster, first, topic);
+        state.len() == partitions as usize
+            && state
+                .values()
+                .all(|(leader, isr)| *leader >= 0 && isr.len() == 3)
+    });
+}
+
+const STRICT: &[(&str, &str)] = &[("min.insync.replicas", "2")];
+
+/// `topic` in broker `via`'s Metadata answer.
+fn topic_metadata(cluster: &Cluster, via: i32, topic: &str) -> Option<MetadataResponseTopic> {
     cluster
         .metadata(via)
         .topics
-        .iter()
+        .into_iter()
         .find(|t| t.name.as_deref().map(|n| n.as_str()) == Some(topic))
+}
+
+/// Partition → (leader, ISR) of `topic` as broker `via` reports it.
+fn partitions_of(cluster: &Cluster, via: i32, topic: &str) -> BTreeMap<i32, (i32, BTreeSet<i32>)> {
+    topic_metadata(cluster, via, topic)
         .map(|t| {
             t.partitions
                 .iter()
@@ -70,9 +92,14 @@ fn partitions(cluster: &Cluster, via: i32, topic: &str) -> BTreeMap<i32, (i32, B
 
 /// Waits until every partition is led by a live broker and all three replicas are in sync.
 fn wait_fully_replicated(cluster: &Cluster, via: i32, topic: &str) {
-    cluster.wait_for("every partition back to a full ISR", WAIT, || {
-        let state = partitions(cluster, via, topic);
-        state.len() == PARTITIONS as usize
+    wait_in_sync(cluster, via, topic, PARTITIONS);
+}
+
+/// Waits until `topic` has `partitions` partitions, each led and with three in-sync replicas.
+fn wait_in_sync(cluster: &Cluster, via: i32, topic: &str, partitions: i32) {
+    cluster.wait_for("every partition with a full ISR", WAIT, || {
+        let state = partitions_of(cluster, via, topic);
+        state.len() == partitions as usize
             && state
                 .values()
                 .all(|(leader, isr)| *leader >= 0 && isr.len() == 3)
@@ -313,13 +340,7 @@ fn killing_leaders_during_an_acks_all_stream_loses_no_acknowledged_record() {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = Cluster::combined(dir.path(), 3);
     let topic = "replicated-kill";
-    create_replicated(
-        &cluster.addr(1),
-        topic,
-        PARTITIONS,
-        &[("min.insync.replicas", "2")],
-    );
-    wait_fully_replicated(&cluster, 1, topic);
+    create_in_sync(&cluster, topic, PARTITIONS, STRICT);
     let stream = Stream::start(&cluster.bootstrap(), topic);
     stream.wait_for_acks(&cluster, 500);
     // More rounds for the figures in docs/reliability.md: STROM_FAULT_ROUNDS=30.
@@ -330,7 +351,7 @@ fn killing_leaders_during_an_acks_all_stream_loses_no_acknowledged_record() {
     let mut failovers = Vec::new();
     for round in 0..rounds {
         let partition = round % PARTITIONS;
-        let leader = partitions(&cluster, 1 + (round % 3), topic)[&partition].0;
+        let leader = partitions_of(&cluster, 1 + (round % 3), topic)[&partition].0;
         let killed_at = Instant::now();
         cluster.kill9(leader);
         let via = cluster
@@ -339,7 +360,7 @@ fn killing_leaders_during_an_acks_all_stream_loses_no_acknowledged_record() {
             .find(|b| *b != leader)
             .unwrap();
         cluster.wait_for("a new leader from the ISR", WAIT, || {
-            let state = partitions(&cluster, via, topic);
+            let state = partitions_of(&cluster, via, topic);
             state.values().all(|(l, _)| *l >= 0 && *l != leader)
         });
         failovers.push(killed_at.elapsed());
@@ -365,16 +386,10 @@ fn a_leader_frozen_past_its_session_steps_down_and_truncates_instead_of_splittin
     let dir = tempfile::tempdir().unwrap();
     let cluster = Cluster::combined_with(dir.path(), 3, &["replica.lag.time.max.ms=3000"]);
     let topic = "replicated-stop";
-    create_replicated(
-        &cluster.addr(1),
-        topic,
-        PARTITIONS,
-        &[("min.insync.replicas", "2")],
-    );
-    wait_fully_replicated(&cluster, 1, topic);
+    create_in_sync(&cluster, topic, PARTITIONS, STRICT);
     let stream = Stream::start(&cluster.bootstrap(), topic);
     stream.wait_for_acks(&cluster, 500);
-    let frozen = partitions(&cluster, 1, topic)[&0].0;
+    let frozen = partitions_of(&cluster, 1, topic)[&0].0;
     let via = cluster
         .broker_ids()
         .into_iter()
@@ -382,7 +397,7 @@ fn a_leader_frozen_past_its_session_steps_down_and_truncates_instead_of_splittin
         .unwrap();
     cluster.signal(frozen, libc::SIGSTOP);
     cluster.wait_for("leadership to move off the frozen broker", WAIT, || {
-        partitions(&cluster, via, topic)
+        partitions_of(&cluster, via, topic)
             .values()
             .all(|(l, isr)| *l >= 0 && *l != frozen && !isr.contains(&frozen))
     });
@@ -415,21 +430,15 @@ fn with_two_of_three_replicas_down_acks_all_is_refused_with_not_enough_replicas(
     let mut cluster = Cluster::split(dir.path(), 3, 3);
     let topic = "replicated-min-isr";
     let brokers = cluster.broker_ids();
-    create_replicated(
-        &cluster.addr(brokers[0]),
-        topic,
-        PARTITIONS,
-        &[("min.insync.replicas", "2")],
-    );
-    wait_fully_replicated(&cluster, brokers[0], topic);
-    let leader = partitions(&cluster, brokers[0], topic)[&0].0;
+    create_in_sync(&cluster, topic, PARTITIONS, STRICT);
+    let leader = partitions_of(&cluster, brokers[0], topic)[&0].0;
     let mut to_leader = RawClient::connect(&cluster.addr(leader));
     assert_eq!(produce_raw(&mut to_leader, topic, 0, -1), 0);
     // Leave only brokers[0]; it leads everything once the others are fenced.
     cluster.kill9(brokers[1]);
     cluster.kill9(brokers[2]);
     cluster.wait_for("the survivor alone in every ISR", WAIT, || {
-        partitions(&cluster, brokers[0], topic)
+        partitions_of(&cluster, brokers[0], topic)
             .values()
             .all(|(l, isr)| *l == brokers[0] && isr.len() == 1)
     });
@@ -452,11 +461,7 @@ fn with_two_of_three_replicas_down_acks_all_is_refused_with_not_enough_replicas(
 
 /// Partition → (leader, preferred replica) of `topic` as broker `via` reports it.
 fn leaders_and_preferred(cluster: &Cluster, via: i32, topic: &str) -> BTreeMap<i32, (i32, i32)> {
-    cluster
-        .metadata(via)
-        .topics
-        .iter()
-        .find(|t| t.name.as_deref().map(|n| n.as_str()) == Some(topic))
+    topic_metadata(cluster, via, topic)
         .map(|t| {
             t.partitions
                 .iter()
@@ -477,7 +482,7 @@ fn bounce_a_preferred_leader(cluster: &mut Cluster, topic: &str) -> i32 {
         .find(|b| *b != preferred)
         .unwrap();
     cluster.wait_for("leadership to move off the killed broker", WAIT, || {
-        partitions(cluster, via, topic)
+        partitions_of(cluster, via, topic)
             .values()
             .all(|(l, _)| *l >= 0 && *l != preferred)
     });
@@ -495,8 +500,7 @@ fn leadership_moves_back_to_the_preferred_replica_once_it_is_in_sync_again() {
         &["leader.imbalance.check.interval.seconds=1"],
     );
     let topic = "preferred-auto";
-    create_replicated(&cluster.addr(1), topic, PARTITIONS, &[]);
-    wait_fully_replicated(&cluster, 1, topic);
+    create_in_sync(&cluster, topic, PARTITIONS, &[]);
     let restarted = bounce_a_preferred_leader(&mut cluster, topic);
     cluster.wait_for("every partition led by its preferred replica", WAIT, || {
         leaders_and_preferred(&cluster, restarted, topic)
@@ -533,8 +537,7 @@ fn elect_leaders_moves_leadership_to_in_sync_preferred_replicas_on_request() {
     let mut cluster =
         Cluster::combined_with(dir.path(), 3, &["auto.leader.rebalance.enable=false"]);
     let topic = "preferred-manual";
-    create_replicated(&cluster.addr(1), topic, PARTITIONS, &[]);
-    wait_fully_replicated(&cluster, 1, topic);
+    create_in_sync(&cluster, topic, PARTITIONS, &[]);
     let restarted = bounce_a_preferred_leader(&mut cluster, topic);
     let before = leaders_and_preferred(&cluster, restarted, topic);
     let displaced: BTreeSet<i32> = before
@@ -605,8 +608,7 @@ fn committed_offsets_survive_losing_the_group_coordinator() {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = Cluster::combined(dir.path(), 3);
     let topic = "offsets-failover";
-    create_replicated(&cluster.addr(1), topic, PARTITIONS, &[]);
-    wait_fully_replicated(&cluster, 1, topic);
+    create_in_sync(&cluster, topic, PARTITIONS, &[]);
     let group = "failover-group";
     let mut committed = TopicPartitionList::new();
     for p in 0..PARTITIONS {
@@ -653,13 +655,7 @@ fn restarting_every_broker_in_turn_during_an_acks_all_stream_loses_no_acknowledg
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = Cluster::combined(dir.path(), 3);
     let topic = "replicated-rolling";
-    create_replicated(
-        &cluster.addr(1),
-        topic,
-        PARTITIONS,
-        &[("min.insync.replicas", "2")],
-    );
-    wait_fully_replicated(&cluster, 1, topic);
+    create_in_sync(&cluster, topic, PARTITIONS, STRICT);
     let stream = Stream::start(&cluster.bootstrap(), topic);
     stream.wait_for_acks(&cluster, 300);
     for round in 0..2 {
@@ -746,10 +742,7 @@ fn a_reassignment_moves_a_partition_with_its_records_to_other_brokers() {
     let bootstrap = cluster.bootstrap();
     produce_all(&bootstrap, topic, "none", &records[..250], "all");
     let replicas_now = |c: &Cluster| -> Vec<i32> {
-        c.metadata(brokers[0])
-            .topics
-            .iter()
-            .find(|t| t.name.as_deref().map(|n| n.as_str()) == Some(topic))
+        topic_metadata(c, brokers[0], topic)
             .map(|t| t.partitions[0].replica_nodes.iter().map(|b| b.0).collect())
             .unwrap_or_default()
     };
@@ -818,17 +811,9 @@ fn offset_for_leader_epoch_tells_where_each_leader_epoch_ended() {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = Cluster::combined(dir.path(), 3);
     let topic = "epochs";
-    create_replicated(&cluster.addr(1), topic, 1, &[("min.insync.replicas", "2")]);
-    cluster.wait_for("a full ISR", WAIT, || {
-        partitions(&cluster, 1, topic)
-            .get(&0)
-            .is_some_and(|(l, isr)| *l >= 0 && isr.len() == 3)
-    });
+    create_in_sync(&cluster, topic, 1, STRICT);
     let leader_and_epoch = |c: &Cluster, via: i32| {
-        c.metadata(via)
-            .topics
-            .iter()
-            .find(|t| t.name.as_deref().map(|n| n.as_str()) == Some(topic))
+        topic_metadata(c, via, topic)
             .map(|t| (t.partitions[0].leader_id.0, t.partitions[0].leader_epoch))
             .unwrap()
     };

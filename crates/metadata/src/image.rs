@@ -177,15 +177,7 @@ impl MetadataImage {
                 adding,
                 removing,
             } => {
-                let topic = Arc::make_mut(
-                    self.topics
-                        .get_mut(topic_id)
-                        .ok_or(ApplyError::UnknownTopic(*topic_id))?,
-                );
-                let p = topic
-                    .partitions
-                    .get_mut(partition)
-                    .ok_or(ApplyError::UnknownPartition(*topic_id, *partition))?;
+                let p = self.partition_mut(topic_id, *partition)?;
                 p.adding = adding.clone();
                 p.removing = removing.clone();
             }
@@ -196,15 +188,7 @@ impl MetadataImage {
                 leader,
                 replicas,
             } => {
-                let topic = Arc::make_mut(
-                    self.topics
-                        .get_mut(topic_id)
-                        .ok_or(ApplyError::UnknownTopic(*topic_id))?,
-                );
-                let p = topic
-                    .partitions
-                    .get_mut(partition)
-                    .ok_or(ApplyError::UnknownPartition(*topic_id, *partition))?;
+                let p = self.partition_mut(topic_id, *partition)?;
                 if let Some(isr) = isr {
                     p.isr = isr.clone();
                 }
@@ -248,6 +232,23 @@ impl MetadataImage {
             }
         }
         Ok(())
+    }
+
+    /// A partition to change (its topic copied first if another image shares it).
+    fn partition_mut(
+        &mut self,
+        topic_id: &Uuid,
+        partition: i32,
+    ) -> Result<&mut PartitionImage, ApplyError> {
+        let topic = Arc::make_mut(
+            self.topics
+                .get_mut(topic_id)
+                .ok_or(ApplyError::UnknownTopic(*topic_id))?,
+        );
+        topic
+            .partitions
+            .get_mut(&partition)
+            .ok_or(ApplyError::UnknownPartition(*topic_id, partition))
     }
 
     /// The image as records that rebuild it from an empty image (a snapshot's content).
