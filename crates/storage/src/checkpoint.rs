@@ -19,11 +19,11 @@ pub const LEADER_EPOCH_FILE: &str = "leader-epoch-checkpoint";
 
 /// Writes `entries` ((topic, partition) → offset) atomically to `path`.
 pub fn write(path: &Path, entries: &BTreeMap<(String, i32), i64>) -> std::io::Result<()> {
-    let mut text = format!("0\n{}\n", entries.len());
-    for ((topic, partition), offset) in entries {
-        text.push_str(&format!("{topic} {partition} {offset}\n"));
-    }
-    write_atomically(path, &text)
+    let lines: Vec<String> = entries
+        .iter()
+        .map(|((topic, partition), offset)| format!("{topic} {partition} {offset}"))
+        .collect();
+    write_entries(path, &lines)
 }
 
 /// Replaces `path` with `text` so that a crash leaves the old or the new content: a
@@ -40,11 +40,19 @@ pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Reads a checkpoint file; a missing file is empty, a malformed one is an error.
-pub fn read(path: &Path) -> std::io::Result<BTreeMap<(String, i32), i64>> {
+/// Kafka's checkpoint framing, shared by every checkpoint file: a version line `0`, a count
+/// line (at most `entries_max`), then that many entry lines, each split into
+/// `fields` space-separated fields and handed to `parse` with a function making an error
+/// that names the file. `None` for a missing file.
+pub fn read_entries<T>(
+    path: &Path,
+    fields: usize,
+    entries_max: usize,
+    mut parse: impl FnMut(&[&str], &dyn Fn(&str) -> std::io::Error) -> std::io::Result<T>,
+) -> std::io::Result<Option<Vec<T>>> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
     let bad = |what: &str| {
@@ -60,23 +68,49 @@ pub fn read(path: &Path) -> std::io::Result<BTreeMap<(String, i32), i64>> {
     let count: usize = lines
         .next()
         .and_then(|l| l.trim().parse().ok())
+        .filter(|&count| count <= entries_max)
         .ok_or_else(|| bad("bad entry count"))?;
-    let mut entries = BTreeMap::new();
+    let mut entries = Vec::with_capacity(count);
     for line in lines.take(count) {
-        let mut fields = line.split(' ');
-        let (Some(topic), Some(partition), Some(offset), None) =
-            (fields.next(), fields.next(), fields.next(), fields.next())
-        else {
+        let split: Vec<&str> = line.split(' ').collect();
+        if split.len() != fields {
             return Err(bad("bad entry line"));
-        };
-        let partition = partition.parse().map_err(|_| bad("bad partition"))?;
-        let offset = offset.parse().map_err(|_| bad("bad offset"))?;
-        entries.insert((topic.to_string(), partition), offset);
+        }
+        entries.push(parse(&split, &bad)?);
     }
     if entries.len() != count {
         return Err(bad("fewer entries than declared"));
     }
-    Ok(entries)
+    Ok(Some(entries))
+}
+
+/// Writes Kafka's checkpoint framing around `lines` atomically (see [`write_atomically`]).
+pub fn write_entries(path: &Path, lines: &[String]) -> std::io::Result<()> {
+    let mut text = format!("0\n{}\n", lines.len());
+    for line in lines {
+        text.push_str(line);
+        text.push('\n');
+    }
+    write_atomically(path, &text)
+}
+
+/// Reads an offset checkpoint file; a missing file is empty, a malformed one is an error.
+pub fn read(path: &Path) -> std::io::Result<BTreeMap<(String, i32), i64>> {
+    let entries = read_entries(path, 3, usize::MAX, |fields, bad| {
+        let partition = fields[1].parse().map_err(|_| bad("bad partition"))?;
+        let offset = fields[2].parse().map_err(|_| bad("bad offset"))?;
+        Ok(((fields[0].to_string(), partition), offset))
+    })?;
+    let entries = entries.unwrap_or_default();
+    let count = entries.len();
+    let map: BTreeMap<(String, i32), i64> = entries.into_iter().collect();
+    if map.len() != count {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{}: fewer entries than declared", path.display()),
+        ));
+    }
+    Ok(map)
 }
 
 #[cfg(test)]

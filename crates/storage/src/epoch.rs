@@ -9,8 +9,6 @@
 
 use std::path::Path;
 
-use crate::checkpoint::write_atomically;
-
 /// Most entries a checkpoint file may declare; a larger count is a corrupt file, not a
 /// reason to allocate (one entry per leader election of a partition).
 pub const LEADER_EPOCH_ENTRIES_MAX: usize = 1 << 20;
@@ -36,60 +34,34 @@ pub struct LeaderEpochCache {
 impl LeaderEpochCache {
     /// Reads the checkpoint file: `Ok(None)` if it does not exist, an error if it is malformed.
     pub fn read(path: &Path) -> std::io::Result<Option<LeaderEpochCache>> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        let bad = |what: &str| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("{}: {what}", path.display()),
-            )
-        };
-        let mut lines = text.lines();
-        if lines.next() != Some("0") {
-            return Err(bad("unknown leader epoch checkpoint version"));
-        }
-        let count: usize = lines
-            .next()
-            .and_then(|l| l.trim().parse().ok())
-            .filter(|&count| count <= LEADER_EPOCH_ENTRIES_MAX)
-            .ok_or_else(|| bad("bad entry count"))?;
-        let mut cache = LeaderEpochCache {
-            entries: Vec::with_capacity(count),
-        };
-        for line in lines.take(count) {
-            let mut fields = line.split(' ');
-            let (Some(epoch), Some(offset), None) = (fields.next(), fields.next(), fields.next())
-            else {
-                return Err(bad("bad entry line"));
-            };
-            let entry = EpochEntry {
-                leader_epoch: epoch.parse().map_err(|_| bad("bad epoch"))?,
-                start_offset: offset.parse().map_err(|_| bad("bad start offset"))?,
-            };
-            let ordered = cache.entries.last().is_none_or(|last| {
-                entry.leader_epoch > last.leader_epoch && entry.start_offset >= last.start_offset
-            });
-            if entry.leader_epoch < 0 || !ordered {
-                return Err(bad("entries out of order"));
-            }
-            cache.entries.push(entry);
-        }
-        if cache.entries.len() != count {
-            return Err(bad("fewer entries than declared"));
-        }
-        Ok(Some(cache))
+        let mut previous: Option<EpochEntry> = None;
+        let entries =
+            crate::checkpoint::read_entries(path, 2, LEADER_EPOCH_ENTRIES_MAX, |fields, bad| {
+                let entry = EpochEntry {
+                    leader_epoch: fields[0].parse().map_err(|_| bad("bad epoch"))?,
+                    start_offset: fields[1].parse().map_err(|_| bad("bad start offset"))?,
+                };
+                let ordered = previous.is_none_or(|last| {
+                    entry.leader_epoch > last.leader_epoch
+                        && entry.start_offset >= last.start_offset
+                });
+                if entry.leader_epoch < 0 || !ordered {
+                    return Err(bad("entries out of order"));
+                }
+                previous = Some(entry);
+                Ok(entry)
+            })?;
+        Ok(entries.map(|entries| LeaderEpochCache { entries }))
     }
 
     /// Replaces the checkpoint file with these entries (temporary file, fsync, rename).
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
-        let mut text = format!("0\n{}\n", self.entries.len());
-        for e in &self.entries {
-            text.push_str(&format!("{} {}\n", e.leader_epoch, e.start_offset));
-        }
-        write_atomically(path, &text)
+        let lines: Vec<String> = self
+            .entries
+            .iter()
+            .map(|e| format!("{} {}", e.leader_epoch, e.start_offset))
+            .collect();
+        crate::checkpoint::write_entries(path, &lines)
     }
 
     pub fn entries(&self) -> &[EpochEntry] {
