@@ -222,6 +222,11 @@ impl Partition {
         (r.leader == self.node_id, r.leader_epoch, r.isr.len())
     }
 
+    /// Whether `replica` is one of this leader's followers (a replica other than itself).
+    pub fn has_follower(&self, replica: i32) -> bool {
+        self.replica.lock().followers.contains_key(&replica)
+    }
+
     /// The committed ISR.
     pub fn isr(&self) -> Vec<i32> {
         self.replica.lock().isr.clone()

@@ -402,6 +402,22 @@ fn fetch_answers_every_version_with_the_records_and_errors_clients_expect() {
         resp.responses[0].partitions[0].error_code,
         E::UnknownTopicId.code()
     );
+    // A replica id that is not a follower of the partition may not read past the high
+    // watermark: NOT_LEADER_OR_FOLLOWER, as Kafka answers.
+    let req = FetchRequest::default()
+        .with_replica_id(kafka_protocol::messages::BrokerId(7))
+        .with_max_bytes(1 << 20)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic_id(topic_id)
+            .with_partitions(vec![FetchPartition::default()
+                .with_partition(0)
+                .with_partition_max_bytes(1 << 20)])]);
+    c.send(ApiKey::Fetch, 13, &req);
+    let resp: FetchResponse = c.recv(13);
+    assert_eq!(
+        resp.responses[0].partitions[0].error_code,
+        E::NotLeaderOrFollower.code()
+    );
     // An incremental fetch session the broker never created.
     let req = FetchRequest::default()
         .with_session_id(1234)

@@ -171,9 +171,21 @@ fn resolve(
                 .map(|p| {
                     let target = match &topic {
                         None => Err(unknown),
-                        Some(topic) => topic.led(p.partition).cloned().and_then(|partition| {
-                            check_epoch(&partition, p.current_leader_epoch).map(|()| partition)
-                        }),
+                        Some(topic) => topic
+                            .led(p.partition)
+                            .cloned()
+                            .and_then(|partition| {
+                                check_epoch(&partition, p.current_leader_epoch).map(|()| partition)
+                            })
+                            .and_then(|partition| {
+                                // Only a follower of this partition reads past the high
+                                // watermark, as Kafka refuses other replica ids.
+                                if replica_id >= 0 && !partition.has_follower(replica_id) {
+                                    Err(ResponseError::NotLeaderOrFollower.code())
+                                } else {
+                                    Ok(partition)
+                                }
+                            }),
                     };
                     let diverging = match (&target, &topic) {
                         (Ok(partition), Some(topic)) if replica_id >= 0 => follower_fetch(
