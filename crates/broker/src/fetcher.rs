@@ -38,6 +38,8 @@ use crate::topics::{now_ms, Partition, TopicManager};
 
 /// The Fetch version followers send: topic ids (v13) and diverging epochs (v12+).
 const FETCH_VERSION: i16 = 13;
+/// Followers' client id, followed by the follower's node id.
+pub const FETCHER_CLIENT_ID_PREFIX: &str = "strom-replica-fetcher-";
 /// Pause before asking a leader again whose metadata is behind this broker's.
 const LEADER_CATCH_UP_RETRY_MS: u64 = 20;
 
@@ -153,6 +155,8 @@ async fn fetch_loop(
 ) {
     let backoff = Duration::from_millis(config.replica_fetch_backoff_ms.max(1) as u64);
     let timeout = Duration::from_millis(config.replica_socket_timeout_ms.max(1) as u64);
+    // Names the follower, as Kafka's `broker-<id>-fetcher-<n>` client ids do.
+    let client_id = format!("{FETCHER_CLIENT_ID_PREFIX}{}", config.node_id);
     let mut connection: Option<(String, u16, TcpStream)> = None;
     let mut correlation_id = 0i32;
     // Partitions answered with an error wait until this instant (or a metadata change).
@@ -225,7 +229,7 @@ async fn fetch_loop(
             request.max_wait_ms = request.max_wait_ms.min(soon as i32);
         }
         let wait = Duration::from_millis(request.max_wait_ms.max(0) as u64);
-        let exchange = exchange(stream, correlation_id, &request);
+        let exchange = exchange(stream, &client_id, correlation_id, &request);
         // A new assignment (a partition to start following, a new epoch) must not wait for
         // the long poll in flight to end: drop it with its connection and fetch again now.
         let answer = tokio::select! {
@@ -320,6 +324,7 @@ pub(crate) fn fetch_request(config: &BrokerConfig, targets: &[Target]) -> FetchR
 /// Sends one request and reads its response.
 async fn exchange(
     stream: &mut TcpStream,
+    client_id: &str,
     correlation_id: i32,
     request: &FetchRequest,
 ) -> anyhow::Result<FetchResponse> {
@@ -327,7 +332,7 @@ async fn exchange(
         .with_request_api_key(ApiKey::Fetch as i16)
         .with_request_api_version(FETCH_VERSION)
         .with_correlation_id(correlation_id)
-        .with_client_id(Some(StrBytes::from_static_str("strom-replica-fetcher")));
+        .with_client_id(Some(StrBytes::from_string(client_id.to_string())));
     let mut body = BytesMut::new();
     header.encode(&mut body, FetchRequest::header_version(FETCH_VERSION))?;
     request.encode(&mut body, FETCH_VERSION)?;

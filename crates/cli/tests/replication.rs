@@ -855,3 +855,55 @@ fn offset_for_leader_epoch_tells_where_each_leader_epoch_ended() {
         ResponseError::UnknownLeaderEpoch.code()
     );
 }
+
+#[test]
+fn a_leader_cut_off_from_its_followers_shrinks_its_isr_refuses_acks_all_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::combined_proxied(dir.path(), 3, &["replica.lag.time.max.ms=2000"]);
+    let topic = "partitioned";
+    create_in_sync(&cluster, topic, PARTITIONS, STRICT);
+    let stream = Stream::start(&cluster.bootstrap(), topic);
+    stream.wait_for_acks(&cluster, 300);
+    let leader = partitions_of(&cluster, 1, topic)[&0].0;
+    let followers: Vec<i32> = cluster
+        .broker_ids()
+        .into_iter()
+        .filter(|b| *b != leader)
+        .collect();
+    // The network between the leader and its followers goes; the leader still reaches the
+    // controllers, so it is not fenced: it must shrink its ISRs itself.
+    for follower in &followers {
+        cluster.proxies[&leader].cut(*follower);
+    }
+    let led = |c: &Cluster| -> Vec<i32> {
+        partitions_of(c, leader, topic)
+            .iter()
+            .filter(|(_, (l, _))| *l == leader)
+            .map(|(p, _)| *p)
+            .collect()
+    };
+    cluster.wait_for("the cut-off leader alone in its ISRs", WAIT, || {
+        let state = partitions_of(&cluster, leader, topic);
+        state
+            .values()
+            .filter(|(l, _)| *l == leader)
+            .all(|(_, isr)| isr.len() == 1)
+    });
+    let mut client = RawClient::connect(&cluster.addr(leader));
+    for partition in led(&cluster) {
+        assert_eq!(
+            produce_raw(&mut client, topic, partition, -1),
+            ResponseError::NotEnoughReplicas.code(),
+            "acks=all to partition {partition} of a leader without followers"
+        );
+    }
+    // Partitions led by the other brokers go on.
+    stream.wait_for_acks(&cluster, 200);
+    for follower in &followers {
+        cluster.proxies[&leader].heal(*follower);
+    }
+    wait_fully_replicated(&cluster, leader, topic);
+    stream.wait_for_acks(&cluster, 300);
+    let (acked, sent) = stream.finish();
+    check_nothing_lost(&cluster, topic, &acked, sent);
+}

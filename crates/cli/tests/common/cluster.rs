@@ -59,6 +59,8 @@ impl Node {
 pub struct Cluster {
     pub nodes: BTreeMap<i32, Node>,
     pub dir: PathBuf,
+    /// With [`Cluster::combined_proxied`]: the proxy every broker is advertised behind.
+    pub proxies: BTreeMap<i32, super::proxy::Proxy>,
 }
 
 impl Cluster {
@@ -70,7 +72,14 @@ impl Cluster {
     /// `n` combined nodes with extra `key=value` settings on every node.
     pub fn combined_with(dir: &Path, n: i32, settings: &[&str]) -> Cluster {
         let layout = (1..=n).map(|id| (id, "broker,controller")).collect();
-        Cluster::start(dir, layout, settings)
+        Cluster::start(dir, layout, settings, false)
+    }
+
+    /// `n` combined nodes, each advertised behind a [`super::proxy::Proxy`] the test controls,
+    /// so that followers can be cut off leaders while clients still reach every broker.
+    pub fn combined_proxied(dir: &Path, n: i32, settings: &[&str]) -> Cluster {
+        let layout = (1..=n).map(|id| (id, "broker,controller")).collect();
+        Cluster::start(dir, layout, settings, true)
     }
 
     /// `controllers` controller-only nodes (ids 1..) and `brokers` broker-only nodes (ids
@@ -85,10 +94,15 @@ impl Cluster {
             .map(|id| (id, "controller"))
             .chain((controllers + 1..=controllers + brokers).map(|id| (id, "broker")))
             .collect();
-        Cluster::start(dir, layout, settings)
+        Cluster::start(dir, layout, settings, false)
     }
 
-    fn start(dir: &Path, layout: Vec<(i32, &'static str)>, settings: &[&str]) -> Cluster {
+    fn start(
+        dir: &Path,
+        layout: Vec<(i32, &'static str)>,
+        settings: &[&str],
+        proxied: bool,
+    ) -> Cluster {
         let cluster_id = strom(&["storage", "random-uuid"]).trim().to_string();
         let ports: Vec<(i32, &str, Option<u16>, Option<u16>)> = layout
             .iter()
@@ -103,6 +117,7 @@ impl Cluster {
             .filter_map(|(id, _, _, c)| c.map(|c| format!("{id}@127.0.0.1:{c}")))
             .collect();
         let mut nodes = BTreeMap::new();
+        let mut proxies = BTreeMap::new();
         for (id, roles, client, controller) in ports {
             let node_dir = dir.join(format!("node-{id}"));
             std::fs::create_dir_all(&node_dir).expect("node dir");
@@ -122,6 +137,14 @@ impl Cluster {
             for setting in FAST_FAILURE_DETECTION.iter().chain(settings) {
                 properties.push_str(setting);
                 properties.push('\n');
+            }
+            if let Some(port) = client.filter(|_| proxied) {
+                let proxy = super::proxy::Proxy::start(port);
+                properties.push_str(&format!(
+                    "advertised.listeners=PLAINTEXT://127.0.0.1:{}\n",
+                    proxy.port
+                ));
+                proxies.insert(id, proxy);
             }
             let config = node_dir.join("server.properties");
             std::fs::write(&config, properties).expect("write config");
@@ -151,6 +174,7 @@ impl Cluster {
         Cluster {
             nodes,
             dir: dir.to_path_buf(),
+            proxies,
         }
     }
 

@@ -5,6 +5,7 @@
 
 pub mod clients;
 pub mod cluster;
+pub mod proxy;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
