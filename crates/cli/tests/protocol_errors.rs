@@ -802,3 +802,88 @@ fn fetch_respects_response_and_partition_max_bytes_but_returns_one_whole_batch()
         1
     );
 }
+
+#[test]
+fn replication_admin_requests_get_kafkas_error_codes() {
+    use kafka_protocol::messages::alter_partition_reassignments_request::{
+        ReassignablePartition, ReassignableTopic,
+    };
+    use kafka_protocol::messages::elect_leaders_request::TopicPartitions;
+    use kafka_protocol::messages::offset_for_leader_epoch_request::{
+        OffsetForLeaderPartition, OffsetForLeaderTopic,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    let mut c = RawClient::connect(&broker.addr);
+    create(&mut c, "r", 1, &[]);
+
+    let elect = |c: &mut RawClient, election_type: i8, topic: &str| -> ElectLeadersResponse {
+        let req = ElectLeadersRequest::default()
+            .with_election_type(election_type)
+            .with_timeout_ms(5_000)
+            .with_topic_partitions(Some(vec![TopicPartitions::default()
+                .with_topic(name(topic))
+                .with_partitions(vec![0])]));
+        c.send(ApiKey::ElectLeaders, 2, &req);
+        c.recv(2)
+    };
+    assert_eq!(elect(&mut c, 2, "r").error_code, E::InvalidRequest.code());
+    let unknown = elect(&mut c, 0, "nope");
+    assert_eq!(
+        unknown.replica_election_results[0].partition_result[0].error_code,
+        E::UnknownTopicOrPartition.code()
+    );
+    let not_needed = elect(&mut c, 0, "r");
+    assert_eq!(
+        not_needed.replica_election_results[0].partition_result[0].error_code,
+        E::ElectionNotNeeded.code()
+    );
+
+    let reassign = |c: &mut RawClient, replicas: Vec<i32>, allow_rf_change: bool| -> i16 {
+        let req = AlterPartitionReassignmentsRequest::default()
+            .with_timeout_ms(5_000)
+            .with_allow_replication_factor_change(allow_rf_change)
+            .with_topics(vec![ReassignableTopic::default()
+                .with_name(name("r"))
+                .with_partitions(vec![ReassignablePartition::default()
+                    .with_partition_index(0)
+                    .with_replicas(Some(
+                        replicas.into_iter().map(BrokerId).collect(),
+                    ))])]);
+        c.send(ApiKey::AlterPartitionReassignments, 1, &req);
+        let resp: AlterPartitionReassignmentsResponse = c.recv(1);
+        resp.responses[0].partitions[0].error_code
+    };
+    assert_eq!(
+        reassign(&mut c, vec![1, 1], true),
+        E::InvalidReplicaAssignment.code()
+    );
+    assert_eq!(
+        reassign(&mut c, vec![9], true),
+        E::InvalidReplicaAssignment.code()
+    );
+    assert_eq!(
+        reassign(&mut c, vec![], true),
+        E::InvalidReplicaAssignment.code()
+    );
+    assert_eq!(
+        reassign(&mut c, vec![1, 9], false),
+        E::InvalidReplicationFactor.code(),
+        "the replication factor may not change without allow_replication_factor_change"
+    );
+
+    let req = OffsetForLeaderEpochRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_topics(vec![OffsetForLeaderTopic::default()
+            .with_topic(name("nope"))
+            .with_partitions(vec![OffsetForLeaderPartition::default()
+                .with_partition(0)
+                .with_current_leader_epoch(-1)
+                .with_leader_epoch(0)])]);
+    c.send(ApiKey::OffsetForLeaderEpoch, 4, &req);
+    let resp: OffsetForLeaderEpochResponse = c.recv(4);
+    assert_eq!(
+        resp.topics[0].partitions[0].error_code,
+        E::UnknownTopicOrPartition.code()
+    );
+}
