@@ -227,11 +227,6 @@ impl Partition {
         self.replica.lock().followers.contains_key(&replica)
     }
 
-    /// The committed ISR.
-    pub fn isr(&self) -> Vec<i32> {
-        self.replica.lock().isr.clone()
-    }
-
     /// Leader: moves the high watermark to the smallest log end offset of the maximal ISR.
     /// Called after appends and follower fetches.
     pub fn maybe_advance_high_watermark(&self) {

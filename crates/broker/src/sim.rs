@@ -628,15 +628,21 @@ impl Sim {
 
     /// The leader serves a fetch on its way (or it is lost).
     fn fetch_serve(&mut self) {
-        let waiting: Vec<usize> = (0..self.exchanges.len())
-            .filter(|i| self.exchanges[*i].response.is_none())
-            .collect();
-        if waiting.is_empty() {
-            return;
+        if let Some(i) = self.pick_exchange(false) {
+            let lost = self.lost();
+            self.serve(i, lost);
         }
-        let i = waiting[self.rng.gen_range(0..waiting.len())];
-        let lost = self.lost();
-        self.serve(i, lost);
+    }
+
+    /// A random exchange in flight, answered or not yet.
+    fn pick_exchange(&mut self, answered: bool) -> Option<usize> {
+        let candidates: Vec<usize> = (0..self.exchanges.len())
+            .filter(|i| self.exchanges[*i].response.is_some() == answered)
+            .collect();
+        if candidates.is_empty() {
+            return None;
+        }
+        Some(candidates[self.rng.gen_range(0..candidates.len())])
     }
 
     fn serve(&mut self, i: usize, lost: bool) {
@@ -663,15 +669,10 @@ impl Sim {
 
     /// The follower applies an answer (or it is lost, or no one waits for it any more).
     fn fetch_deliver(&mut self) {
-        let answered: Vec<usize> = (0..self.exchanges.len())
-            .filter(|i| self.exchanges[*i].response.is_some())
-            .collect();
-        if answered.is_empty() {
-            return;
+        if let Some(i) = self.pick_exchange(true) {
+            let lost = self.lost();
+            self.deliver(i, lost);
         }
-        let i = answered[self.rng.gen_range(0..answered.len())];
-        let lost = self.lost();
-        self.deliver(i, lost);
     }
 
     fn deliver(&mut self, i: usize, lost: bool) {

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, Config, ServerState};
 use serde::{Deserialize, Serialize};
+use strom_metadata::image::{PartitionImage, TopicImage};
 use strom_metadata::placement::{self, Candidate};
 use strom_metadata::{MetadataImage, MetadataRecord};
 use tokio::net::TcpListener;
@@ -1114,6 +1115,25 @@ fn registration(image: &MetadataImage, register: MetadataRecord) -> Vec<Metadata
 /// One partition's election outcome: topic, partition, error code, message.
 pub type ElectionResult = (String, i32, i16, Option<String>);
 
+/// A partition by topic name, or the UNKNOWN_TOPIC_OR_PARTITION result naming it.
+fn find_partition<'a>(
+    image: &'a MetadataImage,
+    topic: &str,
+    index: i32,
+) -> Result<(&'a TopicImage, &'a PartitionImage), ElectionResult> {
+    image
+        .topic_by_name(topic)
+        .and_then(|t| t.partitions.get(&index).map(|p| (t, p)))
+        .ok_or_else(|| {
+            (
+                topic.to_string(),
+                index,
+                code::UNKNOWN_TOPIC_OR_PARTITION,
+                Some("The partition does not exist.".into()),
+            )
+        })
+}
+
 /// Leader elections (Kafka's ElectLeaders): the records to commit and one result per
 /// partition asked for (or, when none are named, per partition that needed one).
 pub fn elect(
@@ -1137,17 +1157,12 @@ pub fn elect(
     let mut records = Vec::new();
     let mut results = Vec::new();
     for (topic_name, index) in wanted {
-        let Some((topic, p)) = image
-            .topic_by_name(&topic_name)
-            .and_then(|t| t.partitions.get(&index).map(|p| (t, p)))
-        else {
-            results.push((
-                topic_name,
-                index,
-                code::UNKNOWN_TOPIC_OR_PARTITION,
-                Some("The partition does not exist.".into()),
-            ));
-            continue;
+        let (topic, p) = match find_partition(image, &topic_name, index) {
+            Ok(found) => found,
+            Err(unknown) => {
+                results.push(unknown);
+                continue;
+            }
         };
         let outcome = if election_type == 0 {
             let preferred = p.replicas[0];
@@ -1208,17 +1223,12 @@ fn reassign(
     let mut records = Vec::new();
     let mut results = Vec::new();
     for (topic_name, index, target) in partitions {
-        let Some((topic, p)) = image
-            .topic_by_name(topic_name)
-            .and_then(|t| t.partitions.get(index).map(|p| (t, p)))
-        else {
-            results.push((
-                topic_name.clone(),
-                *index,
-                code::UNKNOWN_TOPIC_OR_PARTITION,
-                Some("The partition does not exist.".into()),
-            ));
-            continue;
+        let (topic, p) = match find_partition(image, topic_name, *index) {
+            Ok(found) => found,
+            Err(unknown) => {
+                results.push(unknown);
+                continue;
+            }
         };
         let original: Vec<i32> = p
             .replicas

@@ -369,46 +369,25 @@ impl PartitionLog {
         }
         let start_position = active.size_bytes();
         let end_position = active.append_vectored(&mut slices, start_position)?;
-        {
-            let mut indexes = active.indexes.lock();
-            let mut position = start_position;
-            let mut base = first_offset;
-            for b in batches {
-                let offsets = batch::BatchOffsets {
-                    base_offset: base,
-                    size_bytes: b.size_bytes,
-                    leader_epoch,
-                    last_offset_delta: b.last_offset_delta,
-                };
-                index_batch(
-                    &mut indexes,
-                    active.base_offset(),
-                    &offsets,
-                    position,
-                    b.max_timestamp,
-                    config.index_interval_bytes,
-                );
-                position += b.size_bytes as u64;
-                base += i64::from(b.records_count);
-                writer.push_batch_end(
-                    base,
-                    FilePosition {
-                        segment_base: active.base_offset(),
-                        bytes: position,
-                    },
-                );
-            }
-            debug_assert_eq!(position, end_position);
-        }
-        let log_start_offset = self.publish_append(
+        let mut base = first_offset;
+        let written = batches.iter().map(|b| {
+            let offsets = batch::BatchOffsets {
+                base_offset: base,
+                size_bytes: b.size_bytes,
+                leader_epoch,
+                last_offset_delta: b.last_offset_delta,
+            };
+            base += i64::from(b.records_count);
+            (offsets, b.max_timestamp)
+        });
+        let log_start_offset = self.complete_append(
             &mut writer,
             &active,
-            next,
-            end_position,
-            message_count,
+            &config,
+            (start_position, end_position),
+            written,
             leader_epochs,
-        );
-        self.maybe_flush(&mut writer, &config)?;
+        )?;
         Ok(AppendInfo {
             first_offset,
             last_offset: next - 1,
@@ -443,29 +422,61 @@ impl PartitionLog {
         Ok(Some(Arc::new(cache)))
     }
 
-    /// Publishes the new log end after an append to `active` ending at `end_position`.
+    /// After `batches` (each with its offsets and largest timestamp) were written to
+    /// `active` between the two byte `positions`: indexes them, records their ends for the
+    /// high watermark, publishes the new log end (and epoch cache) and fsyncs if
+    /// `flush.messages` is reached. The leader's and the follower's appends end alike.
     /// Returns the log start offset.
-    fn publish_append(
+    fn complete_append(
         &self,
         writer: &mut Writer,
         active: &LogSegment,
-        next_offset: i64,
-        end_position: u64,
-        message_count: i64,
+        config: &LogConfig,
+        (start_position, end_position): (u64, u64),
+        batches: impl Iterator<Item = (batch::BatchOffsets, i64)>,
         leader_epochs: Option<Arc<LeaderEpochCache>>,
-    ) -> i64 {
-        writer.next_offset = next_offset;
-        writer.unflushed_messages += message_count;
-        let mut view = self.view.write();
-        view.offsets.log_end_offset = next_offset;
-        view.log_end_position = FilePosition {
-            segment_base: active.base_offset(),
-            bytes: end_position,
-        };
-        if let Some(leader_epochs) = leader_epochs {
-            view.leader_epochs = leader_epochs;
+    ) -> Result<i64, StorageError> {
+        let mut position = start_position;
+        let mut next_offset = writer.next_offset;
+        {
+            let mut indexes = active.indexes.lock();
+            for (offsets, max_timestamp) in batches {
+                index_batch(
+                    &mut indexes,
+                    active.base_offset(),
+                    &offsets,
+                    position,
+                    max_timestamp,
+                    config.index_interval_bytes,
+                );
+                position += offsets.size_bytes as u64;
+                next_offset = offsets.last_offset() + 1;
+                writer.push_batch_end(
+                    next_offset,
+                    FilePosition {
+                        segment_base: active.base_offset(),
+                        bytes: position,
+                    },
+                );
+            }
         }
-        view.offsets.log_start_offset
+        debug_assert_eq!(position, end_position);
+        writer.unflushed_messages += next_offset - writer.next_offset;
+        writer.next_offset = next_offset;
+        let log_start_offset = {
+            let mut view = self.view.write();
+            view.offsets.log_end_offset = next_offset;
+            view.log_end_position = FilePosition {
+                segment_base: active.base_offset(),
+                bytes: end_position,
+            };
+            if let Some(leader_epochs) = leader_epochs {
+                view.leader_epochs = leader_epochs;
+            }
+            view.offsets.log_start_offset
+        };
+        self.maybe_flush(writer, config)?;
+        Ok(log_start_offset)
     }
 
     /// Fsyncs every segment past the recovery point (not only the active one: a roll or a

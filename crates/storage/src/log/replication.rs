@@ -14,7 +14,7 @@ use tracing::info;
 use super::{boundary_at_or_below, FilePosition, PartitionLog, Writer};
 use crate::checkpoint::LEADER_EPOCH_FILE;
 use crate::epoch::LeaderEpochCache;
-use crate::segment::{index_batch, max_timestamp_of, BatchHeader, LogSegment};
+use crate::segment::{max_timestamp_of, BatchHeader, LogSegment};
 use crate::{AppendInfo, StorageError};
 
 impl PartitionLog {
@@ -70,38 +70,15 @@ impl PartitionLog {
         let start_position = active.size_bytes();
         let mut slices = [IoSlice::new(&records[..complete_bytes])];
         let end_position = active.append_vectored(&mut slices, start_position)?;
-        {
-            let mut indexes = active.indexes.lock();
-            let mut position = start_position;
-            for b in &batches {
-                index_batch(
-                    &mut indexes,
-                    active.base_offset(),
-                    &b.offsets,
-                    position,
-                    b.max_timestamp,
-                    config.index_interval_bytes,
-                );
-                position += b.offsets.size_bytes as u64;
-                writer.push_batch_end(
-                    b.offsets.last_offset() + 1,
-                    FilePosition {
-                        segment_base: active.base_offset(),
-                        bytes: position,
-                    },
-                );
-            }
-            debug_assert_eq!(position, end_position);
-        }
-        let log_start_offset = self.publish_append(
+        let written = batches.iter().map(|b| (b.offsets, b.max_timestamp));
+        let log_start_offset = self.complete_append(
             &mut writer,
             &active,
-            next,
-            end_position,
-            message_count,
+            &config,
+            (start_position, end_position),
+            written,
             leader_epochs,
-        );
-        self.maybe_flush(&mut writer, &config)?;
+        )?;
         Ok(Some(AppendInfo {
             first_offset,
             last_offset: next - 1,
