@@ -18,6 +18,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod client;
+pub mod configs;
 mod file_store;
 pub mod net;
 pub mod router;

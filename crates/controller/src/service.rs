@@ -1,6 +1,6 @@
 //! The active controller's decisions: broker registration, heartbeats and fencing, topic
-//! creation with replica placement, topic deletion, new partitions, and serving the log to
-//! brokers that follow it.
+//! creation with replica placement, topic deletion, new partitions, config changes
+//! ([`crate::configs`]), and serving the log to brokers that follow it.
 //!
 //! Every change is decided on the leader from its image and written through Raft as one
 //! command, under one lock, so decisions never interleave (Kafka's controller is a single
@@ -26,6 +26,7 @@ use tokio::sync::Mutex;
 use tracing::{info, warn};
 use uuid::Uuid;
 
+use crate::configs::{self, ConfigChange, ConfigResult};
 use crate::net::{self, Request, Response, TcpNetwork};
 use crate::state_machine::Changes;
 use crate::{Command, FileLogStore, NodeId, Raft, StateMachine};
@@ -52,6 +53,7 @@ pub mod code {
     pub const INELIGIBLE_REPLICA: i16 = 107;
     pub const INVALID_UPDATE_VERSION: i16 = 108;
     pub const DUPLICATE_BROKER_REGISTRATION: i16 = 101;
+    pub const BROKER_ID_NOT_REGISTERED: i16 = 102;
     pub const INCONSISTENT_CLUSTER_ID: i16 = 104;
 }
 
@@ -156,6 +158,12 @@ pub enum ControllerRequest {
         topics: Vec<NewPartitions>,
         validate_only: bool,
     },
+    /// AlterConfigs and IncrementalAlterConfigs, checked by the broker for names and values
+    /// (see [`crate::configs`]).
+    AlterConfigs {
+        changes: Vec<ConfigChange>,
+        validate_only: bool,
+    },
     /// The log after `after_index`; waits up to `max_wait_ms` for something new.
     FetchMetadata {
         after_index: u64,
@@ -215,6 +223,12 @@ pub enum ControllerResponse {
     /// Per partition (topic, partition, error code, message), and the index committed at.
     Elected {
         results: Vec<ElectionResult>,
+        index: u64,
+    },
+    /// One result per config change, and the log index they committed at (0: nothing
+    /// written).
+    ConfigsAltered {
+        results: Vec<ConfigResult>,
         index: u64,
     },
     /// The partition after an AlterPartition, and the log index it committed at.
@@ -469,6 +483,10 @@ impl Controller {
                 topics,
                 validate_only,
             } => self.create_partitions(&image, topics, validate_only).await,
+            ControllerRequest::AlterConfigs {
+                changes,
+                validate_only,
+            } => self.alter_configs(&image, &changes, validate_only).await,
             ControllerRequest::DescribeQuorum => {
                 let progress = metrics.replication.clone().unwrap_or_default();
                 let voters = self
@@ -701,6 +719,31 @@ impl Controller {
             self.commit_topics(&records, &mut results).await;
         }
         ControllerResponse::Topics(results)
+    }
+
+    async fn alter_configs(
+        &self,
+        image: &MetadataImage,
+        changes: &[ConfigChange],
+        validate_only: bool,
+    ) -> ControllerResponse {
+        let (records, mut results) = configs::plan(image, changes);
+        if validate_only || records.is_empty() {
+            return ControllerResponse::ConfigsAltered { results, index: 0 };
+        }
+        match self.commit(&records).await {
+            Ok(index) => {
+                info!(records = records.len(), "configs altered");
+                ControllerResponse::ConfigsAltered { results, index }
+            }
+            Err(e) => {
+                let (code, message) = failure(&e);
+                for result in results.iter_mut().filter(|r| r.0 == code::NONE) {
+                    *result = (code, Some(message.clone()));
+                }
+                ControllerResponse::ConfigsAltered { results, index: 0 }
+            }
+        }
     }
 
     async fn fetch_metadata(&self, after_index: u64, max_wait_ms: u64) -> ControllerResponse {
