@@ -13,6 +13,10 @@ pub const RECOVERY_POINT_FILE: &str = "recovery-point-offset-checkpoint";
 /// Name of the per-log-directory file recording each log's high watermark.
 pub const REPLICATION_OFFSET_FILE: &str = "replication-offset-checkpoint";
 
+/// Name of the per-log-directory file recording each log's start offset (moved by retention
+/// and DeleteRecords, possibly inside the first segment).
+pub const LOG_START_OFFSET_FILE: &str = "log-start-offset-checkpoint";
+
 /// Name of the per-partition file of the leader epoch cache: a version line `0`, a count
 /// line, then `leader_epoch start_offset` per line.
 pub const LEADER_EPOCH_FILE: &str = "leader-epoch-checkpoint";

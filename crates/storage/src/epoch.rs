@@ -106,6 +106,25 @@ impl LeaderEpochCache {
         changed
     }
 
+    /// Drops what lies below `start_offset` (the log start moved there): entries starting
+    /// before it go, and the latest of them, when it was still current at `start_offset`,
+    /// now starts there (Kafka's `truncateFromStart`). Returns whether the cache changed.
+    pub fn truncate_from_start(&mut self, start_offset: i64) -> bool {
+        let below = self
+            .entries
+            .partition_point(|e| e.start_offset < start_offset);
+        if below == 0 {
+            return false;
+        }
+        let mut last = self.entries[below - 1];
+        self.entries.drain(..below);
+        if self.entries.first().is_none_or(|e| e.start_offset > start_offset) {
+            last.start_offset = start_offset;
+            self.entries.insert(0, last);
+        }
+        true
+    }
+
     /// Where `requested_epoch` ends in a log ending at `log_end_offset`: the start offset of
     /// the first later epoch, paired with the largest known epoch at or below the requested
     /// one (Kafka's `endOffsetFor`). `(-1, -1)` when the answer is undefined.
@@ -143,6 +162,20 @@ mod tests {
             assert!(cache.assign(epoch, offset));
         }
         cache
+    }
+
+    #[test]
+    fn truncating_from_the_start_keeps_the_epoch_current_at_the_new_start() {
+        let mut c = cache(&[(0, 0), (2, 10), (3, 20)]);
+        assert!(!c.truncate_from_start(0));
+        assert!(c.truncate_from_start(15));
+        assert_eq!(c, cache(&[(2, 15), (3, 20)]));
+        // A start on an entry's own offset drops only the older ones.
+        assert!(c.truncate_from_start(20));
+        assert_eq!(c, cache(&[(3, 20)]));
+        assert!(c.truncate_from_start(25));
+        assert_eq!(c, cache(&[(3, 25)]));
+        assert_eq!(c.end_offset_for(3, 30), (3, 30));
     }
 
     #[test]

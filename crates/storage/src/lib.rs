@@ -29,7 +29,10 @@ mod log;
 mod segment;
 
 pub use error::StorageError;
-pub use log::{AppendInfo, LogConfig, LogOffsets, PartitionLog, ReadResult, TimestampOffset};
+pub use log::{
+    AppendInfo, Deleted, LogConfig, LogOffsets, PartitionLog, ReadResult, RetentionPolicy,
+    TimestampOffset,
+};
 pub use segment::{FileSlice, LogSegment};
 
 /// The file name of a segment or index: the base offset, zero-padded to 20 digits.

@@ -28,8 +28,11 @@ use crate::segment::{index_batch, FileSlice, LogSegment};
 use crate::StorageError;
 
 mod replication;
+mod retention;
 #[cfg(test)]
 mod tests;
+
+pub use retention::{Deleted, RetentionPolicy};
 
 /// Most batch ends queued above the high watermark. Past it (and after a truncation or a
 /// reset of the high watermark) the queue is refilled from the segment files when the high
@@ -807,15 +810,20 @@ fn offset_for_timestamp_in(
         let limit = view.high_watermark_position.limit_in(segment);
         let mut position = u64::from(start);
         while let Some(found) = segment.batch_header_at(position, limit)? {
-            if found.max_timestamp >= timestamp {
+            let below_log_start = found.offsets.last_offset() < view.offsets.log_start_offset;
+            if found.max_timestamp >= timestamp && !below_log_start {
                 let Some(bytes) = read_batch(segment, position, found.offsets.size_bytes)? else {
                     return Ok(None);
                 };
-                return Ok(first_record_at_or_after(
+                let first = first_record_at_or_after(
                     &bytes,
                     timestamp,
+                    view.offsets.log_start_offset,
                     found.offsets.leader_epoch,
-                ));
+                );
+                if first.is_some() {
+                    return Ok(first);
+                }
             }
             position += found.offsets.size_bytes as u64;
         }
@@ -844,6 +852,7 @@ fn max_timestamp_offset_in(view: &View) -> Result<Option<TimestampOffset>, Stora
             return Ok(first_record_at_or_after(
                 &bytes,
                 max_ts,
+                view.offsets.log_start_offset,
                 found.offsets.leader_epoch,
             ));
         }
@@ -1036,18 +1045,19 @@ fn read_batch(
     }
 }
 
-/// Decodes a stored batch (decompressing it if needed) and finds its first record with a
-/// timestamp at or after `timestamp`.
+/// Decodes a stored batch (decompressing it if needed) and finds its first record at or
+/// after `log_start_offset` with a timestamp at or after `timestamp`.
 fn first_record_at_or_after(
     batch_bytes: &[u8],
     timestamp: i64,
+    log_start_offset: i64,
     leader_epoch: i32,
 ) -> Option<TimestampOffset> {
     let mut buf = bytes::Bytes::copy_from_slice(batch_bytes);
     let set = kafka_protocol::records::RecordBatchDecoder::decode(&mut buf).ok()?;
     set.records
         .iter()
-        .find(|r| r.timestamp >= timestamp)
+        .find(|r| r.timestamp >= timestamp && r.offset >= log_start_offset)
         .map(|r| TimestampOffset {
             offset: r.offset,
             timestamp: r.timestamp,
