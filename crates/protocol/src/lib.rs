@@ -5,6 +5,8 @@
 //! - [`versions`]: the API versions Strom implements and advertises in ApiVersions;
 //! - [`batch`]: a zero-copy view of a record batch (magic v2) and its validation
 //!   (sizes, CRC32C, record count, offset deltas);
+//! - [`records`]: the records inside a stored batch (decompressed when needed), the
+//!   batches log compaction rewrites, and the keyless-record check of compacted topics;
 //! - [`wire`]: the primitive encoders used where a response is written by hand
 //!   (the zero-copy Fetch response);
 //! - [`alloc_guard`]: the global allocator binaries install so that a hostile array count
@@ -16,6 +18,7 @@
 pub mod alloc_guard;
 pub mod batch;
 pub mod frame;
+pub mod records;
 pub mod versions;
 pub mod wire;
 
