@@ -297,7 +297,7 @@ pub(crate) fn fetch_request(config: &BrokerConfig, targets: &[Target]) -> FetchR
                 .with_current_leader_epoch(t.leader_epoch)
                 .with_fetch_offset(log.offsets().log_end_offset)
                 .with_last_fetched_epoch(log.latest_epoch().unwrap_or(-1))
-                .with_log_start_offset(-1)
+                .with_log_start_offset(log.offsets().log_start_offset)
                 .with_partition_max_bytes(config.replica_fetch_max_bytes),
         );
     }
@@ -420,6 +420,21 @@ fn append(target: &Target, data: &PartitionData) -> Result<(), strom_storage::St
     }
     let end = log.offsets().log_end_offset;
     log.update_high_watermark(data.high_watermark.min(end));
+    follow_log_start_offset(log, data.log_start_offset)
+}
+
+/// Moves this replica's log start offset up to the leader's (retention or DeleteRecords on
+/// the leader), as far as this replica's high watermark: Kafka's follower
+/// `maybeIncrementLogStartOffset(leaderLogStartOffset)`.
+fn follow_log_start_offset(
+    log: &strom_storage::PartitionLog,
+    leader_log_start_offset: i64,
+) -> Result<(), strom_storage::StorageError> {
+    let offsets = log.offsets();
+    let target = leader_log_start_offset.min(offsets.high_watermark);
+    if target > offsets.log_start_offset {
+        log.increment_log_start_offset(target)?;
+    }
     Ok(())
 }
 

@@ -20,6 +20,7 @@ mod fetcher;
 mod legacy;
 pub mod replication;
 pub mod response;
+pub mod retention;
 pub mod server;
 #[cfg(test)]
 mod sim;

@@ -69,6 +69,8 @@ pub struct FollowerProgress {
     pub log_end_offset: i64,
     /// When it last had everything the leader had (Kafka's `lastCaughtUpTimeMs`).
     pub last_caught_up_ms: i64,
+    /// Its log start offset as its last fetch reported it; -1 until then.
+    pub log_start_offset: i64,
     last_fetch_leader_log_end_offset: i64,
     last_fetch_ms: i64,
 }
@@ -78,6 +80,7 @@ impl FollowerProgress {
         FollowerProgress {
             log_end_offset: -1,
             last_caught_up_ms,
+            log_start_offset: -1,
             last_fetch_leader_log_end_offset: -1,
             last_fetch_ms: 0,
         }
@@ -263,6 +266,7 @@ impl Partition {
         topic_id: Uuid,
         follower: i32,
         fetch_offset: i64,
+        log_start_offset: i64,
         now_ms: i64,
     ) -> Option<IsrChange> {
         let offsets = self.log.offsets();
@@ -280,6 +284,8 @@ impl Partition {
         f.last_fetch_leader_log_end_offset = leader_end;
         f.last_fetch_ms = now_ms;
         f.log_end_offset = fetch_offset.min(leader_end);
+        let log_start_moved = log_start_offset > f.log_start_offset;
+        f.log_start_offset = f.log_start_offset.max(log_start_offset);
         let expand = r.pending_isr.is_none()
             && !r.isr.contains(&follower)
             && fetch_offset >= offsets.high_watermark
@@ -297,7 +303,27 @@ impl Partition {
             }
         });
         self.advance_high_watermark(&r);
+        if log_start_moved {
+            // A DeleteRecords may be waiting for the low watermark.
+            self.appended.notify_waiters();
+        }
         change
+    }
+
+    /// Leader: the smallest log start offset of this replica and its in-sync followers
+    /// (Kafka's `lowWatermarkIfLeader`, over the ISR: a replica out of it starts over at the
+    /// leader's log start when it falls behind it). `None` when not the leader.
+    pub fn low_watermark(&self) -> Option<i64> {
+        let r = self.replica.lock();
+        if r.leader != self.node_id {
+            return None;
+        }
+        let mut low = self.log.offsets().log_start_offset;
+        for id in r.isr.iter().filter(|id| **id != self.node_id) {
+            let reported = r.followers.get(id).map_or(-1, |f| f.log_start_offset);
+            low = low.min(reported);
+        }
+        Some(low)
     }
 
     /// Leader: the ISR without the followers that have not caught up within `lag_ms`, if

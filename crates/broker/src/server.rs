@@ -157,6 +157,7 @@ pub async fn run(
         )),
     ];
     let flusher = tokio::spawn(flush_loop(Arc::clone(&broker)));
+    let retention = tokio::spawn(crate::retention::retention_loop(Arc::clone(&broker)));
     let group_timer = tokio::spawn(group_timer_loop(Arc::clone(&broker)));
     info!(node_id = config.node_id, %cluster_id, %local_addr, "strom broker started");
     on_ready(&Running {
@@ -176,6 +177,7 @@ pub async fn run(
         task.abort();
     }
     flusher.abort();
+    retention.abort();
     group_timer.abort();
     applier.abort();
     let closing = Arc::clone(&broker);

@@ -1573,10 +1573,12 @@ mod regressions {
         leader.apply_state(&state(1, 2, &[1, 2]), START_MS);
         assert_eq!(leader.log.offsets().high_watermark, 2);
         assert!(
-            leader.follower_fetched(TOPIC_ID, 3, 3, START_MS).is_none(),
+            leader
+                .follower_fetched(TOPIC_ID, 3, 3, -1, START_MS)
+                .is_none(),
             "at the high watermark but short of the epoch start"
         );
-        let change = leader.follower_fetched(TOPIC_ID, 3, 5, START_MS);
+        let change = leader.follower_fetched(TOPIC_ID, 3, 5, -1, START_MS);
         assert_eq!(change.map(|c| c.isr), Some(vec![1, 2, 3]));
     }
 

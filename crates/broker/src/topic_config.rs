@@ -481,7 +481,11 @@ pub struct LogConfig {
     pub retention_bytes: i64,
     pub min_insync_replicas: i32,
     pub cleanup_policy_compact: bool,
+    /// `cleanup.policy` holds `delete`: retention applies.
+    pub cleanup_policy_delete: bool,
     pub message_timestamp_type_log_append: bool,
+    pub message_timestamp_before_max_ms: i64,
+    pub message_timestamp_after_max_ms: i64,
 }
 
 /// Resolves a topic's typed settings from its overrides and the broker's config.
@@ -508,7 +512,12 @@ pub fn resolve(overrides: &BTreeMap<String, String>, broker: &BrokerConfig) -> L
         cleanup_policy_compact: value("cleanup.policy")
             .split(',')
             .any(|p| p.trim() == "compact"),
+        cleanup_policy_delete: value("cleanup.policy")
+            .split(',')
+            .any(|p| p.trim() == "delete"),
         message_timestamp_type_log_append: value("message.timestamp.type") == "LogAppendTime",
+        message_timestamp_before_max_ms: int("message.timestamp.before.max.ms", i64::MAX).max(0),
+        message_timestamp_after_max_ms: int("message.timestamp.after.max.ms", 3_600_000).max(0),
     }
 }
 

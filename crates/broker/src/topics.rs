@@ -219,6 +219,9 @@ pub struct TopicManager {
     high_watermarks: Mutex<BTreeMap<(String, i32), i64>>,
     /// When the high watermarks were last checkpointed (ms since the epoch).
     high_watermarks_written_ms: AtomicI64,
+    /// Log start offsets as last checkpointed (Kafka's `log-start-offset-checkpoint`): a
+    /// start moved inside a segment (DeleteRecords) survives a restart.
+    log_start_offsets: Mutex<BTreeMap<(String, i32), i64>>,
     /// Serializes applying images (the read path never takes it).
     applying: Mutex<()>,
     /// Whether an image in which this broker is live has been applied. Replicas take their
@@ -243,6 +246,7 @@ impl TopicManager {
         let log_dirs: Vec<PathBuf> = config.log_dirs.iter().map(PathBuf::from).collect();
         let mut recovery_points = BTreeMap::new();
         let mut high_watermarks = BTreeMap::new();
+        let mut log_start_offsets = BTreeMap::new();
         for dir in &log_dirs {
             std::fs::create_dir_all(dir)?;
             recovery_points.extend(checkpoint::read(
@@ -250,6 +254,9 @@ impl TopicManager {
             )?);
             high_watermarks.extend(checkpoint::read(
                 &dir.join(checkpoint::REPLICATION_OFFSET_FILE),
+            )?);
+            log_start_offsets.extend(checkpoint::read(
+                &dir.join(checkpoint::LOG_START_OFFSET_FILE),
             )?);
         }
         let clean = log_dirs
@@ -272,6 +279,7 @@ impl TopicManager {
             writing_recovery_points: Mutex::new(()),
             high_watermarks: Mutex::new(high_watermarks),
             high_watermarks_written_ms: AtomicI64::new(0),
+            log_start_offsets: Mutex::new(log_start_offsets),
             applying: Mutex::new(()),
             live: AtomicBool::new(false),
             applied: tokio::sync::watch::channel(0).0,
@@ -447,11 +455,16 @@ impl TopicManager {
             std::fs::write(&tmp, &expected)?;
             std::fs::rename(&tmp, &marker)?;
         }
-        let checkpointed = self
-            .high_watermarks
-            .lock()
-            .get(&(topic.name.clone(), index))
-            .copied();
+        let key = (topic.name.clone(), index);
+        let checkpointed_start = existed
+            .then(|| self.log_start_offsets.lock().get(&key).copied())
+            .flatten();
+        if let Some(start) = checkpointed_start {
+            if let Err(error) = log.increment_log_start_offset(start) {
+                warn!(topic = %topic.name, partition = index, %error, "cannot restore the checkpointed log start offset");
+            }
+        }
+        let checkpointed = self.high_watermarks.lock().get(&key).copied();
         restore_high_watermark(&log, checkpointed);
         Ok(Partition::new(index, log, self.node_id))
     }
@@ -537,13 +550,14 @@ impl TopicManager {
         let mut flushed_any = false;
         let mut high_watermarks: Vec<BTreeMap<(String, i32), i64>> =
             vec![BTreeMap::new(); self.log_dirs.len()];
+        let mut log_start_offsets = high_watermarks.clone();
         for topic in self.all() {
             for partition in topic.local_partitions() {
                 let dir_index = self.dir_index_of(partition.log.dir());
-                high_watermarks[dir_index].insert(
-                    (topic.name.clone(), partition.index),
-                    partition.log.offsets().high_watermark,
-                );
+                let offsets = partition.log.offsets();
+                let key = (topic.name.clone(), partition.index);
+                high_watermarks[dir_index].insert(key.clone(), offsets.high_watermark);
+                log_start_offsets[dir_index].insert(key, offsets.log_start_offset);
                 let since = now.saturating_sub(partition.last_flush_ms.load(Ordering::Relaxed));
                 let before = partition.log.recovery_point();
                 let point = if force || since >= topic.settings.flush_ms {
@@ -558,6 +572,7 @@ impl TopicManager {
         if flushed_any {
             self.checkpoint_recovery_points()?;
         }
+        self.checkpoint_log_start_offsets(&log_start_offsets, force)?;
         let all: BTreeMap<(String, i32), i64> = high_watermarks
             .iter()
             .flatten()
@@ -571,6 +586,33 @@ impl TopicManager {
                 .store(now, Ordering::Relaxed);
             for (dir, entries) in self.log_dirs.iter().zip(&high_watermarks) {
                 checkpoint::write(&dir.join(checkpoint::REPLICATION_OFFSET_FILE), entries)?;
+            }
+            *written = all;
+        }
+        Ok(())
+    }
+
+    /// Writes the log start offsets (one map per log dir) when any moved since the last
+    /// checkpoint, or when `force`d. They move rarely (retention, DeleteRecords). Not before
+    /// the broker is live: until then some partitions may not be open yet, and their entries
+    /// would be lost.
+    fn checkpoint_log_start_offsets(
+        &self,
+        per_dir: &[BTreeMap<(String, i32), i64>],
+        force: bool,
+    ) -> Result<(), BrokerError> {
+        if !self.live.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let all: BTreeMap<(String, i32), i64> = per_dir
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        let mut written = self.log_start_offsets.lock();
+        if force || *written != all {
+            for (dir, entries) in self.log_dirs.iter().zip(per_dir) {
+                checkpoint::write(&dir.join(checkpoint::LOG_START_OFFSET_FILE), entries)?;
             }
             *written = all;
         }

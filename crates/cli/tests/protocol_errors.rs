@@ -887,3 +887,59 @@ fn replication_admin_requests_get_kafkas_error_codes() {
         E::UnknownTopicOrPartition.code()
     );
 }
+
+#[test]
+fn delete_records_errors_use_kafkas_codes() {
+    use kafka_protocol::messages::delete_records_request::{
+        DeleteRecordsPartition, DeleteRecordsTopic,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    let mut c = RawClient::connect(&broker.addr);
+    create(&mut c, "d", 1, &[]);
+    create(&mut c, "compacted", 1, &[("cleanup.policy", "compact")]);
+    for _ in 0..3 {
+        assert_eq!(produce(&mut c, "d", 0, batch(&[b"a", b"b"], 0), -1).0, 0);
+    }
+    let delete = |c: &mut RawClient, topic: &str, partition: i32, offset: i64| -> (i16, i64) {
+        let req = DeleteRecordsRequest::default()
+            .with_timeout_ms(5_000)
+            .with_topics(vec![DeleteRecordsTopic::default()
+                .with_name(name(topic))
+                .with_partitions(vec![DeleteRecordsPartition::default()
+                    .with_partition_index(partition)
+                    .with_offset(offset)])]);
+        c.send(ApiKey::DeleteRecords, 2, &req);
+        let resp: DeleteRecordsResponse = c.recv(2);
+        let p = &resp.topics[0].partitions[0];
+        (p.error_code, p.low_watermark)
+    };
+    assert_eq!(
+        delete(&mut c, "d", 0, 7),
+        (E::OffsetOutOfRange.code(), -1),
+        "past the high watermark"
+    );
+    assert_eq!(delete(&mut c, "d", 0, -5).0, E::OffsetOutOfRange.code());
+    assert_eq!(
+        delete(&mut c, "nope", 0, 1).0,
+        E::UnknownTopicOrPartition.code()
+    );
+    assert_eq!(
+        delete(&mut c, "d", 9, 1).0,
+        E::UnknownTopicOrPartition.code()
+    );
+    assert_eq!(
+        delete(&mut c, "compacted", 0, 0).0,
+        E::PolicyViolation.code()
+    );
+    assert_eq!(
+        delete(&mut c, "__consumer_offsets", 0, 0).0,
+        E::InvalidTopicException.code()
+    );
+    // -1 stands for the high watermark; moving back is a no-op answered with the start.
+    assert_eq!(delete(&mut c, "d", 0, 3), (0, 3));
+    assert_eq!(delete(&mut c, "d", 0, 1), (0, 3));
+    assert_eq!(delete(&mut c, "d", 0, -1), (0, 6));
+    // The partition still takes records, after the deleted ones.
+    assert_eq!(produce(&mut c, "d", 0, batch(&[b"c"], 0), -1), (0, 6));
+}

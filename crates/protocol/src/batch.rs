@@ -26,6 +26,8 @@ const PRODUCER_ID_OFFSET: usize = 43;
 const RECORDS_COUNT_OFFSET: usize = 57;
 
 const COMPRESSION_MASK: i16 = 0x07;
+/// Attributes bit 3: the batch's timestamps are the log append time.
+const LOG_APPEND_TIME_FLAG: i16 = 0x08;
 const TRANSACTIONAL_FLAG: i16 = 0x10;
 const CONTROL_FLAG: i16 = 0x20;
 
@@ -42,6 +44,8 @@ pub enum BatchError {
     Invalid(String),
     #[error("record batch of {size_bytes} bytes exceeds max.message.bytes {max_bytes}")]
     TooLarge { size_bytes: usize, max_bytes: usize },
+    #[error("Timestamp {timestamp} of message is out of range. The timestamp should be within [{min}, {max}]")]
+    TimestampOutOfRange { timestamp: i64, min: i64, max: i64 },
 }
 
 impl BatchError {
@@ -53,6 +57,7 @@ impl BatchError {
             BatchError::UnsupportedMagic(_) => E::UnsupportedForMessageFormat.code(),
             BatchError::Invalid(_) => E::InvalidRecord.code(),
             BatchError::TooLarge { .. } => E::MessageTooLarge.code(),
+            BatchError::TimestampOutOfRange { .. } => E::InvalidTimestamp.code(),
         }
     }
 }
@@ -124,6 +129,43 @@ pub fn patched_prefix(base_offset: i64, size_bytes: usize, leader_epoch: i32) ->
     prefix[8..12].copy_from_slice(&((size_bytes - LOG_OVERHEAD_BYTES) as i32).to_be_bytes());
     prefix[12..16].copy_from_slice(&leader_epoch.to_be_bytes());
     prefix
+}
+
+/// Stamps a validated producer batch with the log append time, as Kafka's
+/// `setMaxTimestamp(LOG_APPEND_TIME, now)`: sets the timestamp type bit of its attributes and
+/// its max timestamp to `now_ms`, then recomputes its CRC (which covers both).
+pub fn set_log_append_time(batch: &mut [u8], now_ms: i64) {
+    debug_assert!(batch.len() >= BATCH_HEADER_BYTES);
+    let attributes = be_i16(batch, ATTRIBUTES_OFFSET) | LOG_APPEND_TIME_FLAG;
+    batch[ATTRIBUTES_OFFSET..ATTRIBUTES_OFFSET + 2].copy_from_slice(&attributes.to_be_bytes());
+    batch[MAX_TIMESTAMP_OFFSET..MAX_TIMESTAMP_OFFSET + 8].copy_from_slice(&now_ms.to_be_bytes());
+    let crc = crc32c::crc32c(&batch[ATTRIBUTES_OFFSET..]);
+    batch[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
+}
+
+/// Checks a create-time batch against `message.timestamp.before.max.ms` and
+/// `message.timestamp.after.max.ms` (KIP-937): its first and largest timestamps must lie
+/// within `[now_ms - before_max_ms, now_ms + after_max_ms]`. Records without a timestamp
+/// (-1) pass. Kafka checks every record; the header's two timestamps bound what producers
+/// write (records are timestamped in append order), without decompressing the batch.
+pub fn check_timestamps(
+    batch: &BatchInfo,
+    now_ms: i64,
+    before_max_ms: i64,
+    after_max_ms: i64,
+) -> Result<(), BatchError> {
+    let min = now_ms.saturating_sub(before_max_ms);
+    let max = now_ms.saturating_add(after_max_ms);
+    for timestamp in [batch.base_timestamp, batch.max_timestamp] {
+        if timestamp >= 0 && !(min..=max).contains(&timestamp) {
+            return Err(BatchError::TimestampOutOfRange {
+                timestamp,
+                min,
+                max,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Validates every batch a producer sent in one partition's `records` field.
@@ -388,6 +430,43 @@ mod tests {
     use super::testing::batch;
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn log_append_time_stamps_the_batch_and_keeps_it_valid() {
+        let mut b = batch(&[b"a", b"bb"], 1_000);
+        set_log_append_time(&mut b, 5_000);
+        let info = validate_produce(&b, 1 << 20).expect("still valid: CRC recomputed")[0];
+        assert_eq!(info.max_timestamp, 5_000);
+        assert_eq!(info.base_timestamp, 1_000);
+        assert_ne!(be_i16(&b, ATTRIBUTES_OFFSET) & LOG_APPEND_TIME_FLAG, 0);
+        // A client decodes it as a log-append-time batch (whose records then take the
+        // batch's max timestamp).
+        let mut buf = bytes::Bytes::from(b);
+        let set = kafka_protocol::records::RecordBatchDecoder::decode(&mut buf).unwrap();
+        assert!(set
+            .records
+            .iter()
+            .all(|r| r.timestamp_type == kafka_protocol::records::TimestampType::LogAppend));
+    }
+
+    #[test]
+    fn timestamps_outside_the_allowed_window_are_invalid() {
+        let info = |base, max| BatchInfo {
+            base_timestamp: base,
+            max_timestamp: max,
+            ..validate_produce(&batch(&[b"a"], 0), 1 << 20).unwrap()[0]
+        };
+        let now = 1_000_000;
+        assert!(check_timestamps(&info(now - 10, now + 10), now, 100, 100).is_ok());
+        assert!(check_timestamps(&info(-1, -1), now, 0, 0).is_ok());
+        let past = check_timestamps(&info(now - 101, now), now, 100, 100).unwrap_err();
+        assert_eq!(
+            past.error_code(),
+            kafka_protocol::ResponseError::InvalidTimestamp.code()
+        );
+        assert!(check_timestamps(&info(now, now + 101), now, 100, 100).is_err());
+        assert!(check_timestamps(&info(0, i64::MAX), now, i64::MAX, i64::MAX).is_ok());
+    }
 
     #[test]
     fn a_valid_batch_is_accepted_with_its_fields() {

@@ -38,6 +38,7 @@ pub const SUPPORTED: &[ApiSupport] = &[
     api(ApiKey::ApiVersions, 0, 0, 4),
     api(ApiKey::CreateTopics, 2, 2, 7),
     api(ApiKey::DeleteTopics, 1, 1, 6),
+    api(ApiKey::DeleteRecords, 0, 0, 2),
     api(ApiKey::DescribeConfigs, 1, 1, 4),
     api(ApiKey::DescribeCluster, 0, 0, 1),
     api(ApiKey::CreatePartitions, 0, 0, 3),

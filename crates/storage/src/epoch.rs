@@ -118,7 +118,11 @@ impl LeaderEpochCache {
         }
         let mut last = self.entries[below - 1];
         self.entries.drain(..below);
-        if self.entries.first().is_none_or(|e| e.start_offset > start_offset) {
+        if self
+            .entries
+            .first()
+            .is_none_or(|e| e.start_offset > start_offset)
+        {
             last.start_offset = start_offset;
             self.entries.insert(0, last);
         }

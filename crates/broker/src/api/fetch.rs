@@ -239,9 +239,13 @@ pub(crate) fn follower_fetch(
         }
     }
     if p.fetch_offset <= partition.log.offsets().log_end_offset {
-        if let Some(change) =
-            partition.follower_fetched(topic_id, replica_id, p.fetch_offset, now_ms)
-        {
+        if let Some(change) = partition.follower_fetched(
+            topic_id,
+            replica_id,
+            p.fetch_offset,
+            p.log_start_offset,
+            now_ms,
+        ) {
             crate::replication::request_isr_change(isr_changes, change);
         }
     }

@@ -8,6 +8,7 @@ mod api_versions;
 mod consumer_groups;
 mod create_partitions;
 mod create_topics;
+mod delete_records;
 mod delete_topics;
 mod describe_cluster;
 mod describe_configs;
@@ -73,6 +74,7 @@ pub async fn handle(
         RequestKind::CreateTopics(req) => {
             ctx.respond(&create_topics::handle(broker, req, version).await)
         }
+        RequestKind::DeleteRecords(req) => ctx.respond(&delete_records::handle(broker, req).await),
         RequestKind::DeleteTopics(req) => {
             ctx.respond(&delete_topics::handle(broker, req, version).await)
         }

@@ -139,6 +139,35 @@ fn error(index: i32, code: i16, message: Option<String>) -> PartitionProduceResp
         .with_error_message(message.map(StrBytes::from_string))
 }
 
+/// Applies the topic's `message.timestamp.type`: with `LogAppendTime`, a copy of `records`
+/// whose batches carry `now_ms` as their timestamp (and the batches' infos updated to it);
+/// with `CreateTime`, the check of the producer's timestamps against
+/// `message.timestamp.before.max.ms` / `after.max.ms` (INVALID_TIMESTAMP).
+fn timestamped(
+    settings: &crate::topic_config::LogConfig,
+    records: &[u8],
+    mut batches: Vec<batch::BatchInfo>,
+    now_ms: i64,
+) -> Result<(Vec<batch::BatchInfo>, Option<Vec<u8>>), batch::BatchError> {
+    if !settings.message_timestamp_type_log_append {
+        for b in &batches {
+            batch::check_timestamps(
+                b,
+                now_ms,
+                settings.message_timestamp_before_max_ms,
+                settings.message_timestamp_after_max_ms,
+            )?;
+        }
+        return Ok((batches, None));
+    }
+    let mut stamped = records.to_vec();
+    for b in &mut batches {
+        batch::set_log_append_time(&mut stamped[b.position..b.position + b.size_bytes], now_ms);
+        b.max_timestamp = now_ms;
+    }
+    Ok((batches, Some(stamped)))
+}
+
 /// Waits until the high watermark reaches the append's end: the error code it ends with.
 async fn wait_for_replication(
     wait: &Waiting,
@@ -179,21 +208,26 @@ fn produce_partition(
         );
     };
     let max_batch_bytes = usize::try_from(topic.settings.max_message_bytes).unwrap_or(0);
-    let batches = match batch::validate_produce(&records, max_batch_bytes) {
-        Ok(batches) => batches,
+    let now = now_ms();
+    let validated = batch::validate_produce(&records, max_batch_bytes)
+        .and_then(|batches| timestamped(&topic.settings, &records, batches, now));
+    let (batches, stamped) = match validated {
+        Ok(validated) => validated,
         Err(e) => {
             debug!(topic = %topic.name, partition = data.index, error = %e, "rejected produce");
             return (error(data.index, e.error_code(), Some(e.to_string())), None);
         }
     };
+    let bytes = stamped.as_deref().unwrap_or(&records);
+    let log_append_time_ms = if stamped.is_some() { now } else { -1 };
     let min_insync_replicas = topic.settings.min_insync_replicas;
     let min = (acks == -1).then_some(min_insync_replicas);
-    match partition.append_as_leader(&records, &batches, min, now_ms()) {
+    match partition.append_as_leader(bytes, &batches, min, now) {
         Ok((info, leader_epoch)) => {
             let response = PartitionProduceResponse::default()
                 .with_index(data.index)
                 .with_base_offset(info.first_offset)
-                .with_log_append_time_ms(-1)
+                .with_log_append_time_ms(log_append_time_ms)
                 .with_log_start_offset(info.log_start_offset);
             let wait = (acks == -1).then(|| Waiting {
                 partition: Arc::clone(partition),

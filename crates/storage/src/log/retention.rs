@@ -37,7 +37,12 @@ pub struct Deleted {
 impl PartitionLog {
     /// Bytes in all segment files.
     pub fn size_bytes(&self) -> u64 {
-        self.view.read().segments.iter().map(|s| s.size_bytes()).sum()
+        self.view
+            .read()
+            .segments
+            .iter()
+            .map(|s| s.size_bytes())
+            .sum()
     }
 
     /// Moves the log start offset forward to `offset` (DeleteRecords on a leader, the
@@ -236,7 +241,8 @@ mod tests {
             let value = [b'v'; 20];
             let records = testing::batch(&[&value[..]; 3], ts + i as i64);
             let infos = validate_produce(&records, 1 << 20).expect("valid batch");
-            log.append_as_leader(&records, &infos, 0, NOW_MS).expect("append");
+            log.append_as_leader(&records, &infos, 0, NOW_MS)
+                .expect("append");
         }
         log.update_high_watermark(i64::MAX);
     }
