@@ -17,17 +17,24 @@
 //! and keeps Kafka's leader epoch cache (`leader-epoch-checkpoint`: the first offset of each
 //! leader epoch, answering [`PartitionLog::end_offset_for_epoch`]).
 //!
+//! Log compaction ([`cleaner`], [`PartitionLog::clean`]) rewrites closed segments below
+//! the high watermark, keeping the latest record of each key, and swaps them in crash-safely.
+//!
 //! This crate knows no sockets and no wire protocol beyond the batch format; it never
 //! decides replication: the caller moves the high watermark, chooses truncation points and
 //! keeps the per-directory checkpoints ([`checkpoint`]).
 
 pub mod checkpoint;
+pub mod cleaner;
 mod epoch;
 mod error;
 pub mod index;
 mod log;
 mod segment;
 
+pub use cleaner::{
+    CleanOutcome, Cleanable, CleanerProgress, CleanerStats, CompactionConfig, OffsetMap,
+};
 pub use error::StorageError;
 pub use log::{
     AppendInfo, Deleted, LogConfig, LogOffsets, PartitionLog, ReadResult, RetentionPolicy,

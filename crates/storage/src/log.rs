@@ -27,6 +27,7 @@ use crate::epoch::LeaderEpochCache;
 use crate::segment::{index_batch, FileSlice, LogSegment};
 use crate::StorageError;
 
+mod cleaning;
 mod replication;
 mod retention;
 #[cfg(test)]
@@ -185,6 +186,8 @@ pub struct PartitionLog {
     /// A sequence lock against truncations: odd while one is cutting files, bumped again
     /// once it published its view. A reader whose read overlapped a change retries.
     truncation_seq: std::sync::atomic::AtomicU64,
+    /// Log compaction's clean point (see [`cleaning`]).
+    cleaning: cleaning::CleaningState,
 }
 
 impl PartitionLog {
@@ -200,6 +203,7 @@ impl PartitionLog {
         now_ms: i64,
     ) -> Result<PartitionLog, StorageError> {
         std::fs::create_dir_all(dir)?;
+        crate::cleaner::recover_leftovers(dir, config.index_interval_bytes, now_ms)?;
         let bases = list_segments(dir)?;
         let mut segments: Vec<Arc<LogSegment>> = Vec::with_capacity(bases.len().max(1));
         let mut next_offset = None;
@@ -296,6 +300,7 @@ impl PartitionLog {
                 recovery_point.min(next_offset)
             }),
             truncation_seq: std::sync::atomic::AtomicU64::new(0),
+            cleaning: cleaning::CleaningState::default(),
         })
     }
 

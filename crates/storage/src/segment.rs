@@ -61,6 +61,24 @@ impl LogSegment {
         Ok(Self::with_file(dir, base_offset, file, 0, now_ms))
     }
 
+    /// Creates the log cleaner's output `<base>.log<suffix>` (`.cleaned`); the swap renames
+    /// it (and the index files [`LogSegment::flush_with_suffix`] wrote) into place while the
+    /// descriptor stays open.
+    pub(crate) fn create_with_suffix(
+        dir: &Path,
+        base_offset: i64,
+        suffix: &str,
+        now_ms: i64,
+    ) -> Result<LogSegment, StorageError> {
+        let path = dir.join(format!("{}{suffix}", file_name(base_offset, "log")));
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        Ok(Self::with_file(dir, base_offset, file, 0, now_ms))
+    }
+
     /// Opens an existing segment file (indexes are loaded or rebuilt by the caller).
     pub(crate) fn open(
         dir: &Path,
@@ -329,6 +347,23 @@ impl LogSegment {
         let (index_path, time_path) = (self.index_path(), self.time_index_path());
         indexes.offset_index.persist(&index_path)?;
         indexes.time_index.persist(&time_path)?;
+        Ok(())
+    }
+
+    /// Fsyncs the data and writes both indexes to `<base>.index<suffix>` and
+    /// `<base>.timeindex<suffix>`: the cleaner's output before its swap. Once written, a
+    /// later [`flush`](Self::flush) finds the indexes unchanged and writes nothing.
+    pub(crate) fn flush_with_suffix(&self, suffix: &str) -> Result<(), StorageError> {
+        self.dirty.store(false, Ordering::Release);
+        self.file.sync_data()?;
+        let mut indexes = self.indexes.lock();
+        let with_suffix = |path: PathBuf| PathBuf::from(format!("{}{suffix}", path.display()));
+        indexes
+            .offset_index
+            .persist(&with_suffix(self.index_path()))?;
+        indexes
+            .time_index
+            .persist(&with_suffix(self.time_index_path()))?;
         Ok(())
     }
 

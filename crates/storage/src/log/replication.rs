@@ -21,8 +21,9 @@ impl PartitionLog {
     /// Appends batches fetched from the partition leader, byte for byte: their offsets and
     /// partition leader epochs were assigned by the leader. `records` is the records field
     /// of a Fetch response: complete batches, possibly followed by a partial one, which is
-    /// ignored. Every complete batch must be intact and the first must start at the log end,
-    /// each next one right after the previous; otherwise nothing is written. Newer leader
+    /// ignored. Every complete batch must be intact and the first must start at or after the
+    /// log end, each next one after the previous (a compacted leader's log has gaps between
+    /// batches); otherwise nothing is written. Newer leader
     /// epochs enter the epoch cache. The high watermark does not move. `None` when
     /// `records` holds no complete batch.
     pub fn append_as_follower(
@@ -43,7 +44,7 @@ impl PartitionLog {
         writer.clock_ms = writer.clock_ms.max(now_ms);
         let mut expected = writer.next_offset;
         for b in &batches {
-            if b.offsets.base_offset != expected {
+            if b.offsets.base_offset < expected {
                 return Err(StorageError::NonContiguous {
                     expected,
                     got: b.offsets.base_offset,
@@ -135,6 +136,7 @@ impl PartitionLog {
             }
             next.truncations += 1;
             self.recovery_point.fetch_min(new_end, Ordering::AcqRel);
+            self.cleaning.truncated_to(new_end);
         }
         info!(
             topic = %self.topic,
@@ -216,6 +218,7 @@ impl PartitionLog {
             view.leader_epochs = Arc::new(LeaderEpochCache::default());
             view.truncations += 1;
             self.recovery_point.store(offset, Ordering::Release);
+            self.cleaning.truncated_to(offset);
         }
         info!(
             topic = %self.topic,

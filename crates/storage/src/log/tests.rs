@@ -212,7 +212,7 @@ fn a_follower_append_without_a_complete_batch_writes_nothing() {
 }
 
 #[test]
-fn a_non_contiguous_follower_append_is_refused_and_leaves_the_log_unchanged() {
+fn an_overlapping_follower_append_is_refused_and_leaves_the_log_unchanged() {
     let dir = tempfile::tempdir().unwrap();
     let log = open(dir.path(), LogConfig::default(), false);
     let first = stored_batch(2, 0, 1, 1);
@@ -223,11 +223,10 @@ fn a_non_contiguous_follower_append_is_refused_and_leaves_the_log_unchanged() {
         log.offsets(),
         log.epoch_entries(),
     );
-    let gap = stored_batch(1, 3, 2, 2);
     let overlap = stored_batch(1, 1, 2, 2);
-    let mut hole_inside = stored_batch(1, 2, 2, 2);
-    hole_inside.extend_from_slice(&stored_batch(1, 4, 2, 2));
-    for (records, expected, got) in [(gap, 2, 3), (overlap, 2, 1), (hole_inside, 3, 4)] {
+    let mut overlap_inside = stored_batch(1, 2, 2, 2);
+    overlap_inside.extend_from_slice(&stored_batch(1, 2, 2, 2));
+    for (records, expected, got) in [(overlap, 2, 1), (overlap_inside, 3, 2)] {
         let error = log.append_as_follower(&records, NOW_MS).unwrap_err();
         assert!(
             matches!(error, StorageError::NonContiguous { expected: e, got: g } if e == expected && g == got),
@@ -243,6 +242,20 @@ fn a_non_contiguous_follower_append_is_refused_and_leaves_the_log_unchanged() {
             before
         );
     }
+}
+
+#[test]
+fn a_follower_takes_the_gaps_of_a_compacted_leader() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), LogConfig::default(), false);
+    log.append_as_follower(&stored_batch(2, 0, 1, 1), NOW_MS)
+        .unwrap();
+    let mut gaps = stored_batch(1, 3, 1, 2);
+    gaps.extend_from_slice(&stored_batch(2, 7, 1, 3));
+    let info = log.append_as_follower(&gaps, NOW_MS).unwrap().unwrap();
+    assert_eq!((info.first_offset, info.last_offset), (3, 8));
+    assert_eq!(log.offsets().log_end_offset, 9);
+    assert_eq!(batches_to_log_end(&log, 0).len(), 3);
 }
 
 #[test]
