@@ -70,6 +70,16 @@ static KEYS: &[KeyDef] = &[
     key("offset.metadata.max.bytes", "4096", I, Check::AtLeast(0), "Largest metadata string of a committed offset."),
     key("offsets.retention.minutes", "10080", I, Check::AtLeast(1), "How long the offsets of an empty group are kept."),
     key("offsets.retention.check.interval.ms", "600000", Lg, Check::AtLeast(1), "How often expired offsets are removed."),
+    key("log.cleaner.enable", "true", B, Check::Bool, "Run the log cleaner, which compacts topics whose cleanup.policy holds compact."),
+    key("log.cleaner.threads", "1", I, Check::AtLeast(0), "Background threads cleaning logs."),
+    key("log.cleaner.backoff.ms", "15000", Lg, Check::AtLeast(0), "How long a cleaner thread sleeps when no log needs cleaning."),
+    key("log.cleaner.dedupe.buffer.size", "134217728", Lg, Check::AtLeast(0), "Memory of the cleaners' offset maps, split between the cleaner threads."),
+    key("log.cleaner.io.buffer.load.factor", "0.9", ConfigType::Double, Check::Ratio(0.0, 1.0), "How full an offset map may get."),
+    key("log.cleaner.io.max.bytes.per.second", "1.7976931348623157E308", ConfigType::Double, Check::Ratio(0.0, f64::MAX), "Bytes per second the cleaners read and write, all threads together."),
+    key("log.cleaner.delete.retention.ms", "86400000", Lg, Check::AtLeast(0), "Default delete.retention.ms of topics."),
+    key("log.cleaner.min.cleanable.ratio", "0.5", ConfigType::Double, Check::Ratio(0.0, 1.0), "Default min.cleanable.dirty.ratio of topics."),
+    key("log.cleaner.min.compaction.lag.ms", "0", Lg, Check::AtLeast(0), "Default min.compaction.lag.ms of topics."),
+    key("log.cleaner.max.compaction.lag.ms", "9223372036854775807", Lg, Check::AtLeast(1), "Default max.compaction.lag.ms of topics."),
     key(
         "node.id",
         "1",
@@ -443,17 +453,7 @@ static KNOWN_UNIMPLEMENTED: &[&str] = &[
     "kafka.metrics.reporters",
     "leader.imbalance.per.broker.percentage",
     "listener.security.protocol.map",
-    "log.cleaner.backoff.ms",
-    "log.cleaner.dedupe.buffer.size",
-    "log.cleaner.delete.retention.ms",
-    "log.cleaner.enable",
-    "log.cleaner.io.buffer.load.factor",
     "log.cleaner.io.buffer.size",
-    "log.cleaner.io.max.bytes.per.second",
-    "log.cleaner.max.compaction.lag.ms",
-    "log.cleaner.min.cleanable.ratio",
-    "log.cleaner.min.compaction.lag.ms",
-    "log.cleaner.threads",
     "log.dir.failure.timeout.ms",
     "log.flush.scheduler.interval.ms",
     "log.local.retention.bytes",
@@ -603,6 +603,13 @@ pub struct BrokerConfig {
     pub log_flush_interval_ms: i64,
     pub log_retention_ms: i64,
     pub log_retention_check_interval_ms: i64,
+    /// The log cleaner (`log.cleaner.*`).
+    pub log_cleaner_enable: bool,
+    pub log_cleaner_threads: i32,
+    pub log_cleaner_backoff_ms: i64,
+    pub log_cleaner_dedupe_buffer_size: i64,
+    pub log_cleaner_io_buffer_load_factor: f64,
+    pub log_cleaner_io_max_bytes_per_second: f64,
     pub message_max_bytes: i32,
     pub socket_request_max_bytes: i32,
     pub max_connections: i32,
@@ -772,6 +779,14 @@ impl BrokerConfig {
             log_flush_interval_ms: int("log.flush.interval.ms"),
             log_retention_ms: retention,
             log_retention_check_interval_ms: int("log.retention.check.interval.ms"),
+            log_cleaner_enable: values["log.cleaner.enable"].eq_ignore_ascii_case("true"),
+            log_cleaner_threads: int("log.cleaner.threads") as i32,
+            log_cleaner_backoff_ms: int("log.cleaner.backoff.ms"),
+            log_cleaner_dedupe_buffer_size: int("log.cleaner.dedupe.buffer.size"),
+            log_cleaner_io_buffer_load_factor: float(&values["log.cleaner.io.buffer.load.factor"]),
+            log_cleaner_io_max_bytes_per_second: float(
+                &values["log.cleaner.io.max.bytes.per.second"],
+            ),
             message_max_bytes: int("message.max.bytes") as i32,
             socket_request_max_bytes: int("socket.request.max.bytes") as i32,
             max_connections: int("max.connections") as i32,
@@ -879,6 +894,11 @@ fn derive(
         let derived = from(values);
         values.insert(key, derived);
     }
+}
+
+/// A validated double key's value (`f64::MAX` for Kafka's "no limit" default).
+fn float(s: &str) -> f64 {
+    s.trim().parse().unwrap_or(f64::MAX)
 }
 
 fn parse_i64(s: &str) -> i64 {

@@ -18,6 +18,7 @@ mod consumer_offsets;
 mod error;
 mod fetcher;
 mod legacy;
+pub mod log_cleaner;
 pub mod replication;
 pub mod response;
 pub mod retention;

@@ -158,6 +158,7 @@ pub async fn run(
     ];
     let flusher = tokio::spawn(flush_loop(Arc::clone(&broker)));
     let retention = tokio::spawn(crate::retention::retention_loop(Arc::clone(&broker)));
+    let log_cleaner = crate::log_cleaner::LogCleaner::start(&config, Arc::clone(&broker.topics))?;
     let group_timer = tokio::spawn(group_timer_loop(Arc::clone(&broker)));
     info!(node_id = config.node_id, %cluster_id, %local_addr, "strom broker started");
     on_ready(&Running {
@@ -178,6 +179,11 @@ pub async fn run(
     }
     flusher.abort();
     retention.abort();
+    if let Some(log_cleaner) = log_cleaner {
+        tokio::task::spawn_blocking(move || log_cleaner.shutdown())
+            .await
+            .map_err(|e| BrokerError::Config(format!("log cleaner shutdown failed: {e}")))?;
+    }
     group_timer.abort();
     applier.abort();
     let closing = Arc::clone(&broker);

@@ -425,10 +425,15 @@ pub fn check_value(
 /// Topic configs whose behaviour is built: the rest are validated, stored and described, and
 /// setting them logs that they are not enforced yet.
 pub const ENFORCED: &[&str] = &[
+    "cleanup.policy",
+    "delete.retention.ms",
     "flush.messages",
     "flush.ms",
     "index.interval.bytes",
+    "max.compaction.lag.ms",
     "max.message.bytes",
+    "min.cleanable.dirty.ratio",
+    "min.compaction.lag.ms",
     "min.insync.replicas",
     "segment.bytes",
     "segment.index.bytes",
@@ -486,6 +491,21 @@ pub struct LogConfig {
     pub message_timestamp_type_log_append: bool,
     pub message_timestamp_before_max_ms: i64,
     pub message_timestamp_after_max_ms: i64,
+    /// Log compaction (`cleanup.policy` holds `compact`): see [`compaction`].
+    pub min_cleanable_dirty_ratio: f64,
+    pub min_compaction_lag_ms: i64,
+    pub max_compaction_lag_ms: i64,
+    pub delete_retention_ms: i64,
+}
+
+/// The compaction settings of a topic's logs.
+pub fn compaction(settings: &LogConfig) -> strom_storage::CompactionConfig {
+    strom_storage::CompactionConfig {
+        min_cleanable_dirty_ratio: settings.min_cleanable_dirty_ratio,
+        min_compaction_lag_ms: settings.min_compaction_lag_ms,
+        max_compaction_lag_ms: settings.max_compaction_lag_ms,
+        delete_retention_ms: settings.delete_retention_ms,
+    }
 }
 
 /// Resolves a topic's typed settings from its overrides and the broker's config.
@@ -518,6 +538,13 @@ pub fn resolve(overrides: &BTreeMap<String, String>, broker: &BrokerConfig) -> L
         message_timestamp_type_log_append: value("message.timestamp.type") == "LogAppendTime",
         message_timestamp_before_max_ms: int("message.timestamp.before.max.ms", i64::MAX).max(0),
         message_timestamp_after_max_ms: int("message.timestamp.after.max.ms", 3_600_000).max(0),
+        min_cleanable_dirty_ratio: value("min.cleanable.dirty.ratio")
+            .trim()
+            .parse::<f64>()
+            .unwrap_or(0.5),
+        min_compaction_lag_ms: int("min.compaction.lag.ms", 0).max(0),
+        max_compaction_lag_ms: int("max.compaction.lag.ms", i64::MAX).max(1),
+        delete_retention_ms: int("delete.retention.ms", 86_400_000).max(0),
     }
 }
 

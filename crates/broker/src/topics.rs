@@ -688,7 +688,13 @@ pub fn topic_id_string(id: Uuid) -> String {
 pub fn log_config(settings: &topic_config::LogConfig) -> LogConfig {
     LogConfig {
         segment_bytes: settings.segment_bytes,
-        segment_ms: settings.segment_ms,
+        // KIP-354: a compacted log rolls within max.compaction.lag.ms, so its records
+        // leave the active segment (which is never cleaned) in time.
+        segment_ms: if settings.cleanup_policy_compact {
+            settings.segment_ms.min(settings.max_compaction_lag_ms)
+        } else {
+            settings.segment_ms
+        },
         flush_messages: settings.flush_messages,
         index_interval_bytes: u64::from(settings.index_interval_bytes),
         segment_index_bytes: u64::from(settings.segment_index_bytes),

@@ -11,7 +11,8 @@
 
 use kafka_protocol::messages::produce_request::PartitionProduceData;
 use kafka_protocol::messages::produce_response::{
-    LeaderIdAndEpoch, NodeEndpoint, PartitionProduceResponse, TopicProduceResponse,
+    BatchIndexAndErrorMessage, LeaderIdAndEpoch, NodeEndpoint, PartitionProduceResponse,
+    TopicProduceResponse,
 };
 use kafka_protocol::messages::{BrokerId, ProduceRequest, ProduceResponse};
 use kafka_protocol::protocol::StrBytes;
@@ -218,6 +219,11 @@ fn produce_partition(
             return (error(data.index, e.error_code(), Some(e.to_string())), None);
         }
     };
+    if topic.settings.cleanup_policy_compact {
+        if let Some(refused) = refuse_keyless(topic, data.index, &records, &batches) {
+            return (refused, None);
+        }
+    }
     let bytes = stamped.as_deref().unwrap_or(&records);
     let log_append_time_ms = if stamped.is_some() { now } else { -1 };
     let min_insync_replicas = topic.settings.min_insync_replicas;
@@ -260,4 +266,52 @@ fn produce_partition(
             (error(data.index, e.error_code(), Some(e.to_string())), None)
         }
     }
+}
+
+/// A compacted topic takes only keyed records (Kafka's `LogValidator.validateKey`): a
+/// produce with any keyless record is refused whole with INVALID_RECORD, one record error
+/// per keyless record and Kafka's summary message. `None`: every record has a key.
+fn refuse_keyless(
+    topic: &Topic,
+    index: i32,
+    records: &[u8],
+    batches: &[batch::BatchInfo],
+) -> Option<PartitionProduceResponse> {
+    let keyless = match strom_protocol::records::keyless_records(records, batches) {
+        Ok(keyless) if keyless.is_empty() => return None,
+        Ok(keyless) => keyless,
+        Err(e) => return Some(error(index, e.error_code(), Some(e.to_string()))),
+    };
+    let message = format!(
+        "Compacted topic cannot accept message without key in topic partition {}-{index}",
+        topic.name
+    );
+    let shown: Vec<String> = keyless
+        .iter()
+        .take(3)
+        .map(|r| {
+            format!(
+                "RecordError(batchIndex={}, message='{message}')",
+                r.batch_index
+            )
+        })
+        .collect();
+    let summary = format!(
+        "One or more records have been rejected due to {} record errors in total, and only showing the first three errors at most: [{}]",
+        keyless.len(),
+        shown.join(", ")
+    );
+    debug!(topic = %topic.name, partition = index, keyless = keyless.len(), "refused keyless records of a compacted topic");
+    let record_errors = keyless
+        .iter()
+        .map(|r| {
+            BatchIndexAndErrorMessage::default()
+                .with_batch_index(r.batch_index)
+                .with_batch_index_error_message(Some(StrBytes::from_string(message.clone())))
+        })
+        .collect();
+    Some(
+        error(index, ResponseError::InvalidRecord.code(), Some(summary))
+            .with_record_errors(record_errors),
+    )
 }
