@@ -2,9 +2,14 @@
 //! next request of a connection starts after the previous one finished), while a separate
 //! task writes responses, coalescing small ones and sending record bytes with `sendfile`.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::os::unix::io::AsRawFd;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use kafka_protocol::messages::ApiKey;
@@ -18,6 +23,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use crate::api::{self, Outcome};
+use crate::quotas::QuotaKind;
 use crate::response::{Part, Response};
 use crate::Broker;
 
@@ -112,11 +118,82 @@ async fn read_loop(
             version = header.api_version,
             "request"
         );
-        match api::handle(broker, api_key, request_header, rest, peer).await {
+        let client_id = request_header
+            .client_id
+            .as_deref()
+            .unwrap_or("")
+            .to_string();
+        let throttle_ms = Arc::new(AtomicI32::new(0));
+        let handling = api::handle(
+            broker,
+            api_key,
+            request_header,
+            rest,
+            peer,
+            Arc::clone(&throttle_ms),
+        );
+        let (outcome, busy) = BusyTime::new(handling).await;
+        match outcome {
             Outcome::Respond(response) => send(tx, response).await?,
             Outcome::NoResponse => {}
             Outcome::Close(reason) => return Err(reason),
         }
+        let throttle_ms = throttle_ms
+            .load(Ordering::Relaxed)
+            .max(request_throttle_ms(broker, &client_id, busy));
+        if throttle_ms > 0 {
+            // KIP-219: the answer went out at once; the connection is muted meanwhile.
+            tokio::select! {
+                _ = shutdown.changed() => return Ok(()),
+                _ = tokio::time::sleep(Duration::from_millis(throttle_ms as u64)) => {}
+            }
+        }
+    }
+}
+
+/// Records the time a request kept a worker busy against the client's `request_percentage`
+/// quota (brokers' own fetches are exempt, as Kafka exempts cluster actions) and returns its
+/// throttle time.
+fn request_throttle_ms(broker: &Broker, client_id: &str, busy: Duration) -> i32 {
+    if client_id.starts_with(crate::fetcher::FETCHER_CLIENT_ID_PREFIX) {
+        return 0;
+    }
+    let image = broker.topics.image();
+    // Percent-seconds of one thread: a second of work is 100.
+    let value = busy.as_secs_f64() * 100.0;
+    broker.quotas.record(
+        &image.image.client_quotas,
+        QuotaKind::Request,
+        client_id,
+        value,
+        crate::topics::now_ms(),
+    )
+}
+
+/// A future's output and the time spent inside its `poll`s: the time it kept a worker busy,
+/// not the time it was parked waiting (Kafka's request thread time).
+struct BusyTime<F> {
+    inner: Pin<Box<F>>,
+    busy: Duration,
+}
+
+impl<F: Future> BusyTime<F> {
+    fn new(inner: F) -> BusyTime<F> {
+        BusyTime {
+            inner: Box::pin(inner),
+            busy: Duration::ZERO,
+        }
+    }
+}
+
+impl<F: Future> Future for BusyTime<F> {
+    type Output = (F::Output, Duration);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let started = Instant::now();
+        let polled = self.inner.as_mut().poll(cx);
+        self.busy += started.elapsed();
+        polled.map(|output| (output, self.busy))
     }
 }
 

@@ -19,6 +19,7 @@ mod error;
 mod fetcher;
 mod legacy;
 pub mod log_cleaner;
+pub mod quotas;
 pub mod replication;
 pub mod response;
 pub mod retention;
@@ -51,6 +52,8 @@ pub struct Broker {
     pub request_memory: Option<Arc<tokio::sync::Semaphore>>,
     /// Which `__consumer_offsets` partitions the group coordinator has loaded.
     pub offsets_loader: Arc<consumer_offsets::Loader>,
+    /// Client quota usage ([`quotas`]).
+    pub quotas: quotas::QuotaManager,
     /// ISR changes for the controller, from follower fetches ([`replication`]).
     pub isr_changes: tokio::sync::mpsc::Sender<replication::IsrChange>,
     /// Flips to `true` when the broker shuts down; long waits watch it.

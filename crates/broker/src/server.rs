@@ -126,6 +126,10 @@ pub async fn run(
     let (isr_changes, isr_queue) = tokio::sync::mpsc::channel(crate::replication::ISR_CHANGES_MAX);
     let broker = Arc::new(Broker {
         isr_changes: isr_changes.clone(),
+        quotas: crate::quotas::QuotaManager::new(crate::quotas::QuotaConfig {
+            windows: config.quota_window_num.max(1) as u32,
+            window_ms: i64::from(config.quota_window_size_seconds) * 1000,
+        }),
         offsets_loader,
         node_id: config.node_id,
         cluster_id: cluster_id.clone(),

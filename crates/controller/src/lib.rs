@@ -21,6 +21,7 @@ pub mod client;
 pub mod configs;
 mod file_store;
 pub mod net;
+pub mod quotas;
 pub mod router;
 pub mod service;
 mod state_machine;

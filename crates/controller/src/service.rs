@@ -164,6 +164,11 @@ pub enum ControllerRequest {
         changes: Vec<ConfigChange>,
         validate_only: bool,
     },
+    /// Kafka's AlterClientQuotas (see [`crate::quotas`]).
+    AlterClientQuotas {
+        alterations: Vec<crate::quotas::QuotaAlteration>,
+        validate_only: bool,
+    },
     /// The log after `after_index`; waits up to `max_wait_ms` for something new.
     FetchMetadata {
         after_index: u64,
@@ -229,6 +234,12 @@ pub enum ControllerResponse {
     /// written).
     ConfigsAltered {
         results: Vec<ConfigResult>,
+        index: u64,
+    },
+    /// One result per quota alteration, and the log index they committed at (0: nothing
+    /// written).
+    QuotasAltered {
+        results: Vec<crate::quotas::QuotaResult>,
         index: u64,
     },
     /// The partition after an AlterPartition, and the log index it committed at.
@@ -487,6 +498,13 @@ impl Controller {
                 changes,
                 validate_only,
             } => self.alter_configs(&image, &changes, validate_only).await,
+            ControllerRequest::AlterClientQuotas {
+                alterations,
+                validate_only,
+            } => {
+                self.alter_client_quotas(&image, &alterations, validate_only)
+                    .await
+            }
             ControllerRequest::DescribeQuorum => {
                 let progress = metrics.replication.clone().unwrap_or_default();
                 let voters = self
@@ -742,6 +760,31 @@ impl Controller {
                     *result = (code, Some(message.clone()));
                 }
                 ControllerResponse::ConfigsAltered { results, index: 0 }
+            }
+        }
+    }
+
+    async fn alter_client_quotas(
+        &self,
+        image: &MetadataImage,
+        alterations: &[crate::quotas::QuotaAlteration],
+        validate_only: bool,
+    ) -> ControllerResponse {
+        let (records, mut results) = crate::quotas::plan(image, alterations);
+        if validate_only || records.is_empty() {
+            return ControllerResponse::QuotasAltered { results, index: 0 };
+        }
+        match self.commit(&records).await {
+            Ok(index) => {
+                info!(records = records.len(), "client quotas altered");
+                ControllerResponse::QuotasAltered { results, index }
+            }
+            Err(e) => {
+                let (code, message) = failure(&e);
+                for result in results.iter_mut().filter(|r| r.0 == code::NONE) {
+                    *result = (code, Some(message.clone()));
+                }
+                ControllerResponse::QuotasAltered { results, index: 0 }
             }
         }
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
-use crate::records::MetadataRecord;
+use crate::records::{MetadataRecord, QuotaEntity, QuotaValue};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerImage {
@@ -81,6 +81,8 @@ pub struct MetadataImage {
     pub topic_ids: BTreeMap<String, Uuid>,
     /// (resource type, resource name) → key → value.
     pub configs: BTreeMap<(i8, String), BTreeMap<String, String>>,
+    /// Client quota entity → quota key → value.
+    pub client_quotas: BTreeMap<QuotaEntity, BTreeMap<String, QuotaValue>>,
 }
 
 impl MetadataImage {
@@ -222,6 +224,22 @@ impl MetadataImage {
                     }
                 }
             }
+            MetadataRecord::ClientQuota { entity, key, value } => match value {
+                Some(v) => {
+                    self.client_quotas
+                        .entry(entity.clone())
+                        .or_default()
+                        .insert(key.clone(), *v);
+                }
+                None => {
+                    if let Some(values) = self.client_quotas.get_mut(entity) {
+                        values.remove(key);
+                        if values.is_empty() {
+                            self.client_quotas.remove(entity);
+                        }
+                    }
+                }
+            },
             MetadataRecord::RemoveTopic { topic_id } => {
                 let topic = self
                     .topics
@@ -302,6 +320,15 @@ impl MetadataImage {
                     resource_name: resource_name.clone(),
                     key: key.clone(),
                     value: Some(value.clone()),
+                });
+            }
+        }
+        for (entity, values) in &self.client_quotas {
+            for (key, value) in values {
+                records.push(MetadataRecord::ClientQuota {
+                    entity: entity.clone(),
+                    key: key.clone(),
+                    value: Some(*value),
                 });
             }
         }

@@ -63,6 +63,39 @@ pub enum MetadataRecord {
         adding: Vec<i32>,
         removing: Vec<i32>,
     },
+    /// A client quota (Kafka's `QuotaRecord`): `entity` is its (entity type, name) pairs
+    /// sorted by type (`user`, `client-id`, `ip`), a `None` name standing for the type's
+    /// default; `value` `None` removes the key.
+    ClientQuota {
+        entity: QuotaEntity,
+        key: String,
+        value: Option<QuotaValue>,
+    },
+}
+
+/// A client quota entity: (entity type, name) pairs sorted by type; a `None` name is the
+/// default of its type.
+pub type QuotaEntity = Vec<(String, Option<String>)>;
+
+/// A quota value (a double, as Kafka keeps them), stored by its bits so that records and
+/// images compare exactly.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct QuotaValue(u64);
+
+impl QuotaValue {
+    pub fn new(value: f64) -> QuotaValue {
+        QuotaValue(value.to_bits())
+    }
+
+    pub fn get(self) -> f64 {
+        f64::from_bits(self.0)
+    }
+}
+
+impl std::fmt::Debug for QuotaValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.get())
+    }
 }
 
 /// A record that does not decode.
@@ -164,6 +197,14 @@ impl Reader<'_> {
             1 => self.string().map(Some),
             _ => Err(DecodeError("bad option tag")),
         }
+    }
+    fn quota_entity(&mut self) -> Result<QuotaEntity, DecodeError> {
+        let len = self.len()?;
+        // Each pair takes at least 5 bytes: a length and an option tag.
+        self.need(len * 5)?;
+        (0..len)
+            .map(|_| Ok((self.string()?, self.opt_string()?)))
+            .collect()
     }
     fn ids(&mut self) -> Result<Vec<i32>, DecodeError> {
         let len = self.len()?;
@@ -280,6 +321,22 @@ impl MetadataRecord {
                 put_ids(&mut out, adding);
                 put_ids(&mut out, removing);
             }
+            MetadataRecord::ClientQuota { entity, key, value } => {
+                out.put_u8(9);
+                out.put_u32(entity.len() as u32);
+                for (entity_type, name) in entity {
+                    put_str(&mut out, entity_type);
+                    put_opt_str(&mut out, name.as_deref());
+                }
+                put_str(&mut out, key);
+                match value {
+                    Some(v) => {
+                        out.put_u8(1);
+                        out.put_u64(v.0);
+                    }
+                    None => out.put_u8(0),
+                }
+            }
         }
         out
     }
@@ -344,6 +401,18 @@ impl MetadataRecord {
                 partition: r.i32()?,
                 adding: r.ids()?,
                 removing: r.ids()?,
+            },
+            9 => MetadataRecord::ClientQuota {
+                entity: r.quota_entity()?,
+                key: r.string()?,
+                value: match r.u8()? {
+                    0 => None,
+                    1 => {
+                        r.need(8)?;
+                        Some(QuotaValue(r.0.get_u64()))
+                    }
+                    _ => return Err(DecodeError("bad option tag")),
+                },
             },
             _ => return Err(DecodeError("unknown record type")),
         };
@@ -462,6 +531,19 @@ pub(crate) mod strategy {
                         adding,
                         removing,
                     }
+                }),
+            (
+                proptest::collection::vec(
+                    ("[a-z-]{1,9}", proptest::option::of("[a-z0-9]{1,6}")),
+                    0..3
+                ),
+                "[a-z_]{1,18}",
+                proptest::option::of(any::<f64>())
+            )
+                .prop_map(|(entity, key, value)| MetadataRecord::ClientQuota {
+                    entity,
+                    key,
+                    value: value.map(QuotaValue::new),
                 }),
         ]
     }

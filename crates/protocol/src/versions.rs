@@ -39,6 +39,8 @@ pub const SUPPORTED: &[ApiSupport] = &[
     api(ApiKey::CreateTopics, 2, 2, 7),
     api(ApiKey::DeleteTopics, 1, 1, 6),
     api(ApiKey::DeleteRecords, 0, 0, 2),
+    api(ApiKey::DescribeClientQuotas, 0, 0, 1),
+    api(ApiKey::AlterClientQuotas, 0, 0, 1),
     api(ApiKey::DescribeConfigs, 1, 1, 4),
     api(ApiKey::DescribeCluster, 0, 0, 1),
     api(ApiKey::CreatePartitions, 0, 0, 3),

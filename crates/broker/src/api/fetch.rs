@@ -85,6 +85,7 @@ pub async fn handle(broker: &Broker, req: FetchRequest, ctx: &Ctx) -> Outcome {
             &[],
             &[],
             req.isolation_level,
+            0,
         );
     }
     let replica_id = if version >= 15 {
@@ -93,12 +94,25 @@ pub async fn handle(broker: &Broker, req: FetchRequest, ctx: &Ctx) -> Outcome {
         req.replica_id.0
     };
     let topics = resolve(broker, &req, version, replica_id);
-    let min_bytes = req.min_bytes.max(0) as usize;
-    let max_bytes = if version >= 3 {
+    let mut max_bytes = if version >= 3 {
         req.max_bytes.max(0) as usize
     } else {
         usize::MAX
     };
+    if replica_id < 0 {
+        // A fetch larger than the consumer's quota allows in its window would always be
+        // throttled and answered empty: cap it, as Kafka does.
+        let image = broker.topics.image();
+        let kind = crate::quotas::QuotaKind::Fetch;
+        if let Some(window_max) =
+            broker
+                .quotas
+                .max_value_in_window(&image.image.client_quotas, kind, &ctx.client_id)
+        {
+            max_bytes = max_bytes.min(window_max as usize);
+        }
+    }
+    let min_bytes = (req.min_bytes.max(0) as usize).min(max_bytes);
     let wait = Duration::from_millis(req.max_wait_ms.clamp(0, FETCH_MAX_WAIT_MS_MAX) as u64);
     let deadline = Instant::now() + wait;
     let mut shutdown = broker.shutdown.clone();
@@ -134,8 +148,16 @@ pub async fn handle(broker: &Broker, req: FetchRequest, ctx: &Ctx) -> Outcome {
             || notified.is_empty()
             || *shutdown.borrow()
         {
+            if replica_id < 0 {
+                let throttle_ms = record_fetch_quota(broker, ctx, bytes);
+                if throttle_ms > 0 {
+                    // Kafka answers a throttled fetch with no data (and takes its bytes
+                    // back off the client's usage), then mutes the connection.
+                    return encode(ctx, 0, &[], &[], &[], req.isolation_level, throttle_ms);
+                }
+            }
             let endpoints = leader_endpoints(broker, &reads);
-            return encode(ctx, 0, &topics, &reads, &endpoints, req.isolation_level);
+            return encode(ctx, 0, &topics, &reads, &endpoints, req.isolation_level, 0);
         }
         tokio::select! {
             _ = select_all(notified) => {}
@@ -432,6 +454,25 @@ fn put_partition_tags(buf: &mut BytesMut, read: &PartitionRead) {
 }
 
 /// Encodes the response (Fetch v4–v17) around the file slices.
+/// Records a consumer fetch's record bytes against its `consumer_byte_rate` quota; over the
+/// limit, takes them back and returns the throttle time the connection then waits out.
+fn record_fetch_quota(broker: &Broker, ctx: &Ctx, bytes: usize) -> i32 {
+    let image = broker.topics.image();
+    let limits = &image.image.client_quotas;
+    let kind = crate::quotas::QuotaKind::Fetch;
+    let now_ms = crate::topics::now_ms();
+    let throttle_ms = broker
+        .quotas
+        .record(limits, kind, &ctx.client_id, bytes as f64, now_ms);
+    if throttle_ms > 0 {
+        broker
+            .quotas
+            .unrecord(limits, kind, &ctx.client_id, bytes as f64, now_ms);
+        ctx.throttle(throttle_ms);
+    }
+    throttle_ms
+}
+
 fn encode(
     ctx: &Ctx,
     error_code: i16,
@@ -439,6 +480,7 @@ fn encode(
     reads: &[Vec<PartitionRead>],
     endpoints: &[BrokerImage],
     isolation_level: i8,
+    throttle_ms: i32,
 ) -> Outcome {
     let version = ctx.version;
     let flexible = version >= 12;
@@ -446,7 +488,7 @@ fn encode(
     let mut buf = BytesMut::with_capacity(256);
     buf.put_i32(0); // size, patched below
     put_header(&mut buf, ctx.api_key, version, ctx.correlation_id);
-    buf.put_i32(0); // throttle_time_ms
+    buf.put_i32(throttle_ms);
     if version >= 7 {
         buf.put_i16(error_code);
         buf.put_i32(0); // session_id: no session

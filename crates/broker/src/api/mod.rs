@@ -5,6 +5,7 @@
 //! connection are appended in the order they were sent.
 
 mod api_versions;
+mod client_quotas;
 mod consumer_groups;
 mod create_partitions;
 mod create_topics;
@@ -28,6 +29,9 @@ use bytes::Bytes;
 use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind};
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion};
 
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
+
 use crate::response::{self, Response};
 use crate::Broker;
 
@@ -50,6 +54,7 @@ pub async fn handle(
     header: RequestHeader,
     mut body: Bytes,
     peer: std::net::SocketAddr,
+    throttle_ms: Arc<AtomicI32>,
 ) -> Outcome {
     let version = header.request_api_version;
     let request = match RequestKind::decode(api_key, &mut body, version) {
@@ -64,6 +69,7 @@ pub async fn handle(
         correlation_id: header.correlation_id,
         client_id: header.client_id.as_deref().unwrap_or_default().to_string(),
         client_host: format!("/{}", peer.ip()),
+        throttle_ms,
     };
     match request {
         RequestKind::ApiVersions(req) => ctx.respond(&api_versions::handle(broker, &req, version)),
@@ -75,6 +81,12 @@ pub async fn handle(
             ctx.respond(&create_topics::handle(broker, req, version).await)
         }
         RequestKind::DeleteRecords(req) => ctx.respond(&delete_records::handle(broker, req).await),
+        RequestKind::DescribeClientQuotas(req) => {
+            ctx.respond(&client_quotas::describe(broker, req))
+        }
+        RequestKind::AlterClientQuotas(req) => {
+            ctx.respond(&client_quotas::alter(broker, req).await)
+        }
         RequestKind::DeleteTopics(req) => {
             ctx.respond(&delete_topics::handle(broker, req, version).await)
         }
@@ -137,9 +149,17 @@ pub struct Ctx {
     pub client_id: String,
     /// The peer as Kafka shows it in DescribeGroups: `/ip`.
     pub client_host: String,
+    /// How long the connection must wait before its next request because a byte-rate
+    /// quota was exceeded ([`crate::quotas`]); the handler sets it, the connection mutes.
+    pub throttle_ms: Arc<AtomicI32>,
 }
 
 impl Ctx {
+    /// Records a quota's throttle time; the longest of a request's throttles applies.
+    pub fn throttle(&self, throttle_ms: i32) {
+        self.throttle_ms.fetch_max(throttle_ms, Ordering::Relaxed);
+    }
+
     fn respond<R: Encodable + HeaderVersion>(&self, body: &R) -> Outcome {
         match response::encode(self.api_key, self.version, self.correlation_id, body) {
             Ok(response) => Outcome::Respond(response),

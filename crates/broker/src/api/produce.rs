@@ -41,6 +41,7 @@ struct Waiting {
 
 pub async fn handle(broker: &Broker, req: ProduceRequest, ctx: &Ctx) -> Outcome {
     let acks = req.acks;
+    let throttle_ms = record_produce_quota(broker, &req, ctx);
     let mut any_error = false;
     let mut redirected_to = std::collections::BTreeSet::new();
     let mut waiting: Vec<(usize, usize, Waiting)> = Vec::new();
@@ -114,7 +115,9 @@ pub async fn handle(broker: &Broker, req: ProduceRequest, ctx: &Ctx) -> Outcome 
             }
         }
     }
-    let mut response = ProduceResponse::default().with_responses(responses);
+    let mut response = ProduceResponse::default()
+        .with_responses(responses)
+        .with_throttle_time_ms(throttle_ms);
     if !redirected_to.is_empty() {
         let image = broker.topics.image();
         response.node_endpoints = redirected_to
@@ -130,6 +133,28 @@ pub async fn handle(broker: &Broker, req: ProduceRequest, ctx: &Ctx) -> Outcome 
             .collect();
     }
     ctx.respond(&response)
+}
+
+/// Records the request's record bytes against the client's `producer_byte_rate` quota and
+/// returns its throttle time, which the connection then waits out (Kafka records the whole
+/// request's size; the records are nearly all of it).
+fn record_produce_quota(broker: &Broker, req: &ProduceRequest, ctx: &Ctx) -> i32 {
+    let bytes: usize = req
+        .topic_data
+        .iter()
+        .flat_map(|t| &t.partition_data)
+        .map(|p| p.records.as_ref().map_or(0, |r| r.len()))
+        .sum();
+    let image = broker.topics.image();
+    let throttle_ms = broker.quotas.record(
+        &image.image.client_quotas,
+        crate::quotas::QuotaKind::Produce,
+        &ctx.client_id,
+        bytes as f64,
+        now_ms(),
+    );
+    ctx.throttle(throttle_ms);
+    throttle_ms
 }
 
 fn error(index: i32, code: i16, message: Option<String>) -> PartitionProduceResponse {
