@@ -486,3 +486,69 @@ fn without_a_controller_majority_brokers_keep_serving_and_metadata_changes_are_r
     create_topic(&cluster.addr(4), "needs-quorum", 3);
     round_trip(&cluster, "needs-quorum", 5, 6, "after");
 }
+
+/// Replicas of each partition of `topic` in `metadata`.
+fn replicas(metadata: &MetadataResponse, topic: &str) -> BTreeMap<i32, Vec<i32>> {
+    metadata
+        .topics
+        .iter()
+        .find(|t| t.name.as_deref().map(|n| n.as_str()) == Some(topic))
+        .map(|t| {
+            t.partitions
+                .iter()
+                .map(|p| {
+                    (
+                        p.partition_index,
+                        p.replica_nodes.iter().map(|r| r.0).collect(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn create_partitions_places_replicas_where_the_assignments_say() {
+    use rdkafka::admin::{AdminOptions, NewPartitions, NewTopic, TopicReplication};
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::combined(dir.path(), 3);
+    let (admin, rt) = common::clients::admin(&cluster.addr(1));
+    let created = rt
+        .block_on(admin.create_topics(
+            &[NewTopic::new("placed", 1, TopicReplication::Fixed(2))],
+            &AdminOptions::new(),
+        ))
+        .expect("create");
+    created[0].as_ref().expect("created");
+    let grow = |assignment: &[&[i32]], total: usize| {
+        let assignment: Vec<&[i32]> = assignment.to_vec();
+        let results = rt
+            .block_on(admin.create_partitions(
+                &[NewPartitions::new("placed", total).assign(&assignment)],
+                &AdminOptions::new(),
+            ))
+            .expect("create partitions");
+        results[0].clone().map(|_| ()).map_err(|(_, code)| code)
+    };
+    // Kafka's checks: one assignment per new partition, each of the topic's replication
+    // factor, distinct live brokers.
+    use rdkafka::types::RDKafkaErrorCode as C;
+    assert_eq!(grow(&[&[3, 1, 2]], 2), Err(C::InvalidReplicaAssignment));
+    assert_eq!(grow(&[&[3, 3]], 2), Err(C::InvalidReplicaAssignment));
+    assert_eq!(grow(&[&[3, 9]], 2), Err(C::InvalidReplicaAssignment));
+    assert_eq!(grow(&[&[3, 1]], 3), Err(C::InvalidReplicaAssignment));
+    assert_eq!(grow(&[&[3, 1], &[2, 3]], 3), Ok(()));
+    for id in cluster.broker_ids() {
+        // Metadata reaches each broker on its own schedule.
+        cluster.wait_for("the new partitions", WAIT, || {
+            replicas(&cluster.metadata(id), "placed").len() == 3
+        });
+        let placed = replicas(&cluster.metadata(id), "placed");
+        assert_eq!(placed.get(&1), Some(&vec![3, 1]), "broker {id}");
+        assert_eq!(placed.get(&2), Some(&vec![2, 3]), "broker {id}");
+        // The first assigned replica leads.
+        let leaders = leaders(&cluster.metadata(id), "placed");
+        assert_eq!((leaders[&1], leaders[&2]), (3, 2), "broker {id}");
+    }
+    round_trip(&cluster, "placed", 2, 3, "placed");
+}
