@@ -552,3 +552,49 @@ fn create_partitions_places_replicas_where_the_assignments_say() {
     }
     round_trip(&cluster, "placed", 2, 3, "placed");
 }
+
+#[test]
+fn list_config_resources_names_every_topic_and_broker_of_the_cluster() {
+    use kafka_protocol::messages::{ListConfigResourcesRequest, ListConfigResourcesResponse};
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::combined(dir.path(), 3);
+    create_topic(&cluster.addr(1), "listed", 1);
+    cluster.wait_for("the topic on broker 2", WAIT, || {
+        !leaders(&cluster.metadata(2), "listed").is_empty()
+    });
+    let list = |version: i16, types: Vec<i8>| -> ListConfigResourcesResponse {
+        let mut client = RawClient::connect(&cluster.addr(2));
+        let request = ListConfigResourcesRequest::default().with_resource_types(types);
+        client.send(ApiKey::ListConfigResources, version, &request);
+        client.recv(version)
+    };
+    let named = |response: &ListConfigResourcesResponse| -> Vec<(i8, String)> {
+        response
+            .config_resources
+            .iter()
+            .map(|r| (r.resource_type, r.resource_name.to_string()))
+            .collect()
+    };
+    let brokers = list(1, vec![4]);
+    assert_eq!(brokers.error_code, 0);
+    assert_eq!(
+        named(&brokers),
+        vec![(4, "1".into()), (4, "2".into()), (4, "3".into())]
+    );
+    // No types named: every type; topics come first.
+    let all = named(&list(1, vec![]));
+    assert_eq!(all.first(), Some(&(2, "listed".to_string())), "{all:?}");
+    assert_eq!(
+        all.iter().filter(|(t, _)| *t == 8).count(),
+        3,
+        "broker loggers"
+    );
+    // v0 knows client metrics only (Strom has no subscriptions), and a type outside the
+    // version's set fails the request.
+    let v0 = list(0, vec![]);
+    assert_eq!((v0.error_code, v0.config_resources.len()), (0, 0));
+    assert_eq!(
+        list(1, vec![2, 64]).error_code,
+        ResponseError::UnsupportedVersion.code()
+    );
+}

@@ -41,6 +41,7 @@ pub const SUPPORTED: &[ApiSupport] = &[
     api(ApiKey::DeleteRecords, 0, 0, 2),
     api(ApiKey::DescribeClientQuotas, 0, 0, 1),
     api(ApiKey::AlterClientQuotas, 0, 0, 1),
+    api(ApiKey::ListConfigResources, 0, 0, 1),
     api(ApiKey::DescribeConfigs, 1, 1, 4),
     api(ApiKey::DescribeCluster, 0, 0, 1),
     api(ApiKey::CreatePartitions, 0, 0, 3),

@@ -18,6 +18,7 @@ mod elect_leaders;
 pub(crate) mod fetch;
 mod find_coordinator;
 mod groups;
+mod list_config_resources;
 mod list_offsets;
 mod metadata;
 mod offset_for_leader_epoch;
@@ -81,6 +82,9 @@ pub async fn handle(
             ctx.respond(&create_topics::handle(broker, req, version).await)
         }
         RequestKind::DeleteRecords(req) => ctx.respond(&delete_records::handle(broker, req).await),
+        RequestKind::ListConfigResources(req) => {
+            ctx.respond(&list_config_resources::handle(broker, req, version))
+        }
         RequestKind::DescribeClientQuotas(req) => {
             ctx.respond(&client_quotas::describe(broker, req))
         }
