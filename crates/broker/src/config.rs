@@ -406,6 +406,31 @@ static KEYS: &[KeyDef] = &[
     ),
 ];
 
+/// An implemented key's schema, for the dynamic broker configs that share it.
+#[derive(Debug, Clone, Copy)]
+pub struct KeySchema {
+    pub config_type: ConfigType,
+    pub check: Check,
+    /// Empty for keys whose default derives from another key.
+    pub default: &'static str,
+    pub documentation: &'static str,
+}
+
+/// The schema of an implemented key.
+pub fn key_schema(name: &str) -> Option<KeySchema> {
+    KEYS.iter().find(|d| d.name == name).map(|d| KeySchema {
+        config_type: d.config_type,
+        check: d.check,
+        default: d.default,
+        documentation: d.doc,
+    })
+}
+
+/// Whether Kafka has a broker key of this name (implemented by Strom or not).
+pub fn is_kafka_key(name: &str) -> bool {
+    KEYS.iter().any(|d| d.name == name) || KNOWN_UNIMPLEMENTED.contains(&name)
+}
+
 /// Kafka broker keys Strom accepts but does not implement yet: each gets one warning.
 static KNOWN_UNIMPLEMENTED: &[&str] = &[
     "advertised.host.name",

@@ -15,6 +15,7 @@ pub mod cluster;
 pub mod config;
 mod connection;
 mod consumer_offsets;
+pub mod dynamic_config;
 mod error;
 mod fetcher;
 mod legacy;

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::config::BrokerConfig;
+use crate::dynamic_config::BrokerDefaults;
 
 /// Kafka's config value types, as DescribeConfigs v3+ reports them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +40,10 @@ impl ConfigType {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConfigSource {
     DynamicTopic,
+    /// A dynamic config of this broker (AlterConfigs on resource "<node id>").
+    DynamicBroker,
+    /// A dynamic cluster-wide default (AlterConfigs on resource "").
+    DynamicDefaultBroker,
     StaticBroker,
     Default,
 }
@@ -48,9 +52,21 @@ impl ConfigSource {
     pub fn code(self) -> i8 {
         match self {
             ConfigSource::DynamicTopic => 1,
+            ConfigSource::DynamicBroker => 2,
+            ConfigSource::DynamicDefaultBroker => 3,
             ConfigSource::StaticBroker => 4,
             ConfigSource::Default => 5,
         }
+    }
+
+    /// Set through AlterConfigs (kept in the metadata log).
+    pub fn is_dynamic(self) -> bool {
+        matches!(
+            self,
+            ConfigSource::DynamicTopic
+                | ConfigSource::DynamicBroker
+                | ConfigSource::DynamicDefaultBroker
+        )
     }
 }
 
@@ -172,7 +188,7 @@ pub static TOPIC_CONFIGS: &[TopicConfigDef] = &[
     ),
     def!(
         "follower.replication.throttled.replicas",
-        Some("follower.replication.throttled.replicas"),
+        None,
         "",
         List,
         Check::Any,
@@ -188,7 +204,7 @@ pub static TOPIC_CONFIGS: &[TopicConfigDef] = &[
     ),
     def!(
         "leader.replication.throttled.replicas",
-        Some("leader.replication.throttled.replicas"),
+        None,
         "",
         List,
         Check::Any,
@@ -452,22 +468,19 @@ pub fn validate(name: &str, value: &str) -> Result<(), String> {
     check_value(name, def.check, def.config_type, value)
 }
 
-/// The effective value of a topic config and where it came from.
+/// The effective value of a topic config and where it came from: the topic's override,
+/// else its broker synonym (dynamic per-broker, dynamic cluster default, static, default),
+/// else the topic config's default.
 pub fn effective_value(
     def: &TopicConfigDef,
     overrides: &BTreeMap<String, String>,
-    broker: &BrokerConfig,
+    broker: &BrokerDefaults,
 ) -> (String, ConfigSource) {
     if let Some(v) = overrides.get(def.name) {
         return (v.clone(), ConfigSource::DynamicTopic);
     }
-    if let Some((value, explicit)) = def.broker_synonym.and_then(|s| broker.get(s)) {
-        let source = if explicit {
-            ConfigSource::StaticBroker
-        } else {
-            ConfigSource::Default
-        };
-        return (value, source);
+    if let Some(found) = def.broker_synonym.and_then(|s| broker.lookup(s)) {
+        return found;
     }
     (def.default.to_string(), ConfigSource::Default)
 }
@@ -508,8 +521,8 @@ pub fn compaction(settings: &LogConfig) -> strom_storage::CompactionConfig {
     }
 }
 
-/// Resolves a topic's typed settings from its overrides and the broker's config.
-pub fn resolve(overrides: &BTreeMap<String, String>, broker: &BrokerConfig) -> LogConfig {
+/// Resolves a topic's typed settings from its overrides and the broker-level values.
+pub fn resolve(overrides: &BTreeMap<String, String>, broker: &BrokerDefaults) -> LogConfig {
     let value = |name: &str| {
         find(name)
             .map(|def| effective_value(def, overrides, broker).0)
@@ -575,9 +588,12 @@ mod tests {
     }
 
     #[test]
-    fn overrides_beat_broker_settings_which_beat_defaults() {
-        let (broker, _) =
+    fn overrides_beat_dynamic_broker_values_which_beat_static_ones_which_beat_defaults() {
+        use crate::config::BrokerConfig;
+        use crate::dynamic_config::DynamicBrokerConfigs;
+        let (config, _) =
             BrokerConfig::from_properties("log.segment.bytes=2097152\n", &[]).unwrap();
+        let broker = BrokerDefaults::static_only(&config);
         let mut overrides = BTreeMap::new();
         let segment = find("segment.bytes").unwrap();
         assert_eq!(
@@ -589,6 +605,26 @@ mod tests {
             effective_value(retention, &overrides, &broker),
             ("604800000".into(), ConfigSource::Default)
         );
+        let mut dynamic = DynamicBrokerConfigs::default();
+        dynamic
+            .cluster_default
+            .insert("log.segment.bytes".into(), "3145728".into());
+        dynamic
+            .cluster_default
+            .insert("log.retention.ms".into(), "1000".into());
+        dynamic
+            .per_broker
+            .insert("log.retention.ms".into(), "2000".into());
+        let broker = BrokerDefaults::new(&config, &dynamic);
+        assert_eq!(
+            effective_value(segment, &overrides, &broker),
+            ("3145728".into(), ConfigSource::DynamicDefaultBroker)
+        );
+        assert_eq!(
+            effective_value(retention, &overrides, &broker),
+            ("2000".into(), ConfigSource::DynamicBroker)
+        );
+        assert_eq!(resolve(&overrides, &broker).retention_ms, 2000);
         overrides.insert("segment.bytes".to_string(), "1048576".to_string());
         assert_eq!(
             effective_value(segment, &overrides, &broker),

@@ -22,6 +22,7 @@ use tracing::{info, warn};
 use uuid::Uuid;
 
 use crate::config::BrokerConfig;
+use crate::dynamic_config::{BrokerDefaults, DynamicBrokerConfigs};
 use crate::topic_config;
 use crate::BrokerError;
 
@@ -312,6 +313,11 @@ impl TopicManager {
             self.remove(&topic)?;
         }
         let no_configs = BTreeMap::new();
+        let dynamic = DynamicBrokerConfigs::from_image(image, self.node_id);
+        // A changed dynamic broker config can change any topic's settings.
+        let defaults_changed =
+            dynamic != DynamicBrokerConfigs::from_image(&self.image.read().image, self.node_id);
+        let defaults = BrokerDefaults::new(&self.config, &dynamic);
         for topic_image in image.topics.values() {
             let configs = image
                 .configs
@@ -323,11 +329,18 @@ impl TopicManager {
                 if Arc::ptr_eq(&current.image, topic_image)
                     && current.configs == *configs
                     && !remove_strays
+                    && !defaults_changed
                 {
                     continue;
                 }
             }
-            let topic = self.build(topic_image, configs.clone(), current.as_deref(), live)?;
+            let topic = self.build(
+                topic_image,
+                configs.clone(),
+                &defaults,
+                current.as_deref(),
+                live,
+            )?;
             self.by_id.write().insert(topic.id, topic.name.clone());
             self.topics
                 .write()
@@ -356,16 +369,22 @@ impl TopicManager {
         self.applied.subscribe()
     }
 
-    /// A topic from its image, reusing the partitions already open; with `live`, each
-    /// replica takes its partition's state.
+    /// A topic from its image, reusing the partitions already open (and handing them new
+    /// settings when its configs or the broker defaults changed); with `live`, each replica
+    /// takes its partition's state.
     fn build(
         &self,
         image: &Arc<TopicImage>,
         configs: BTreeMap<String, String>,
+        defaults: &BrokerDefaults,
         current: Option<&Topic>,
         live: bool,
     ) -> Result<Topic, BrokerError> {
-        let settings = topic_config::resolve(&configs, &self.config);
+        let settings = topic_config::resolve(&configs, defaults);
+        let settings_changed = current.is_some_and(|t| t.settings != settings);
+        if settings_changed {
+            info!(topic = %image.name, ?settings, "topic settings changed");
+        }
         let states: Vec<PartitionImage> = image.partitions.values().cloned().collect();
         let mut local = Vec::with_capacity(states.len());
         for (i, state) in states.iter().enumerate() {
@@ -383,7 +402,12 @@ impl TopicManager {
             }
             let existing = current.and_then(|t| t.local.get(i).cloned().flatten());
             let partition = match existing {
-                Some(p) => p,
+                Some(p) => {
+                    if settings_changed {
+                        p.log.set_config(log_config(&settings));
+                    }
+                    p
+                }
                 None => Arc::new(self.open_partition(image, index, &settings)?),
             };
             if live {

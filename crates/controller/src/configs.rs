@@ -10,9 +10,13 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use strom_metadata::records::FIELD_LEN_MAX;
 use strom_metadata::{MetadataImage, MetadataRecord};
 
 use crate::service::code;
+
+/// Kafka's INVALID_CONFIG error code.
+const INVALID_CONFIG: i16 = 40;
 
 /// Kafka's `ConfigResource.Type.TOPIC`.
 pub const TOPIC_RESOURCE: i8 = 2;
@@ -63,7 +67,7 @@ pub fn plan(
     let mut records = Vec::new();
     let mut results = Vec::with_capacity(changes.len());
     for change in changes {
-        match check_exists(image, change).map(|()| change_records(image, change)) {
+        match check_exists(image, change).and_then(|()| change_records(image, change)) {
             Ok(mut new_records) => {
                 records.append(&mut new_records);
                 results.push((code::NONE, None));
@@ -105,8 +109,12 @@ fn check_exists(image: &MetadataImage, change: &ConfigChange) -> Result<(), (i16
     }
 }
 
-/// The records that bring the resource's stored configs to what the change asks for.
-fn change_records(image: &MetadataImage, change: &ConfigChange) -> Vec<MetadataRecord> {
+/// The records that bring the resource's stored configs to what the change asks for; an
+/// APPEND that would grow a value past what a record holds is INVALID_CONFIG.
+fn change_records(
+    image: &MetadataImage,
+    change: &ConfigChange,
+) -> Result<Vec<MetadataRecord>, (i16, String)> {
     let empty = BTreeMap::new();
     let current = image
         .configs
@@ -119,9 +127,16 @@ fn change_records(image: &MetadataImage, change: &ConfigChange) -> Vec<MetadataR
         }
     }
     for (key, op) in &change.ops {
-        wanted.insert(key, apply_op(current.get(key), op));
+        let value = apply_op(current.get(key), op);
+        if value.as_ref().is_some_and(|v| v.len() > FIELD_LEN_MAX) {
+            return Err((
+                INVALID_CONFIG,
+                format!("The value of {key} would be longer than {FIELD_LEN_MAX} bytes"),
+            ));
+        }
+        wanted.insert(key, value);
     }
-    wanted
+    Ok(wanted
         .into_iter()
         .filter(|(key, value)| current.get(*key) != value.as_ref())
         .map(|(key, value)| MetadataRecord::Config {
@@ -130,7 +145,7 @@ fn change_records(image: &MetadataImage, change: &ConfigChange) -> Vec<MetadataR
             key: key.to_string(),
             value,
         })
-        .collect()
+        .collect())
 }
 
 /// A key's value after one operation (`None`: deleted).

@@ -14,6 +14,7 @@ use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use strom_controller::service::{self as controller, ControllerRequest, TopicResult};
 
+use crate::dynamic_config::{BrokerDefaults, DynamicBrokerConfigs};
 use crate::Broker;
 use crate::{topic_config, topics};
 
@@ -234,10 +235,12 @@ fn topic_configs(
     broker: &Broker,
     overrides: &BTreeMap<String, String>,
 ) -> Vec<CreatableTopicConfigs> {
+    let dynamic = DynamicBrokerConfigs::applied(broker);
+    let defaults = BrokerDefaults::new(&broker.config, &dynamic);
     topic_config::TOPIC_CONFIGS
         .iter()
         .map(|def| {
-            let (value, source) = topic_config::effective_value(def, overrides, &broker.config);
+            let (value, source) = topic_config::effective_value(def, overrides, &defaults);
             CreatableTopicConfigs::default()
                 .with_name(StrBytes::from_static_str(def.name))
                 .with_value(Some(StrBytes::from_string(value)))

@@ -4,6 +4,7 @@
 //! before the next one starts (Kafka's per-connection ordering), so produce requests of one
 //! connection are appended in the order they were sent.
 
+mod alter_configs;
 mod api_versions;
 mod client_quotas;
 mod consumer_groups;
@@ -13,7 +14,9 @@ mod delete_records;
 mod delete_topics;
 mod describe_cluster;
 mod describe_configs;
+mod describe_log_dirs;
 mod describe_quorum;
+mod describe_topic_partitions;
 mod elect_leaders;
 pub(crate) mod fetch;
 mod find_coordinator;
@@ -136,6 +139,16 @@ pub async fn handle(
         }
         RequestKind::DescribeConfigs(req) => {
             ctx.respond(&describe_configs::handle(broker, req, version))
+        }
+        RequestKind::DescribeLogDirs(req) => {
+            ctx.respond(&describe_log_dirs::handle(broker, req, version))
+        }
+        RequestKind::DescribeTopicPartitions(req) => {
+            ctx.respond(&describe_topic_partitions::handle(broker, req))
+        }
+        RequestKind::AlterConfigs(req) => ctx.respond(&alter_configs::alter(broker, req).await),
+        RequestKind::IncrementalAlterConfigs(req) => {
+            ctx.respond(&alter_configs::incremental(broker, req).await)
         }
         other => Outcome::Close(format!(
             "{:?} is not served",
