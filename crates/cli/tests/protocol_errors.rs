@@ -943,3 +943,73 @@ fn delete_records_errors_use_kafkas_codes() {
     // The partition still takes records, after the deleted ones.
     assert_eq!(produce(&mut c, "d", 0, batch(&[b"c"], 0), -1), (0, 6));
 }
+
+#[test]
+fn incremental_alter_configs_refuses_malformed_operations_with_kafkas_codes() {
+    use kafka_protocol::messages::incremental_alter_configs_request::{
+        AlterConfigsResource, AlterableConfig,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    let mut c = RawClient::connect(&broker.addr);
+    create(&mut c, "ops", 1, &[]);
+    let config = |key: &str, op: i8, value: Option<&str>| {
+        AlterableConfig::default()
+            .with_name(StrBytes::from_string(key.to_string()))
+            .with_config_operation(op)
+            .with_value(value.map(|v| StrBytes::from_string(v.to_string())))
+    };
+    let resource = |resource_type: i8, name: &str, configs: Vec<AlterableConfig>| {
+        AlterConfigsResource::default()
+            .with_resource_type(resource_type)
+            .with_resource_name(StrBytes::from_string(name.to_string()))
+            .with_configs(configs)
+    };
+    let req = IncrementalAlterConfigsRequest::default().with_resources(vec![
+        resource(
+            2,
+            "ops",
+            vec![
+                config("retention.ms", 0, Some("1")),
+                config("retention.ms", 1, None),
+            ],
+        ),
+        resource(4, "", vec![config("log.retention.ms", 0, None)]),
+        resource(2, "ops-", vec![config("retention.ms", 7, Some("1"))]),
+        resource(8, "1", vec![config("kafka.server", 0, Some("DEBUG"))]),
+        resource(4, "1", vec![config("log.retention.ms", 2, Some("5"))]),
+        resource(2, "", vec![config("retention.ms", 0, Some("1"))]),
+    ]);
+    c.send(ApiKey::IncrementalAlterConfigs, 1, &req);
+    let resp: IncrementalAlterConfigsResponse = c.recv(1);
+    let codes: Vec<i16> = resp.responses.iter().map(|r| r.error_code).collect();
+    assert_eq!(
+        codes,
+        vec![
+            E::InvalidRequest.code(),
+            E::InvalidRequest.code(),
+            E::InvalidRequest.code(),
+            E::InvalidRequest.code(),
+            E::InvalidConfig.code(),
+            E::InvalidRequest.code(),
+        ],
+        "{resp:?}"
+    );
+    let message = |i: usize| {
+        resp.responses[i]
+            .error_message
+            .as_deref()
+            .unwrap_or_default()
+    };
+    assert_eq!(message(0), "Error due to duplicate config keys");
+    assert_eq!(
+        message(1),
+        "Null value not supported for : log.retention.ms"
+    );
+    assert_eq!(message(2), "Unknown operations type 7");
+    assert_eq!(
+        message(4),
+        "Config value append is not allowed for config key: log.retention.ms"
+    );
+    assert_eq!(message(5), "Default topic resources are not allowed.");
+}
