@@ -84,10 +84,13 @@ fn alter_configs(addr: &str, configs: &[AlterConfig], options: &AdminOptions) {
         .expect("alter configs request");
 }
 
-/// The legacy AlterConfigs v2, raw: (error code, message) per (type, name, configs).
+/// A resource of a raw AlterConfigs: type, name, and the configs it sets.
+type RawResource<'a> = (i8, &'a str, &'a [(&'a str, &'a str)]);
+
+/// The legacy AlterConfigs v2, raw: (error code, message) per resource.
 fn alter_raw(
     addr: &str,
-    resources: &[(i8, &str, &[(&str, &str)])],
+    resources: &[RawResource],
     validate_only: bool,
 ) -> Vec<(i16, Option<String>)> {
     use kafka_protocol::messages::alter_configs_request::{AlterConfigsResource, AlterableConfig};
@@ -439,10 +442,10 @@ fn describe_partitions(
     client.recv(0)
 }
 
-/// (topic, partitions) of an answer, and its next cursor.
-fn page(
-    response: &DescribeTopicPartitionsResponse,
-) -> (Vec<(String, Vec<i32>)>, Option<(String, i32)>) {
+/// (topic, partitions) per topic of an answer, and its next cursor (topic, partition).
+type Page = (Vec<(String, Vec<i32>)>, Option<(String, i32)>);
+
+fn page(response: &DescribeTopicPartitionsResponse) -> Page {
     let topics = response
         .topics
         .iter()
