@@ -1,0 +1,480 @@
+//! Log compaction with a real client (librdkafka): a compacted topic keeps the latest value
+//! of every key at its original offset, tombstones go after `delete.retention.ms`, a kill -9
+//! in the middle of cleaning loses nothing, keyless records are refused, and
+//! `__consumer_offsets` is compacted while committed offsets survive restarts.
+//!
+//! Every wait is a bounded poll for a condition; no assertion depends on timing.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::clients::admin;
+use common::{Broker, RawClient};
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, TopicName};
+use kafka_protocol::protocol::StrBytes;
+use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use strom_protocol::batch::Compression;
+use strom_protocol::records::testing::batch;
+
+/// Key and value (None: a tombstone).
+type Entry = (Vec<u8>, Option<Vec<u8>>);
+
+/// How long a test polls for a condition before it fails.
+const WAIT_MAX: Duration = Duration::from_secs(120);
+/// Records produced per client call, below librdkafka's queue limit.
+const PRODUCE_CHUNK_RECORDS: usize = 20_000;
+
+/// Broker settings that make cleaning quick to observe: small segments, a cleaner that
+/// looks again after 100 ms.
+const FAST_CLEANER: [&str; 2] = ["log.segment.bytes=16384", "log.cleaner.backoff.ms=100"];
+
+fn create(addr: &str, topic: &str, configs: &[(&str, &str)]) {
+    let (admin, rt) = admin(addr);
+    let mut new = NewTopic::new(topic, 1, TopicReplication::Fixed(1));
+    for (k, v) in configs {
+        new = new.set(k, v);
+    }
+    let results = rt
+        .block_on(admin.create_topics(&[new], &AdminOptions::new()))
+        .expect("create topics");
+    for r in results {
+        r.expect("topic created");
+    }
+}
+
+fn compacted(addr: &str, topic: &str, extra: &[(&str, &str)]) {
+    let mut configs = vec![
+        ("cleanup.policy", "compact"),
+        ("min.cleanable.dirty.ratio", "0.01"),
+    ];
+    configs.extend_from_slice(extra);
+    create(addr, topic, &configs);
+}
+
+/// Produces `records` to partition 0 in order with `compression`; returns their offsets.
+fn produce_with(addr: &str, topic: &str, records: &[Entry], compression: &str) -> Vec<i64> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", addr)
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("compression.type", compression)
+        .set("enable.idempotence", "false")
+        .set("max.in.flight.requests.per.connection", "1")
+        .create()
+        .expect("producer");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut offsets = Vec::with_capacity(records.len());
+    for chunk in records.chunks(PRODUCE_CHUNK_RECORDS) {
+        rt.block_on(async {
+            let mut pending = Vec::with_capacity(chunk.len());
+            for (key, value) in chunk {
+                let mut record = FutureRecord::<Vec<u8>, Vec<u8>>::to(topic)
+                    .key(key)
+                    .partition(0);
+                if let Some(value) = value {
+                    record = record.payload(value);
+                }
+                pending.push(producer.send_result(record).expect("enqueue"));
+            }
+            for future in pending {
+                let delivered = future.await.expect("delivery").expect("acknowledged");
+                offsets.push(delivered.offset);
+            }
+        });
+    }
+    producer.flush(Duration::from_secs(30)).expect("flush");
+    offsets
+}
+
+/// Produces `records` to partition 0 in order (LZ4 batches); returns their offsets.
+fn produce(addr: &str, topic: &str, records: &[Entry]) -> Vec<i64> {
+    produce_with(addr, topic, records, "lz4")
+}
+
+/// Produces `records` and adds them to `model` (offset → entry).
+fn produce_into(addr: &str, topic: &str, records: Vec<Entry>, model: &mut BTreeMap<i64, Entry>) {
+    let offsets = produce(addr, topic, &records);
+    model.extend(offsets.into_iter().zip(records));
+}
+
+/// Everything a consumer reads from the start of partition 0 up to the high watermark.
+fn read_all(addr: &str, topic: &str) -> BTreeMap<i64, Entry> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", addr)
+        .set("group.id", "compaction-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let (_, high) = consumer
+        .fetch_watermarks(topic, 0, Duration::from_secs(30))
+        .expect("watermarks");
+    let mut seen = BTreeMap::new();
+    if high == 0 {
+        return seen;
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning)
+        .unwrap();
+    consumer.assign(&tpl).expect("assign");
+    let deadline = Instant::now() + WAIT_MAX;
+    let mut last = -1;
+    while last < high - 1 {
+        assert!(Instant::now() < deadline, "read up to {last} of {high}");
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                let key = m
+                    .key()
+                    .expect("a compacted topic's records have keys")
+                    .to_vec();
+                assert!(
+                    m.offset() > last,
+                    "offsets increase: {} after {last}",
+                    m.offset()
+                );
+                last = m.offset();
+                seen.insert(last, (key, m.payload().map(<[u8]>::to_vec)));
+            }
+            Some(Err(e)) => panic!("consume error: {e}"),
+            None => {}
+        }
+    }
+    seen
+}
+
+/// The latest entry (offset, value) of every key.
+fn latest(records: &BTreeMap<i64, Entry>) -> BTreeMap<Vec<u8>, (i64, Option<Vec<u8>>)> {
+    records
+        .iter()
+        .map(|(o, (k, v))| (k.clone(), (*o, v.clone())))
+        .collect()
+}
+
+/// What a consumer of a compacted log must see: every record at the offset it was written
+/// at (nothing invented or moved), and for every key its latest record (a tombstone may be
+/// gone, with the whole key).
+fn check_view(seen: &BTreeMap<i64, Entry>, model: &BTreeMap<i64, Entry>) {
+    for (offset, entry) in seen {
+        assert_eq!(model.get(offset), Some(entry), "record at offset {offset}");
+    }
+    let seen_latest = latest(seen);
+    for (key, (offset, value)) in latest(model) {
+        match (&value, seen_latest.get(&key)) {
+            (None, None) => {}
+            (_, Some(found)) => assert_eq!(found, &(offset, value), "latest of {key:?}"),
+            (Some(_), None) => panic!("the latest value of {key:?} (offset {offset}) is gone"),
+        }
+    }
+}
+
+fn updates(keys: usize, rounds: usize, tag: &str) -> Vec<Entry> {
+    (0..rounds)
+        .flat_map(|round| {
+            (0..keys).map(move |k| {
+                let value = format!("{tag}-{k}-{round}-{}", "v".repeat(60));
+                (format!("key-{k}").into_bytes(), Some(value.into_bytes()))
+            })
+        })
+        .collect()
+}
+
+/// Polls `condition` until it holds; fails after [`WAIT_MAX`].
+fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT_MAX;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn partition_dir(broker: &Broker, topic: &str) -> PathBuf {
+    broker.data_dir.join("logs").join(format!("{topic}-0"))
+}
+
+fn files_ending(dir: &Path, suffix: &str) -> usize {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(suffix))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_compacted_topic_keeps_the_latest_value_of_each_key_at_its_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &FAST_CLEANER);
+    compacted(&broker.addr, "latest", &[]);
+    let mut model = BTreeMap::new();
+    // Uncompressed, so the active segment (never cleaned) holds few of the records.
+    let records = updates(50, 100, "a");
+    let offsets = produce_with(&broker.addr, "latest", &records, "none");
+    model.extend(offsets.into_iter().zip(records));
+    let mut seen = BTreeMap::new();
+    wait_for("the cleaner to remove most overwritten values", || {
+        seen = read_all(&broker.addr, "latest");
+        seen.len() < model.len() / 4
+    });
+    check_view(&seen, &model);
+    assert!(
+        !seen.contains_key(&0),
+        "the first update of key 0 was overwritten and is gone"
+    );
+    let per_key: BTreeMap<&Vec<u8>, Vec<&Option<Vec<u8>>>> =
+        seen.values().fold(BTreeMap::new(), |mut m, (k, v)| {
+            m.entry(k).or_default().push(v);
+            m
+        });
+    assert_eq!(per_key.len(), 50, "every key is still there");
+    // Writes go on after cleaning, at the next offset.
+    let end = *model.keys().last().unwrap();
+    let offsets = produce(&broker.addr, "latest", &updates(1, 1, "b"));
+    assert_eq!(offsets, vec![end + 1]);
+    assert!(broker.log().contains("cleaned log"));
+}
+
+#[test]
+fn tombstones_vanish_after_delete_retention_ms() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &FAST_CLEANER);
+    compacted(&broker.addr, "deletes", &[("delete.retention.ms", "100")]);
+    let mut model = BTreeMap::new();
+    produce_into(&broker.addr, "deletes", updates(20, 10, "a"), &mut model);
+    let deleted: Vec<Vec<u8>> = (0..10).map(|k| format!("key-{k}").into_bytes()).collect();
+    let tombstones = deleted.iter().map(|k| (k.clone(), None)).collect();
+    produce_into(&broker.addr, "deletes", tombstones, &mut model);
+    let seen = read_all(&broker.addr, "deletes");
+    assert!(
+        deleted
+            .iter()
+            .all(|k| seen.values().any(|(key, v)| key == k && v.is_none())),
+        "the tombstones are there at first"
+    );
+    // Updates of the other keys keep the log dirty, so the cleaner passes again after the
+    // tombstones' delete horizon.
+    let mut round = 0;
+    let mut seen = BTreeMap::new();
+    wait_for("the tombstones to vanish", || {
+        round += 1;
+        let others: Vec<Entry> = (0..10)
+            .flat_map(|_| 10..20)
+            .map(|k| {
+                let value = format!("filler-{k}-{round}-{}", "f".repeat(100));
+                (format!("key-{k}").into_bytes(), Some(value.into_bytes()))
+            })
+            .collect();
+        produce_into(&broker.addr, "deletes", others, &mut model);
+        seen = read_all(&broker.addr, "deletes");
+        !seen.values().any(|(k, _)| deleted.contains(k))
+    });
+    check_view(&seen, &model);
+    assert_eq!(
+        latest(&seen).len(),
+        10,
+        "the other keys keep their latest values"
+    );
+}
+
+#[test]
+fn kill_9_while_the_cleaner_works_keeps_the_latest_value_of_every_key() {
+    let dir = tempfile::tempdir().unwrap();
+    // Throttled so that a cleaning of the log takes a while and a kill lands inside one.
+    let overrides = [
+        "log.segment.bytes=262144",
+        "log.cleaner.backoff.ms=100",
+        "log.cleaner.io.max.bytes.per.second=4000000",
+        "log.flush.interval.ms=600000",
+    ];
+    let mut broker = Broker::start(dir.path(), &overrides);
+    compacted(&broker.addr, "crashing", &[]);
+    let mut model = BTreeMap::new();
+    let partition = partition_dir(&broker, "crashing");
+    for attempt in 0..3 {
+        let cleanings_before = broker.log().matches("cleaned log").count();
+        let tag = format!("attempt-{attempt}");
+        produce_into(
+            &broker.addr,
+            "crashing",
+            updates(1000, 60, &tag),
+            &mut model,
+        );
+        match attempt {
+            // In the middle of writing a cleaned segment.
+            0 => wait_for("a cleaning in progress", || {
+                files_ending(&partition, ".cleaned") > 0
+            }),
+            // Right after a swap.
+            1 => wait_for("a cleaning to finish", || {
+                broker.log().matches("cleaned log").count() > cleanings_before
+            }),
+            // Whichever comes first.
+            _ => wait_for("a cleaning", || {
+                files_ending(&partition, ".cleaned") + files_ending(&partition, ".swap") > 0
+                    || broker.log().matches("cleaned log").count() > cleanings_before
+            }),
+        }
+        broker.kill9();
+        broker.restart();
+        check_view(&read_all(&broker.addr, "crashing"), &model);
+    }
+    let cleanings = broker.log().matches("cleaned log").count();
+    produce_into(
+        &broker.addr,
+        "crashing",
+        updates(1000, 10, "last"),
+        &mut model,
+    );
+    wait_for("a cleaning after the last restart", || {
+        broker.log().matches("cleaned log").count() > cleanings
+    });
+    let seen = read_all(&broker.addr, "crashing");
+    check_view(&seen, &model);
+    assert!(seen.len() < model.len() / 2, "the log was compacted");
+}
+
+fn produce_raw(client: &mut RawClient, topic: &str, records: Vec<u8>) -> ProduceResponse {
+    let req = ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(5000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(0)
+                .with_records(Some(Bytes::from(records)))])]);
+    client.send(ApiKey::Produce, 9, &req);
+    client.recv(9)
+}
+
+#[test]
+fn keyless_records_to_a_compacted_topic_are_invalid_and_the_broker_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    compacted(&broker.addr, "keyed-only", &[]);
+    create(&broker.addr, "anything-goes", &[]);
+    let mut client = RawClient::connect(&broker.addr);
+    for codec in [Compression::None, Compression::Zstd] {
+        let records = [
+            (Some(&b"k"[..]), Some(&b"v"[..]), 1),
+            (None, Some(&b"no key"[..]), 2),
+        ];
+        let response = produce_raw(&mut client, "keyed-only", batch(0, &records, codec));
+        let p = &response.responses[0].partition_responses[0];
+        assert_eq!(p.error_code, 87, "{codec:?}: INVALID_RECORD");
+        assert_eq!(p.record_errors.len(), 1);
+        assert_eq!(p.record_errors[0].batch_index, 1);
+        let message =
+            "Compacted topic cannot accept message without key in topic partition keyed-only-0";
+        assert_eq!(
+            p.record_errors[0].batch_index_error_message.as_deref(),
+            Some(message)
+        );
+        assert!(p
+            .error_message
+            .as_deref()
+            .unwrap_or_default()
+            .contains(message));
+        // The same records go to a topic that is not compacted.
+        let response = produce_raw(&mut client, "anything-goes", batch(0, &records, codec));
+        assert_eq!(response.responses[0].partition_responses[0].error_code, 0);
+    }
+    // librdkafka sees the error; keyed records still go through on the same broker.
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .set("message.send.max.retries", "0")
+        .create()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let keyless = rt.block_on(producer.send(
+        FutureRecord::<(), _>::to("keyed-only").payload("x"),
+        Duration::from_secs(10),
+    ));
+    let (error, _) = keyless.expect_err("refused");
+    assert_eq!(
+        error.rdkafka_error_code(),
+        Some(rdkafka::types::RDKafkaErrorCode::InvalidRecord)
+    );
+    let offsets = produce(&broker.addr, "keyed-only", &updates(1, 1, "fine"));
+    assert_eq!(
+        offsets,
+        vec![0],
+        "nothing of the refused produces was written"
+    );
+}
+
+fn group_consumer(addr: &str) -> BaseConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", addr)
+        .set("group.id", "compacting-group")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer")
+}
+
+fn committed(addr: &str) -> i64 {
+    let consumer = group_consumer(addr);
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition("source", 0);
+    let offsets = consumer
+        .committed_offsets(tpl, Duration::from_secs(30))
+        .expect("committed offsets");
+    match offsets.elements()[0].offset() {
+        Offset::Offset(o) => o,
+        other => panic!("no committed offset: {other:?}"),
+    }
+}
+
+#[test]
+fn consumer_offsets_is_compacted_and_committed_offsets_survive_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let overrides = [
+        "offsets.topic.num.partitions=1",
+        "log.roll.ms=200",
+        "log.cleaner.backoff.ms=100",
+        "log.cleaner.min.cleanable.ratio=0.01",
+    ];
+    let mut broker = Broker::start(dir.path(), &overrides);
+    create(&broker.addr, "source", &[]);
+    let consumer = group_consumer(&broker.addr);
+    let commit = |offset: i64| {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset("source", 0, Offset::Offset(offset))
+            .unwrap();
+        consumer.commit(&tpl, CommitMode::Sync).expect("commit");
+    };
+    let commits = 300;
+    for offset in 1..=commits {
+        commit(offset);
+    }
+    let mut last = commits;
+    wait_for("__consumer_offsets to be compacted", || {
+        // Later commits roll segments, so the earlier ones become cleanable.
+        last += 1;
+        commit(last);
+        read_all(&broker.addr, "__consumer_offsets").len() < (commits / 4) as usize
+    });
+    drop(consumer);
+    assert_eq!(committed(&broker.addr), last);
+    assert!(broker.terminate().success());
+    broker.restart();
+    assert_eq!(committed(&broker.addr), last, "after a clean restart");
+    broker.kill9();
+    broker.restart();
+    assert_eq!(committed(&broker.addr), last, "after a kill -9");
+}
