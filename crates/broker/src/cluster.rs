@@ -379,6 +379,32 @@ pub async fn topic_request(
     results
 }
 
+/// Sends an admin request of `count` items to the active controller and, once it answers
+/// with one result per item (`results` picks them and the log index out of its answer),
+/// waits until this broker has applied that index. A failed call fails every item with its
+/// error.
+pub async fn forward_items(
+    broker: &crate::Broker,
+    request: ControllerRequest,
+    count: usize,
+    results: impl FnOnce(&ControllerResponse) -> Option<(&[(i16, Option<String>)], u64)>,
+) -> Vec<(i16, Option<String>)> {
+    let whole = |code: i16, message: String| vec![(code, Some(message)); count];
+    let response = broker.cluster.call(request).await;
+    if let Some((items, index)) = results(&response).filter(|(items, _)| items.len() == count) {
+        let items = items.to_vec();
+        wait_for_applied(broker, index).await;
+        return items;
+    }
+    match response {
+        ControllerResponse::Error { code, message } => whole(code, message),
+        other => whole(
+            kafka_protocol::ResponseError::UnknownServerError.code(),
+            format!("unexpected controller answer {other:?}"),
+        ),
+    }
+}
+
 /// Waits (bounded) until this broker has applied the metadata log up to `index`: an admin
 /// request answers only then, so that the client's next request here sees its change (logs
 /// created or deleted included).

@@ -9,7 +9,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use common::clients::admin;
@@ -126,26 +125,9 @@ fn alter_raw(
         .collect()
 }
 
-/// Runs one step of the Java client's check against `bootstrap`; returns its output.
+/// Runs one step of the Java ConfigsCheck against `bootstrap`; returns its output.
 fn java_step(bootstrap: &str, args: &[&str]) -> String {
-    let classpath = std::env::var("STROM_TEST_JAVA_CP").unwrap_or_else(|_| {
-        panic!("STROM_TEST_JAVA_CP is not set: run the tests with scripts/test, which builds the Java checks")
-    });
-    let output = Command::new("java")
-        .arg("-cp")
-        .arg(classpath)
-        .arg("ConfigsCheck")
-        .arg(bootstrap)
-        .args(args)
-        .output()
-        .expect("run java");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success() && stdout.contains("CONFIGS-CHECK-OK"),
-        "Java step {args:?} failed\nstdout:\n{stdout}\nstderr:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
+    common::clients::java_step("ConfigsCheck", "CONFIGS-CHECK-OK", bootstrap, args)
 }
 
 /// A topic's configs as broker `addr` describes them (DescribeConfigs v4).

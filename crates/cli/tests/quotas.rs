@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,26 +28,9 @@ use rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
 
 const WAIT: Duration = Duration::from_secs(120);
 
-/// Runs one step of the Java quota check against `bootstrap`; returns its output.
+/// Runs one step of the Java QuotasCheck against `bootstrap`; returns its output.
 fn java_step(bootstrap: &str, args: &[&str]) -> String {
-    let classpath = std::env::var("STROM_TEST_JAVA_CP").unwrap_or_else(|_| {
-        panic!("STROM_TEST_JAVA_CP is not set: run the tests with scripts/test, which builds the Java checks")
-    });
-    let output = Command::new("java")
-        .arg("-cp")
-        .arg(classpath)
-        .arg("QuotasCheck")
-        .arg(bootstrap)
-        .args(args)
-        .output()
-        .expect("run java");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success() && stdout.contains("QUOTAS-CHECK-OK"),
-        "Java step {args:?} failed\nstdout:\n{stdout}\nstderr:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
+    common::clients::java_step("QuotasCheck", "QUOTAS-CHECK-OK", bootstrap, args)
 }
 
 /// The largest throttle time any broker reported to the client, from its statistics.

@@ -745,21 +745,38 @@ impl Controller {
         changes: &[ConfigChange],
         validate_only: bool,
     ) -> ControllerResponse {
-        let (records, mut results) = configs::plan(image, changes);
+        let (records, results) = configs::plan(image, changes);
+        let (results, index) = self
+            .commit_planned(&records, results, validate_only, "configs altered")
+            .await;
+        ControllerResponse::ConfigsAltered { results, index }
+    }
+
+    /// Commits the records planned for a request of several items, each with its result
+    /// (none when `validate_only` or nothing changes). Returns the results — those that had
+    /// succeeded take the commit's error if it failed — and the log index committed at (0:
+    /// nothing written).
+    async fn commit_planned(
+        &self,
+        records: &[MetadataRecord],
+        mut results: Vec<(i16, Option<String>)>,
+        validate_only: bool,
+        what: &str,
+    ) -> (Vec<(i16, Option<String>)>, u64) {
         if validate_only || records.is_empty() {
-            return ControllerResponse::ConfigsAltered { results, index: 0 };
+            return (results, 0);
         }
-        match self.commit(&records).await {
+        match self.commit(records).await {
             Ok(index) => {
-                info!(records = records.len(), "configs altered");
-                ControllerResponse::ConfigsAltered { results, index }
+                info!(records = records.len(), "{what}");
+                (results, index)
             }
             Err(e) => {
                 let (code, message) = failure(&e);
                 for result in results.iter_mut().filter(|r| r.0 == code::NONE) {
                     *result = (code, Some(message.clone()));
                 }
-                ControllerResponse::ConfigsAltered { results, index: 0 }
+                (results, 0)
             }
         }
     }
@@ -770,23 +787,11 @@ impl Controller {
         alterations: &[crate::quotas::QuotaAlteration],
         validate_only: bool,
     ) -> ControllerResponse {
-        let (records, mut results) = crate::quotas::plan(image, alterations);
-        if validate_only || records.is_empty() {
-            return ControllerResponse::QuotasAltered { results, index: 0 };
-        }
-        match self.commit(&records).await {
-            Ok(index) => {
-                info!(records = records.len(), "client quotas altered");
-                ControllerResponse::QuotasAltered { results, index }
-            }
-            Err(e) => {
-                let (code, message) = failure(&e);
-                for result in results.iter_mut().filter(|r| r.0 == code::NONE) {
-                    *result = (code, Some(message.clone()));
-                }
-                ControllerResponse::QuotasAltered { results, index: 0 }
-            }
-        }
+        let (records, results) = crate::quotas::plan(image, alterations);
+        let (results, index) = self
+            .commit_planned(&records, results, validate_only, "client quotas altered")
+            .await;
+        ControllerResponse::QuotasAltered { results, index }
     }
 
     async fn fetch_metadata(&self, after_index: u64, max_wait_ms: u64) -> ControllerResponse {

@@ -187,18 +187,11 @@ async fn forward(
         changes,
         validate_only,
     };
-    let whole = |code: i16, message: String| vec![(code, Some(message)); count];
-    match broker.cluster.call(request).await {
-        ControllerResponse::ConfigsAltered { results, index } if results.len() == count => {
-            crate::cluster::wait_for_applied(broker, index).await;
-            results
-        }
-        ControllerResponse::Error { code, message } => whole(code, message),
-        other => whole(
-            ResponseError::UnknownServerError.code(),
-            format!("unexpected controller answer {other:?}"),
-        ),
-    }
+    crate::cluster::forward_items(broker, request, count, |response| match response {
+        ControllerResponse::ConfigsAltered { results, index } => Some((results, *index)),
+        _ => None,
+    })
+    .await
 }
 
 /// Kafka's checks of one resource that need no metadata; the change to forward.

@@ -182,3 +182,27 @@ pub fn consume_all(
     }
     got
 }
+
+/// Runs one step of a Java check program (`tests/clients/java/<class>.java`, compiled by
+/// `scripts/test`, which sets `STROM_TEST_JAVA_CP`) against `bootstrap`; asserts it succeeded
+/// and printed `<marker>`, and returns its output.
+pub fn java_step(class: &str, marker: &str, bootstrap: &str, args: &[&str]) -> String {
+    let classpath = std::env::var("STROM_TEST_JAVA_CP").unwrap_or_else(|_| {
+        panic!("STROM_TEST_JAVA_CP is not set: run the tests with scripts/test, which builds the Java checks")
+    });
+    let output = std::process::Command::new("java")
+        .arg("-cp")
+        .arg(classpath)
+        .arg(class)
+        .arg(bootstrap)
+        .args(args)
+        .output()
+        .expect("run java");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success() && stdout.contains(marker),
+        "Java {class} step {args:?} failed\nstdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
