@@ -6,10 +6,9 @@
 //! start offsets reach `log-start-offset-checkpoint` with the next flush.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use strom_storage::RetentionPolicy;
-use tracing::{debug, error, warn};
+use tracing::{debug, warn};
 
 use crate::topics::{now_ms, TopicManager};
 use crate::Broker;
@@ -57,16 +56,8 @@ pub fn delete_retained_segments(topics: &TopicManager, now_ms: i64) -> usize {
 /// async workers (deleting files blocks).
 pub async fn retention_loop(broker: Arc<Broker>) {
     let interval_ms = broker.config.log_retention_check_interval_ms.max(1) as u64;
-    let mut ticker = tokio::time::interval(Duration::from_millis(interval_ms));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticker.tick().await;
-    loop {
-        ticker.tick().await;
-        let broker = Arc::clone(&broker);
-        let pass =
-            tokio::task::spawn_blocking(move || delete_retained_segments(&broker.topics, now_ms()));
-        if let Err(e) = pass.await {
-            error!(error = %e, "retention task failed");
-        }
-    }
+    crate::server::every_blocking(broker, interval_ms, |broker| {
+        delete_retained_segments(&broker.topics, now_ms());
+    })
+    .await
 }

@@ -295,16 +295,25 @@ async fn drain(mut connections: JoinSet<()>) {
 async fn flush_loop(broker: Arc<Broker>) {
     let interval_ms =
         FLUSH_CHECK_INTERVAL_MS.min(broker.config.log_flush_interval_ms.max(1) as u64);
-    let mut ticker = tokio::time::interval(Duration::from_millis(interval_ms));
+    every_blocking(broker, interval_ms, |broker| {
+        if let Err(e) = broker.topics.flush_due(false) {
+            error!(error = %e, "periodic flush failed");
+        }
+    })
+    .await
+}
+
+/// Runs `work` every `interval_ms` (the first time one interval from now) on the blocking
+/// pool: file work (fsync, unlink) stays off the async workers. A slow run delays the next.
+pub(crate) async fn every_blocking(broker: Arc<Broker>, interval_ms: u64, work: fn(&Broker)) {
+    let mut ticker = tokio::time::interval(Duration::from_millis(interval_ms.max(1)));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
     loop {
         ticker.tick().await;
         let broker = Arc::clone(&broker);
-        match tokio::task::spawn_blocking(move || broker.topics.flush_due(false)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => error!(error = %e, "periodic flush failed"),
-            Err(e) => error!(error = %e, "periodic flush task failed"),
+        if let Err(e) = tokio::task::spawn_blocking(move || work(&broker)).await {
+            error!(error = %e, "periodic task failed");
         }
     }
 }
