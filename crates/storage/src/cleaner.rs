@@ -11,9 +11,11 @@
 //!   stays until its batch's delete horizon (KIP-534: set to the cleaning time plus
 //!   `delete.retention.ms` by the first cleaning that keeps it) has passed. A batch whose
 //!   records all stay is copied byte for byte; otherwise it is rebuilt with its base offset,
-//!   producer fields and codec, and a batch that keeps nothing disappears, except the last
-//!   batch of each cleaned segment, kept empty so that the segment still ends where the
-//!   replaced ones did.
+//!   producer fields and codec, and a batch that keeps nothing disappears. A cleaned
+//!   segment whose old last batch went ends with an empty batch of that batch's offsets, so
+//!   that it ends where the replaced segments did (a swap's crash recovery relies on it);
+//!   segments that keep nothing at all are cleaned together with the next group rather
+//!   than each leaving a segment of one empty batch (which consumers would fetch alone).
 //! - Grouping of small segments into one (Kafka's `groupSegmentsBySize`).
 //! - Crash recovery of interrupted swaps (Kafka's `LogLoader` handling of `.cleaned`,
 //!   `.swap` and `.deleted` files), run before a log's segments are listed.
@@ -472,13 +474,11 @@ pub(crate) struct Filter {
 }
 
 impl Filter {
-    /// Appends what `rules` keep of `batch` to `out`. With `keep_empty`, a batch that keeps
-    /// no record is written empty instead of dropped (Kafka's `RETAIN_EMPTY`).
+    /// Appends what `rules` keep of `batch` to `out`.
     pub(crate) fn filter_batch(
         &mut self,
         batch: &[u8],
         rules: &Retention<'_>,
-        keep_empty: bool,
         out: &mut Vec<u8>,
         stats: &mut CleanerStats,
     ) -> Result<Filtered, strom_protocol::records::RecordsError> {
@@ -499,7 +499,7 @@ impl Filter {
         let retained = self.kept.iter().filter(|k| **k).count();
         stats.records_read += self.kept.len() as u64;
         stats.records_retained += retained as u64;
-        if retained == 0 && !keep_empty {
+        if retained == 0 {
             return Ok(Filtered::Dropped);
         }
         let needs_horizon = horizon.is_none() && tombstone_kept;
@@ -522,6 +522,19 @@ impl Filter {
         }
         self.builder.finish(out)?;
         Ok(Filtered::Rewritten)
+    }
+
+    /// Appends an empty batch with `last`'s offset range to `out` (Kafka's
+    /// `writeEmptyHeader`): a cleaned segment whose old last batch went still ends at the
+    /// same offset, which a swap's crash recovery relies on.
+    pub(crate) fn empty_batch(
+        &mut self,
+        last: &BatchHeader,
+        out: &mut Vec<u8>,
+    ) -> Result<(), strom_protocol::records::RecordsError> {
+        self.builder.start(last, None);
+        self.builder.finish(out)?;
+        Ok(())
     }
 }
 
@@ -580,6 +593,8 @@ pub(crate) struct CleanedWriter {
     pub segment: LogSegment,
     pending: Vec<u8>,
     index_interval_bytes: u64,
+    /// The last offset of the last batch written, -1 before any.
+    last_offset: i64,
 }
 
 impl CleanedWriter {
@@ -594,12 +609,29 @@ impl CleanedWriter {
             segment: LogSegment::create_with_suffix(dir, base_offset, CLEANED_SUFFIX, now_ms)?,
             pending: Vec::with_capacity(WRITE_BUFFER_BYTES),
             index_interval_bytes,
+            last_offset: -1,
         })
     }
 
     /// The buffer filtered batches are appended to.
     pub(crate) fn buffer(&mut self) -> &mut Vec<u8> {
         &mut self.pending
+    }
+
+    /// Whether no batch was written yet (buffered ones count).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.segment.size_bytes() == 0 && self.pending.is_empty()
+    }
+
+    /// The last offset of the last batch written (buffered ones count), -1 before any.
+    pub(crate) fn last_offset(&self) -> i64 {
+        let mut last = self.last_offset;
+        let mut at = 0;
+        while let Some(offsets) = BatchOffsets::parse(&self.pending[at..]) {
+            last = offsets.last_offset();
+            at += offsets.size_bytes;
+        }
+        last
     }
 
     /// Writes out the buffer once it is large enough (`force`: whatever it holds).
@@ -622,6 +654,7 @@ impl CleanedWriter {
                 max_timestamp_of(&self.pending[at..]),
                 self.index_interval_bytes,
             );
+            self.last_offset = offsets.last_offset();
             at += offsets.size_bytes;
         }
         drop(indexes);

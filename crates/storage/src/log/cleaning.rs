@@ -22,6 +22,7 @@ use crate::cleaner::{
 };
 use crate::segment::LogSegment;
 use crate::{LogConfig, StorageError};
+use strom_protocol::records::BatchHeader;
 
 /// A log's compaction state.
 #[derive(Debug)]
@@ -53,8 +54,34 @@ impl CleaningState {
 enum GroupOutcome {
     /// Swapped in, unchanged, or gone meanwhile (retention deleted it): go on.
     Done,
+    /// Nothing of it is kept: clean it with the next group.
+    Carry(Carried),
     /// Stop the cleaning.
     Aborted,
+}
+
+/// What every group of one cleaning shares.
+struct Round<'r> {
+    rules: &'r Retention<'r>,
+    log_config: &'r LogConfig,
+    /// The log's truncation count when the cleaning started.
+    truncations: u64,
+    now_ms: i64,
+}
+
+/// The mutable state a cleaning threads through its groups.
+struct Work<'w> {
+    filter: &'w mut Filter,
+    progress: &'w mut dyn CleanerProgress,
+    stats: &'w mut CleanerStats,
+}
+
+/// Segments that keep no record, waiting to be cleaned with the next group, and the
+/// header of their last batch.
+#[derive(Default)]
+struct Carried {
+    segments: Vec<Arc<LogSegment>>,
+    last_batch: Option<BatchHeader>,
 }
 
 impl PartitionLog {
@@ -187,19 +214,40 @@ impl PartitionLog {
             now_ms,
             delete_retention_ms: config.delete_retention_ms,
         };
+        let round = Round {
+            rules: &rules,
+            log_config: &log_config,
+            truncations: view.truncations,
+            now_ms,
+        };
         let mut filter = Filter::default();
-        for group in groups {
-            let old = &segments[group];
+        let mut carried = Carried::default();
+        for (i, group) in groups.iter().enumerate() {
+            let base = carried
+                .segments
+                .first()
+                .map_or(segments[group.start].base_offset(), |s| s.base_offset());
+            let may_carry = groups.get(i + 1).is_some_and(|next| {
+                let next_end = segments
+                    .get(next.end)
+                    .map_or(upper_bound, |s| s.base_offset());
+                next_end - 1 - base <= i64::from(i32::MAX)
+            });
             let outcome = self.clean_group(
-                old,
-                (&rules, &mut filter),
-                (&log_config, view.truncations),
-                now_ms,
-                progress,
-                &mut stats,
+                &round,
+                &mut Work {
+                    filter: &mut filter,
+                    progress,
+                    stats: &mut stats,
+                },
+                std::mem::take(&mut carried),
+                &segments[group.clone()],
+                may_carry,
             )?;
-            if let GroupOutcome::Aborted = outcome {
-                return Ok(CleanOutcome::Aborted { stats });
+            match outcome {
+                GroupOutcome::Done => {}
+                GroupOutcome::Carry(next) => carried = next,
+                GroupOutcome::Aborted => return Ok(CleanOutcome::Aborted { stats }),
             }
         }
         self.set_first_dirty_offset(end_offset);
@@ -210,20 +258,26 @@ impl PartitionLog {
         })
     }
 
-    /// Cleans `old` (consecutive segments) into one segment and swaps it in, unless nothing
-    /// in them changes.
+    /// Cleans `group` into one segment, with the `carried` segments before it (which keep
+    /// no record), and swaps it in for all of them, unless nothing changes. When nothing of
+    /// them is kept and `may_carry`, they are carried to the next group instead, so that
+    /// superseded segments merge rather than each leaving a segment of one empty batch.
     fn clean_group(
         &self,
-        old: &[Arc<LogSegment>],
-        (rules, filter): (&Retention<'_>, &mut Filter),
-        (log_config, truncations): (&LogConfig, u64),
-        now_ms: i64,
-        progress: &mut dyn CleanerProgress,
-        stats: &mut CleanerStats,
+        round: &Round<'_>,
+        work: &mut Work<'_>,
+        carried: Carried,
+        group: &[Arc<LogSegment>],
+        may_carry: bool,
     ) -> Result<GroupOutcome, StorageError> {
-        let Some(last_with_batches) = old.iter().rposition(|s| s.size_bytes() > 0) else {
-            return Ok(GroupOutcome::Done);
-        };
+        let Work {
+            filter,
+            progress,
+            stats,
+        } = work;
+        let (rules, log_config, now_ms) = (round.rules, round.log_config, round.now_ms);
+        let mut old = carried.segments;
+        old.extend_from_slice(group);
         let base_offset = old[0].base_offset();
         let mut writer = CleanedWriter::create(
             &self.dir,
@@ -232,19 +286,18 @@ impl PartitionLog {
             now_ms,
         )?;
         let mut changed = old.len() > 1;
-        for (i, segment) in old.iter().enumerate() {
-            let size = segment.size_bytes();
+        let mut last = carried.last_batch;
+        for segment in group {
             let mut reader = cleaner::SegmentReader::new(segment, 0);
-            while let Some((position, batch)) = reader.next_batch()? {
-                // The group's last batch stays, if empty, so the cleaned segment ends where
-                // the old ones did (a swap's crash recovery relies on it).
-                let keep_empty = i == last_with_batches && position + batch.len() as u64 == size;
+            while let Some((_, batch)) = reader.next_batch()? {
+                let corrupt = |e: strom_protocol::records::RecordsError| StorageError::Corrupt {
+                    path: segment.log_path().display().to_string(),
+                    reason: e.to_string(),
+                };
+                last = Some(BatchHeader::parse(batch).map_err(corrupt)?);
                 let filtered = filter
-                    .filter_batch(batch, rules, keep_empty, writer.buffer(), stats)
-                    .map_err(|e| StorageError::Corrupt {
-                        path: segment.log_path().display().to_string(),
-                        reason: e.to_string(),
-                    })?;
+                    .filter_batch(batch, rules, writer.buffer(), stats)
+                    .map_err(corrupt)?;
                 changed |= filtered != Filtered::Unchanged;
                 stats.bytes_read += batch.len() as u64;
                 let written = writer.maybe_write(false)?;
@@ -255,6 +308,30 @@ impl PartitionLog {
                 }
             }
         }
+        let Some(last) = last else {
+            // No batch at all (empty segments): nothing to clean.
+            drop(writer);
+            cleaner::remove_cleaned(&self.dir, base_offset)?;
+            return Ok(GroupOutcome::Done);
+        };
+        if writer.is_empty() && may_carry {
+            drop(writer);
+            cleaner::remove_cleaned(&self.dir, base_offset)?;
+            return Ok(GroupOutcome::Carry(Carried {
+                segments: old,
+                last_batch: Some(last),
+            }));
+        }
+        if writer.last_offset() < last.last_offset() {
+            // The cleaned segment ends where the old ones did (crash recovery relies on it).
+            filter
+                .empty_batch(&last, writer.buffer())
+                .map_err(|e| StorageError::Corrupt {
+                    path: self.dir.display().to_string(),
+                    reason: e.to_string(),
+                })?;
+            changed = true;
+        }
         stats.bytes_written += writer.maybe_write(true)?;
         if !changed {
             drop(writer);
@@ -263,9 +340,9 @@ impl PartitionLog {
         }
         seal(&writer.segment);
         writer.segment.flush_with_suffix(CLEANED_SUFFIX)?;
-        crash_point(progress, SwapStep::Written)?;
+        crash_point(*progress, SwapStep::Written)?;
         let cleaned = Arc::new(writer.segment);
-        let replaced = self.swap_in_cleaned(&cleaned, old, truncations, progress)?;
+        let replaced = self.swap_in_cleaned(&cleaned, &old, round.truncations, *progress)?;
         match replaced {
             Replaced::Yes => {
                 stats.segments_replaced += old.len();

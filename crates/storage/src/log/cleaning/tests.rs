@@ -155,9 +155,11 @@ fn cleaning_keeps_the_latest_value_of_each_key_at_its_offset() {
         assert_eq!(below.len(), keys.len(), "{codec:?}: one record per key");
         assert!(stats.segments_written > 0);
         assert_eq!(log.first_dirty_offset(), Some(first_dirty_offset));
-        // Full segments are grouped by their old sizes, so they stay apart; once cleaned
-        // they are small, and the next cleaning groups them into one.
-        assert_eq!(log.segment_count(), segments_before, "{codec:?}");
+        // Segments whose records were all superseded merged into the next cleaned one.
+        assert!(
+            log.segment_count() < segments_before,
+            "{codec:?}: superseded segments merged"
+        );
         updates(&log, 5, 2, codec);
         let CleanOutcome::Cleaned { stats, .. } = clean_now(&log, &mut map, NOW_MS) else {
             panic!("not cleaned");
@@ -165,10 +167,6 @@ fn cleaning_keeps_the_latest_value_of_each_key_at_its_offset() {
         assert!(
             stats.segments_replaced > stats.segments_written,
             "{codec:?}: {stats:?}"
-        );
-        assert!(
-            log.segment_count() < segments_before,
-            "{codec:?}: small segments merged"
         );
         assert_eq!(latest(&read_all(&log)).len(), 5);
     }
