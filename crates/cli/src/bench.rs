@@ -38,6 +38,8 @@ enum Mode {
     Metadata(crate::bench_cluster::MetadataArgs),
     /// Kill the active controller and time until a topic can be created again.
     Failover(crate::bench_cluster::FailoverArgs),
+    /// Time the log cleaner compacting a log written in process (no broker needed).
+    Compaction(crate::bench_compaction::CompactionArgs),
 }
 
 #[derive(clap::Args)]
@@ -106,6 +108,10 @@ struct ProduceArgs {
     /// The topic's `min.insync.replicas`, when it is created (0: the broker default).
     #[arg(long, default_value_t = 0)]
     min_insync_replicas: i32,
+    /// A config of the topic when it is created, `key=value`; may be repeated
+    /// (`--topic-config cleanup.policy=compact`).
+    #[arg(long = "topic-config", value_name = "KEY=VALUE")]
+    topic_configs: Vec<String>,
 }
 
 #[derive(clap::Args)]
@@ -126,6 +132,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         Mode::Topics(a) => crate::bench_cluster::topics(a),
         Mode::Metadata(a) => crate::bench_cluster::metadata(a),
         Mode::Failover(a) => crate::bench_cluster::failover(a),
+        Mode::Compaction(a) => crate::bench_compaction::compaction(a),
     }
 }
 
@@ -153,7 +160,7 @@ impl ProducerContext for LatencyContext {
 }
 
 fn ensure_topic(bootstrap: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
-    ensure_replicated_topic(bootstrap, topic, partitions, 1, None)
+    ensure_replicated_topic(bootstrap, topic, partitions, 1, None, &[])
 }
 
 /// Creates the topic with `replication_factor` replicas (and `min.insync.replicas` when
@@ -164,6 +171,7 @@ fn ensure_replicated_topic(
     partitions: i32,
     replication_factor: i32,
     min_insync_replicas: Option<&str>,
+    configs: &[String],
 ) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -175,6 +183,12 @@ fn ensure_replicated_topic(
     );
     if let Some(min) = min_insync_replicas {
         new_topic = new_topic.set("min.insync.replicas", min);
+    }
+    for config in configs {
+        let Some((key, value)) = config.split_once('=') else {
+            bail!("--topic-config {config}: expected key=value");
+        };
+        new_topic = new_topic.set(key, value);
     }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -230,6 +244,7 @@ fn produce(a: ProduceArgs) -> anyhow::Result<()> {
         a.partitions,
         a.replication_factor,
         (a.min_insync_replicas > 0).then_some(min_insync.as_str()),
+        &a.topic_configs,
     )?;
     wait_until_replicated(&a.common.bootstrap, &a.common.topic, a.replication_factor)?;
     let histogram = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_cluster;
+mod bench_compaction;
 
 use std::io::Write;
 use std::process::ExitCode;
