@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::clients::admin;
+use common::cluster::Cluster;
 use common::{Broker, RawClient};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, TopicName};
@@ -25,6 +26,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use strom_protocol::batch::Compression;
 use strom_protocol::records::testing::batch;
+use strom_protocol::records::RecordReader;
 
 /// Key and value (None: a tombstone).
 type Entry = (Vec<u8>, Option<Vec<u8>>);
@@ -478,4 +480,79 @@ fn consumer_offsets_is_compacted_and_committed_offsets_survive_restarts() {
     broker.kill9();
     broker.restart();
     assert_eq!(committed(&broker.addr), last, "after a kill -9");
+}
+
+/// Leader and ISR size of partition 0 of `topic`, as broker `via` reports them.
+fn leader_and_isr(cluster: &Cluster, via: i32, topic: &str) -> Option<(i32, usize)> {
+    cluster
+        .metadata(via)
+        .topics
+        .into_iter()
+        .find(|t| t.name.as_deref().map(|n| n.as_str()) == Some(topic))?
+        .partitions
+        .iter()
+        .find(|p| p.partition_index == 0)
+        .map(|p| (p.leader_id.0, p.isr_nodes.len()))
+}
+
+/// The records of a log's stored bytes (its segments concatenated), by offset.
+fn records_of(log: &[u8]) -> BTreeMap<i64, Entry> {
+    let mut records = BTreeMap::new();
+    let mut at = 0;
+    while let Some(b) = strom_protocol::batch::BatchOffsets::parse(&log[at..]) {
+        let mut reader = RecordReader::new(&log[at..at + b.size_bytes], 1 << 30).expect("batch");
+        while let Some(r) = reader.next_record().expect("record") {
+            let key = r.key.expect("keyed").to_vec();
+            records.insert(r.offset, (key, r.value.map(<[u8]>::to_vec)));
+        }
+        at += b.size_bytes;
+    }
+    records
+}
+
+#[test]
+fn a_follower_catching_up_from_a_compacted_leader_takes_its_gaps() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::combined_with(dir.path(), 3, &FAST_CLEANER);
+    let first = cluster.broker_ids()[0];
+    let (admin, rt) = admin(&cluster.addr(first));
+    let topic = NewTopic::new("replicated", 1, TopicReplication::Fixed(3))
+        .set("cleanup.policy", "compact")
+        .set("min.cleanable.dirty.ratio", "0.01");
+    for r in rt
+        .block_on(admin.create_topics(&[topic], &AdminOptions::new()))
+        .expect("create topics")
+    {
+        r.expect("topic created");
+    }
+    let mut leader = -1;
+    wait_for("a leader with three in-sync replicas", || {
+        let state = leader_and_isr(&cluster, first, "replicated");
+        leader = state.map_or(-1, |(l, _)| l);
+        state.is_some_and(|(l, isr)| l >= 0 && isr == 3)
+    });
+    let follower = *cluster
+        .broker_ids()
+        .iter()
+        .find(|&&id| id != leader)
+        .expect("a follower");
+    cluster.stop(follower);
+    let mut model = BTreeMap::new();
+    let records = updates(50, 100, "while-away");
+    let offsets = produce_with(&cluster.addr(leader), "replicated", &records, "none");
+    model.extend(offsets.into_iter().zip(records));
+    wait_for("the leader to compact", || {
+        read_all(&cluster.addr(leader), "replicated").len() < model.len() / 4
+    });
+    cluster.restart(follower);
+    wait_for("the follower back in sync", || {
+        leader_and_isr(&cluster, leader, "replicated").is_some_and(|(_, isr)| isr == 3)
+    });
+    let copied = records_of(&cluster.log_bytes(follower, "replicated", 0));
+    check_view(&copied, &model);
+    assert!(
+        copied.len() < model.len() / 2,
+        "the follower holds the compacted log: {} records",
+        copied.len()
+    );
 }
