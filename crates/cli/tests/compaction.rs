@@ -556,3 +556,102 @@ fn a_follower_catching_up_from_a_compacted_leader_takes_its_gaps() {
         copied.len()
     );
 }
+
+/// Compiles `tests/clients/java/CompactionRead.java` against the Java client
+/// (`STROM_TEST_JAVA_CP`, set by scripts/test) into `out`; returns the class path to run it.
+fn java_reader(out: &Path) -> String {
+    let client = std::env::var("STROM_TEST_JAVA_CP").unwrap_or_else(|_| {
+        panic!("STROM_TEST_JAVA_CP is not set: run the tests with scripts/test, which installs the Java client")
+    });
+    let source = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/clients/java/CompactionRead.java"
+    );
+    let status = std::process::Command::new("javac")
+        .arg("-d")
+        .arg(out)
+        .arg("-cp")
+        .arg(&client)
+        .arg(source)
+        .status()
+        .expect("run javac");
+    assert!(status.success(), "javac CompactionRead.java: {status}");
+    format!("{}:{client}", out.display())
+}
+
+fn unhex(text: &str) -> Vec<u8> {
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex"))
+        .collect()
+}
+
+/// What the Java client reads from the start of partition 0 of `topic`.
+fn java_read_all(class_path: &str, addr: &str, topic: &str) -> BTreeMap<i64, Entry> {
+    let output = std::process::Command::new("java")
+        .arg("-cp")
+        .arg(class_path)
+        .arg("CompactionRead")
+        .arg(addr)
+        .arg(topic)
+        .output()
+        .expect("run java");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("COMPACTION-READ-OK"),
+        "the Java client failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+        .lines()
+        .filter(|l| !l.starts_with("COMPACTION-READ-OK"))
+        .map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let value = (fields[2] != "NULL").then(|| unhex(fields[2]));
+            (
+                fields[0].parse().expect("offset"),
+                (unhex(fields[1]), value),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn the_java_client_reads_a_log_compacted_across_every_codec() {
+    let dir = tempfile::tempdir().unwrap();
+    let class_path = java_reader(dir.path());
+    let broker = Broker::start(dir.path(), &FAST_CLEANER);
+    compacted(&broker.addr, "mixed", &[]);
+    let mut model = BTreeMap::new();
+    for codec in ["gzip", "snappy", "lz4", "zstd", "none"] {
+        let records = updates(40, 15, codec);
+        let offsets = produce_with(&broker.addr, "mixed", &records, codec);
+        model.extend(offsets.into_iter().zip(records));
+    }
+    // Tombstones stay for delete.retention.ms (a day), with a delete horizon once cleaned.
+    let tombstones = (0..5)
+        .map(|k| (format!("key-{k}").into_bytes(), None))
+        .collect();
+    produce_into(&broker.addr, "mixed", tombstones, &mut model);
+    // Later updates of the other keys only.
+    let deleted: Vec<Vec<u8>> = (0..5).map(|k| format!("key-{k}").into_bytes()).collect();
+    let records: Vec<Entry> = updates(40, 15, "after")
+        .into_iter()
+        .filter(|(k, _)| !deleted.contains(k))
+        .collect();
+    let offsets = produce_with(&broker.addr, "mixed", &records, "none");
+    model.extend(offsets.into_iter().zip(records));
+    wait_for("the cleaner to compact the log", || {
+        read_all(&broker.addr, "mixed").len() < model.len() / 4
+    });
+    let seen = java_read_all(&class_path, &broker.addr, "mixed");
+    check_view(&seen, &model);
+    assert!(
+        seen.len() < model.len() / 2,
+        "the Java client read the compacted log"
+    );
+    assert!(
+        seen.values().any(|(_, v)| v.is_none()),
+        "tombstones within delete.retention.ms are read"
+    );
+}
