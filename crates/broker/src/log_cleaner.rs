@@ -251,6 +251,8 @@ impl Shared {
                 first_dirty_offset > target.cleanable.first_dirty_offset
             }
             Ok(CleanOutcome::Aborted { .. }) => false,
+            // The log was deleted under the cleaning (topic deleted, replica moved away).
+            Err(_) if !target.log.dir().exists() => false,
             Err(e) => {
                 self.mark_uncleanable(&target.id, &e.to_string());
                 false
@@ -271,8 +273,14 @@ impl Shared {
                 if partition.log.dir().parent() != Some(log_dir) {
                     continue;
                 }
-                if let Some(offset) = partition.log.first_dirty_offset() {
-                    entries.insert((topic.name.clone(), partition.index), offset);
+                let id = (topic.name.clone(), partition.index);
+                // A log not looked at yet keeps the clean point it was restored with.
+                let offset = partition
+                    .log
+                    .first_dirty_offset()
+                    .or_else(|| self.restored.lock().get(&id).copied());
+                if let Some(offset) = offset {
+                    entries.insert(id, offset);
                 }
             }
         }

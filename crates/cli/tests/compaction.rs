@@ -254,6 +254,21 @@ fn a_compacted_topic_keeps_the_latest_value_of_each_key_at_its_offset() {
     let offsets = produce(&broker.addr, "latest", &updates(1, 1, "b"));
     assert_eq!(offsets, vec![end + 1]);
     assert!(broker.log().contains("cleaned log"));
+    // The clean point is checkpointed in the log dir, in Kafka's format.
+    let checkpoint = std::fs::read_to_string(
+        broker
+            .data_dir
+            .join("logs")
+            .join("cleaner-offset-checkpoint"),
+    )
+    .expect("cleaner-offset-checkpoint");
+    let clean_point: i64 = checkpoint
+        .lines()
+        .find_map(|l| l.strip_prefix("latest 0 "))
+        .expect("an entry for the partition")
+        .parse()
+        .expect("an offset");
+    assert!(clean_point > 0 && clean_point <= end + 1, "{checkpoint}");
 }
 
 #[test]
