@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::clients::admin;
+use common::clients::{admin, java_step};
 use common::cluster::Cluster;
 use common::{Broker, RawClient};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
@@ -572,28 +572,6 @@ fn a_follower_catching_up_from_a_compacted_leader_takes_its_gaps() {
     );
 }
 
-/// Compiles `tests/clients/java/CompactionRead.java` against the Java client
-/// (`STROM_TEST_JAVA_CP`, set by scripts/test) into `out`; returns the class path to run it.
-fn java_reader(out: &Path) -> String {
-    let client = std::env::var("STROM_TEST_JAVA_CP").unwrap_or_else(|_| {
-        panic!("STROM_TEST_JAVA_CP is not set: run the tests with scripts/test, which installs the Java client")
-    });
-    let source = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/clients/java/CompactionRead.java"
-    );
-    let status = std::process::Command::new("javac")
-        .arg("-d")
-        .arg(out)
-        .arg("-cp")
-        .arg(&client)
-        .arg(source)
-        .status()
-        .expect("run javac");
-    assert!(status.success(), "javac CompactionRead.java: {status}");
-    format!("{}:{client}", out.display())
-}
-
 fn unhex(text: &str) -> Vec<u8> {
     (0..text.len())
         .step_by(2)
@@ -601,22 +579,10 @@ fn unhex(text: &str) -> Vec<u8> {
         .collect()
 }
 
-/// What the Java client reads from the start of partition 0 of `topic`.
-fn java_read_all(class_path: &str, addr: &str, topic: &str) -> BTreeMap<i64, Entry> {
-    let output = std::process::Command::new("java")
-        .arg("-cp")
-        .arg(class_path)
-        .arg("CompactionRead")
-        .arg(addr)
-        .arg(topic)
-        .output()
-        .expect("run java");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success() && stdout.contains("COMPACTION-READ-OK"),
-        "the Java client failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+/// What the Java client reads from the start of partition 0 of `topic`
+/// (`tests/clients/java/CompactionRead.java`, built by scripts/test).
+fn java_read_all(addr: &str, topic: &str) -> BTreeMap<i64, Entry> {
+    let stdout = java_step("CompactionRead", "COMPACTION-READ-OK", addr, &[topic]);
     stdout
         .lines()
         .filter(|l| !l.starts_with("COMPACTION-READ-OK"))
@@ -634,7 +600,6 @@ fn java_read_all(class_path: &str, addr: &str, topic: &str) -> BTreeMap<i64, Ent
 #[test]
 fn the_java_client_reads_a_log_compacted_across_every_codec() {
     let dir = tempfile::tempdir().unwrap();
-    let class_path = java_reader(dir.path());
     let broker = Broker::start(dir.path(), &FAST_CLEANER);
     compacted(&broker.addr, "mixed", &[]);
     let mut model = BTreeMap::new();
@@ -659,7 +624,7 @@ fn the_java_client_reads_a_log_compacted_across_every_codec() {
     wait_for("the cleaner to compact the log", || {
         read_all(&broker.addr, "mixed").len() < model.len() / 4
     });
-    let seen = java_read_all(&class_path, &broker.addr, "mixed");
+    let seen = java_read_all(&broker.addr, "mixed");
     check_view(&seen, &model);
     assert!(
         seen.len() < model.len() / 2,

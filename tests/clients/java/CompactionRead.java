@@ -3,7 +3,7 @@
 // `COMPACTION-READ-OK <end offset>`. The compaction tests compare what it prints with what
 // was produced: the reference client must read a compacted log (offset gaps, rebuilt and
 // empty batches, KIP-534 delete horizons, every codec) as Strom serves it.
-// Usage: java CompactionRead BOOTSTRAP TOPIC
+// Usage: java CompactionRead BOOTSTRAP TOPIC (built by scripts/test with the other checks)
 
 import java.time.Duration;
 import java.util.List;
