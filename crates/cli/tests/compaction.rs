@@ -41,17 +41,7 @@ const PRODUCE_CHUNK_RECORDS: usize = 20_000;
 const FAST_CLEANER: [&str; 2] = ["log.segment.bytes=16384", "log.cleaner.backoff.ms=100"];
 
 fn create(addr: &str, topic: &str, configs: &[(&str, &str)]) {
-    let (admin, rt) = admin(addr);
-    let mut new = NewTopic::new(topic, 1, TopicReplication::Fixed(1));
-    for (k, v) in configs {
-        new = new.set(k, v);
-    }
-    let results = rt
-        .block_on(admin.create_topics(&[new], &AdminOptions::new()))
-        .expect("create topics");
-    for r in results {
-        r.expect("topic created");
-    }
+    common::clients::create_topic_with(addr, topic, 1, 1, configs);
 }
 
 fn compacted(addr: &str, topic: &str, extra: &[(&str, &str)]) {

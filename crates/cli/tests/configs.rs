@@ -24,7 +24,7 @@ use kafka_protocol::messages::{
     TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
-use rdkafka::admin::{AdminOptions, AlterConfig, NewTopic, ResourceSpecifier, TopicReplication};
+use rdkafka::admin::{AdminOptions, AlterConfig, ResourceSpecifier};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -37,17 +37,7 @@ fn name(s: &str) -> TopicName {
 
 /// Creates `topic` with `replicas` replicas and `configs` through librdkafka.
 fn create(addr: &str, topic: &str, partitions: i32, replicas: i32, configs: &[(&str, &str)]) {
-    let (admin, rt) = admin(addr);
-    let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replicas));
-    for (k, v) in configs {
-        new = new.set(k, v);
-    }
-    for r in rt
-        .block_on(admin.create_topics(&[new], &AdminOptions::new()))
-        .expect("create topics")
-    {
-        r.expect("topic created");
-    }
+    common::clients::create_topic_with(addr, topic, partitions, replicas, configs);
 }
 
 /// Produces one record of `bytes` bytes with acks=all; the broker's error code if refused.

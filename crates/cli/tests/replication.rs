@@ -37,17 +37,7 @@ const WAIT: Duration = Duration::from_secs(60);
 const PARTITIONS: i32 = 3;
 
 fn create_replicated(addr: &str, topic: &str, partitions: i32, configs: &[(&str, &str)]) {
-    let (admin, rt) = admin(addr);
-    let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(3));
-    for (k, v) in configs {
-        new = new.set(k, v);
-    }
-    for r in rt
-        .block_on(admin.create_topics(&[new], &AdminOptions::new()))
-        .expect("create topics")
-    {
-        r.expect("topic created");
-    }
+    common::clients::create_topic_with(addr, topic, partitions, 3, configs);
 }
 
 /// Creates `topic` (RF=3, with `configs`) through the first broker and waits until every

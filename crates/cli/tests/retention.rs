@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use common::clients::admin;
 use common::cluster::Cluster;
 use common::Broker;
-use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::AdminOptions;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -36,17 +36,7 @@ fn now_ms() -> i64 {
 }
 
 fn create(addr: &str, topic: &str, replication: i32, configs: &[(&str, &str)]) {
-    let (admin, rt) = admin(addr);
-    let mut new = NewTopic::new(topic, 1, TopicReplication::Fixed(replication));
-    for (k, v) in configs {
-        new = new.set(k, v);
-    }
-    let results = rt
-        .block_on(admin.create_topics(&[new], &AdminOptions::new()))
-        .expect("create topics");
-    for r in results {
-        r.expect("topic created");
-    }
+    common::clients::create_topic_with(addr, topic, 1, replication, configs);
 }
 
 fn producer(addr: &str) -> FutureProducer {

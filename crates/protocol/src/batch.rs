@@ -359,15 +359,15 @@ fn read_unsigned_varint(bytes: &[u8], max_bytes: usize) -> Option<(u64, usize)> 
     None
 }
 
-fn be_i16(b: &[u8], at: usize) -> i16 {
+pub(crate) fn be_i16(b: &[u8], at: usize) -> i16 {
     i16::from_be_bytes([b[at], b[at + 1]])
 }
 
-fn be_i32(b: &[u8], at: usize) -> i32 {
+pub(crate) fn be_i32(b: &[u8], at: usize) -> i32 {
     i32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
-fn be_i64(b: &[u8], at: usize) -> i64 {
+pub(crate) fn be_i64(b: &[u8], at: usize) -> i64 {
     let mut raw = [0u8; 8];
     raw.copy_from_slice(&b[at..at + 8]);
     i64::from_be_bytes(raw)

@@ -17,7 +17,9 @@
 use std::borrow::Cow;
 use std::io::{BufRead, BufReader, Read, Write};
 
-use crate::batch::{BatchInfo, Compression, BATCH_HEADER_BYTES, LOG_OVERHEAD_BYTES};
+use crate::batch::{
+    be_i16, be_i32, be_i64, BatchInfo, Compression, BATCH_HEADER_BYTES, LOG_OVERHEAD_BYTES,
+};
 
 /// Default limit on the decompressed bytes read from one batch.
 pub const DECOMPRESSED_BATCH_BYTES_MAX: usize = 256 << 20;
@@ -797,20 +799,6 @@ pub fn keyless_records(
         }
     }
     Ok(keyless)
-}
-
-fn be_i16(b: &[u8], at: usize) -> i16 {
-    i16::from_be_bytes([b[at], b[at + 1]])
-}
-
-fn be_i32(b: &[u8], at: usize) -> i32 {
-    i32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn be_i64(b: &[u8], at: usize) -> i64 {
-    let mut raw = [0u8; 8];
-    raw.copy_from_slice(&b[at..at + 8]);
-    i64::from_be_bytes(raw)
 }
 
 /// Builds batches of keyed records for tests (of this crate and of others).

@@ -45,6 +45,27 @@ pub fn create_topic(addr: &str, topic: &str, partitions: i32) {
     }
 }
 
+/// Creates `topic` with `partitions`, `replicas` replicas and topic `configs`.
+pub fn create_topic_with(
+    addr: &str,
+    topic: &str,
+    partitions: i32,
+    replicas: i32,
+    configs: &[(&str, &str)],
+) {
+    let (admin, rt) = admin(addr);
+    let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replicas));
+    for (k, v) in configs {
+        new = new.set(k, v);
+    }
+    for r in rt
+        .block_on(admin.create_topics(&[new], &AdminOptions::new()))
+        .expect("create topics")
+    {
+        r.expect("topic created");
+    }
+}
+
 pub fn delete_topic(addr: &str, topic: &str) {
     let (admin, rt) = admin(addr);
     let results = rt
