@@ -23,12 +23,25 @@ const FAST_FAILURE_DETECTION: &[&str] = &[
     "broker.heartbeat.interval.ms=200",
 ];
 
-/// A port the OS had free a moment ago.
+/// Ports handed to nodes come from here, below Linux's ephemeral range (32768–60999): a
+/// port the OS hands out for port 0 is also what it gives the next outgoing connection of any
+/// test, which could take it before the node binds it ("Address already in use").
+const PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A port no other node of this test process has had, and free when checked. Each process
+/// starts at its own place in [`PORTS`], so test processes run side by side rarely meet.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let span = u32::from(PORTS.end - PORTS.start);
+    let start = std::process::id().wrapping_mul(2_654_435_761) % span;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = PORTS.start + ((start + n) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {PORTS:?}");
 }
 
 /// One node of the cluster.
