@@ -33,7 +33,7 @@ pub async fn handle(broker: &Broker, req: DeleteRecordsRequest) -> DeleteRecords
     for t in req.topics {
         let mut partitions = Vec::with_capacity(t.partitions.len());
         for p in &t.partitions {
-            let started = start(broker, t.name.as_str(), p);
+            let started = start(broker, t.name.as_str(), p).await;
             partitions.push(match started {
                 Ok((partition, offset)) => wait(broker, &partition, p, offset, deadline).await,
                 Err(code) => result(p.partition_index, INVALID_LOW_WATERMARK, code),
@@ -55,8 +55,9 @@ fn result(partition_index: i32, low_watermark: i64, code: i16) -> DeleteRecordsP
         .with_error_code(code)
 }
 
-/// Moves the log start on the leader. Returns the partition and the offset to wait for.
-fn start(
+/// Moves the log start on the leader (deleting the segments below it, on the blocking pool).
+/// Returns the partition and the offset to wait for.
+async fn start(
     broker: &Broker,
     topic_name: &str,
     p: &DeleteRecordsPartition,
@@ -80,9 +81,10 @@ fn start(
         offset if offset < 0 => return Err(E::OffsetOutOfRange.code()),
         offset => offset,
     };
-    partition
-        .log
-        .increment_log_start_offset(offset)
+    let moving = Arc::clone(&partition);
+    tokio::task::spawn_blocking(move || moving.log.increment_log_start_offset(offset))
+        .await
+        .map_err(|_| E::UnknownServerError.code())?
         .map_err(|e| e.error_code())?;
     Ok((partition, offset))
 }
