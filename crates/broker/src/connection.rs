@@ -118,11 +118,15 @@ async fn read_loop(
             version = header.api_version,
             "request"
         );
-        let client_id = request_header
-            .client_id
-            .as_deref()
-            .unwrap_or("")
-            .to_string();
+        // Without any client quota (the usual case) requests are not metered at all.
+        let metered = !broker.topics.image().image.client_quotas.is_empty();
+        let client_id = metered.then(|| {
+            request_header
+                .client_id
+                .as_deref()
+                .unwrap_or("")
+                .to_string()
+        });
         let throttle_ms = Arc::new(AtomicI32::new(0));
         let handling = api::handle(
             broker,
@@ -132,15 +136,19 @@ async fn read_loop(
             peer,
             Arc::clone(&throttle_ms),
         );
-        let (outcome, busy) = BusyTime::new(handling).await;
+        let (outcome, busy) = if metered {
+            BusyTime::new(handling).await
+        } else {
+            (handling.await, Duration::ZERO)
+        };
         match outcome {
             Outcome::Respond(response) => send(tx, response).await?,
             Outcome::NoResponse => {}
             Outcome::Close(reason) => return Err(reason),
         }
-        let throttle_ms = throttle_ms
-            .load(Ordering::Relaxed)
-            .max(request_throttle_ms(broker, &client_id, busy));
+        let request_throttle_ms =
+            client_id.map_or(0, |client_id| request_throttle_ms(broker, &client_id, busy));
+        let throttle_ms = throttle_ms.load(Ordering::Relaxed).max(request_throttle_ms);
         if throttle_ms > 0 {
             // KIP-219: the answer went out at once; the connection is muted meanwhile.
             tokio::select! {
