@@ -6,7 +6,6 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::os::unix::io::AsRawFd;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -127,28 +126,20 @@ async fn read_loop(
                 .unwrap_or("")
                 .to_string()
         });
-        let throttle_ms = Arc::new(AtomicI32::new(0));
-        let handling = api::handle(
-            broker,
-            api_key,
-            request_header,
-            rest,
-            peer,
-            Arc::clone(&throttle_ms),
-        );
-        let (outcome, busy) = if metered {
+        let handling = api::handle(broker, api_key, request_header, rest, peer);
+        let (handled, busy) = if metered {
             BusyTime::new(handling).await
         } else {
             (handling.await, Duration::ZERO)
         };
-        match outcome {
+        match handled.outcome {
             Outcome::Respond(response) => send(tx, response).await?,
             Outcome::NoResponse => {}
             Outcome::Close(reason) => return Err(reason),
         }
         let request_throttle_ms =
             client_id.map_or(0, |client_id| request_throttle_ms(broker, &client_id, busy));
-        let throttle_ms = throttle_ms.load(Ordering::Relaxed).max(request_throttle_ms);
+        let throttle_ms = handled.throttle_ms.max(request_throttle_ms);
         if throttle_ms > 0 {
             // KIP-219: the answer went out at once; the connection is muted meanwhile.
             tokio::select! {

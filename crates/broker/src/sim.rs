@@ -782,15 +782,7 @@ impl Sim {
             self.note(format!("{asked}: request lost"));
             return;
         }
-        let alter = AlterPartition {
-            broker_id: id,
-            broker_epoch,
-            topic_id: change.topic_id,
-            partition: change.partition.index,
-            leader_epoch: change.leader_epoch,
-            partition_epoch: change.partition_epoch,
-            isr: change.isr.clone(),
-        };
+        let alter = alter_partition(id, broker_epoch, &change);
         match service::check_alter_partition(self.image(), &alter) {
             Ok(record) => {
                 self.note(format!("{asked}: accepted"));
@@ -1127,15 +1119,7 @@ impl Sim {
             return;
         };
         let broker_epoch = process.broker_epoch.unwrap_or(-1);
-        let alter = AlterPartition {
-            broker_id: id,
-            broker_epoch,
-            topic_id: change.topic_id,
-            partition: change.partition.index,
-            leader_epoch: change.leader_epoch,
-            partition_epoch: change.partition_epoch,
-            isr: change.isr.clone(),
-        };
+        let alter = alter_partition(id, broker_epoch, &change);
         match service::check_alter_partition(self.image(), &alter) {
             Ok(Some(record)) => self.commit(vec![record]),
             Ok(None) => {}
@@ -1290,6 +1274,19 @@ fn describe_answer(data: &PartitionData) -> String {
     }
     let bytes = data.records.as_ref().map_or(0, Bytes::len);
     format!("{bytes} bytes, high watermark {}", data.high_watermark)
+}
+
+/// The AlterPartition broker `broker_id` (at `broker_epoch`) sends for `change`.
+fn alter_partition(broker_id: i32, broker_epoch: i64, change: &IsrChange) -> AlterPartition {
+    AlterPartition {
+        broker_id,
+        broker_epoch,
+        topic_id: change.topic_id,
+        partition: change.partition.index,
+        leader_epoch: change.leader_epoch,
+        partition_epoch: change.partition_epoch,
+        isr: change.isr.clone(),
+    }
 }
 
 fn record_kind(record: &MetadataRecord) -> String {

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use common::clients::{add_partitions, consume_all, create_topic, delete_topic, produce_all, Rec};
 use common::cluster::Cluster;
 use common::RawClient;
+use kafka_protocol::messages::metadata_response::MetadataResponsePartition;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
     ApiKey, MetadataResponse, ProduceRequest, ProduceResponse, TopicName,
@@ -37,19 +38,23 @@ fn broker_ids(metadata: &MetadataResponse) -> BTreeSet<i32> {
     metadata.brokers.iter().map(|b| b.node_id.0).collect()
 }
 
-/// Partition → leader of `topic` in `metadata`.
-fn leaders(metadata: &MetadataResponse, topic: &str) -> BTreeMap<i32, i32> {
+/// The partitions of `topic` in `metadata` (none if it is not there).
+fn partitions<'a>(
+    metadata: &'a MetadataResponse,
+    topic: &'a str,
+) -> impl Iterator<Item = &'a MetadataResponsePartition> {
     metadata
         .topics
         .iter()
-        .find(|t| t.name.as_deref().map(|n| n.as_str()) == Some(topic))
-        .map(|t| {
-            t.partitions
-                .iter()
-                .map(|p| (p.partition_index, p.leader_id.0))
-                .collect()
-        })
-        .unwrap_or_default()
+        .filter(move |t| t.name.as_deref().map(|n| n.as_str()) == Some(topic))
+        .flat_map(|t| &t.partitions)
+}
+
+/// Partition → leader of `topic` in `metadata`.
+fn leaders(metadata: &MetadataResponse, topic: &str) -> BTreeMap<i32, i32> {
+    partitions(metadata, topic)
+        .map(|p| (p.partition_index, p.leader_id.0))
+        .collect()
 }
 
 fn leader_counts(leaders: &BTreeMap<i32, i32>) -> BTreeMap<i32, usize> {
@@ -489,22 +494,12 @@ fn without_a_controller_majority_brokers_keep_serving_and_metadata_changes_are_r
 
 /// Replicas of each partition of `topic` in `metadata`.
 fn replicas(metadata: &MetadataResponse, topic: &str) -> BTreeMap<i32, Vec<i32>> {
-    metadata
-        .topics
-        .iter()
-        .find(|t| t.name.as_deref().map(|n| n.as_str()) == Some(topic))
-        .map(|t| {
-            t.partitions
-                .iter()
-                .map(|p| {
-                    (
-                        p.partition_index,
-                        p.replica_nodes.iter().map(|r| r.0).collect(),
-                    )
-                })
-                .collect()
+    partitions(metadata, topic)
+        .map(|p| {
+            let replicas = p.replica_nodes.iter().map(|r| r.0).collect();
+            (p.partition_index, replicas)
         })
-        .unwrap_or_default()
+        .collect()
 }
 
 #[test]

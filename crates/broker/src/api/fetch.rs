@@ -99,15 +99,21 @@ pub async fn handle(broker: &Broker, req: FetchRequest, ctx: &Ctx) -> Outcome {
     } else {
         usize::MAX
     };
-    if replica_id < 0 {
+    // A consumer's fetches count against its quota (when any quota is set); brokers' own
+    // fetches never do.
+    let quotas = (replica_id < 0)
+        .then(|| broker.topics.image())
+        .filter(|published| !published.image.client_quotas.is_empty());
+    let limits = quotas
+        .as_ref()
+        .map(|published| &published.image.client_quotas);
+    if let Some(limits) = limits {
         // A fetch larger than the consumer's quota allows in its window would always be
         // throttled and answered empty: cap it, as Kafka does.
-        let image = broker.topics.image();
         let kind = crate::quotas::QuotaKind::Fetch;
-        if let Some(window_max) =
-            broker
-                .quotas
-                .max_value_in_window(&image.image.client_quotas, kind, &ctx.client_id)
+        if let Some(window_max) = broker
+            .quotas
+            .max_value_in_window(limits, kind, &ctx.client_id)
         {
             max_bytes = max_bytes.min(window_max as usize);
         }
@@ -148,8 +154,8 @@ pub async fn handle(broker: &Broker, req: FetchRequest, ctx: &Ctx) -> Outcome {
             || notified.is_empty()
             || *shutdown.borrow()
         {
-            if replica_id < 0 {
-                let throttle_ms = record_fetch_quota(broker, ctx, bytes);
+            if let Some(limits) = limits {
+                let throttle_ms = record_fetch_quota(broker, ctx, limits, bytes);
                 if throttle_ms > 0 {
                     // Kafka answers a throttled fetch with no data (and takes its bytes
                     // back off the client's usage), then mutes the connection.
@@ -453,12 +459,14 @@ fn put_partition_tags(buf: &mut BytesMut, read: &PartitionRead) {
     }
 }
 
-/// Encodes the response (Fetch v4–v17) around the file slices.
 /// Records a consumer fetch's record bytes against its `consumer_byte_rate` quota; over the
 /// limit, takes them back and returns the throttle time the connection then waits out.
-fn record_fetch_quota(broker: &Broker, ctx: &Ctx, bytes: usize) -> i32 {
-    let image = broker.topics.image();
-    let limits = &image.image.client_quotas;
+fn record_fetch_quota(
+    broker: &Broker,
+    ctx: &Ctx,
+    limits: &crate::quotas::QuotaLimits,
+    bytes: usize,
+) -> i32 {
     let kind = crate::quotas::QuotaKind::Fetch;
     let now_ms = crate::topics::now_ms();
     let throttle_ms = broker
@@ -473,6 +481,7 @@ fn record_fetch_quota(broker: &Broker, ctx: &Ctx, bytes: usize) -> i32 {
     throttle_ms
 }
 
+/// Encodes the response (Fetch v4–v17) around the file slices.
 fn encode(
     ctx: &Ctx,
     error_code: i16,

@@ -34,7 +34,6 @@ use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind};
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion};
 
 use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::Arc;
 
 use crate::response::{self, Response};
 use crate::Broker;
@@ -51,6 +50,14 @@ pub enum Outcome {
     Close(String),
 }
 
+/// A served request: what the connection does next, and how long it then waits because a
+/// byte-rate quota was exceeded ([`crate::quotas`]; 0 when none was).
+#[derive(Debug)]
+pub struct Handled {
+    pub outcome: Outcome,
+    pub throttle_ms: i32,
+}
+
 /// Decodes and serves one request whose header was already checked as served.
 pub async fn handle(
     broker: &Broker,
@@ -58,13 +65,17 @@ pub async fn handle(
     header: RequestHeader,
     mut body: Bytes,
     peer: std::net::SocketAddr,
-    throttle_ms: Arc<AtomicI32>,
-) -> Outcome {
+) -> Handled {
     let version = header.request_api_version;
     let request = match RequestKind::decode(api_key, &mut body, version) {
         Ok(request) => request,
         Err(e) => {
-            return Outcome::Close(format!("{api_key:?} v{version} body does not decode: {e}"))
+            return Handled {
+                outcome: Outcome::Close(format!(
+                    "{api_key:?} v{version} body does not decode: {e}"
+                )),
+                throttle_ms: 0,
+            }
         }
     };
     let ctx = Ctx {
@@ -73,9 +84,9 @@ pub async fn handle(
         correlation_id: header.correlation_id,
         client_id: header.client_id.as_deref().unwrap_or_default().to_string(),
         client_host: format!("/{}", peer.ip()),
-        throttle_ms,
+        throttle_ms: AtomicI32::new(0),
     };
-    match request {
+    let outcome = match request {
         RequestKind::ApiVersions(req) => ctx.respond(&api_versions::handle(broker, &req, version)),
         RequestKind::Metadata(req) => ctx.respond(&metadata::handle(broker, req, version).await),
         RequestKind::Produce(req) => produce::handle(broker, req, &ctx).await,
@@ -154,11 +165,15 @@ pub async fn handle(
             "{:?} is not served",
             std::mem::discriminant(&other)
         )),
+    };
+    Handled {
+        outcome,
+        throttle_ms: ctx.throttle_ms.load(Ordering::Relaxed),
     }
 }
 
 /// Request identity needed to answer it.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Ctx {
     pub api_key: ApiKey,
     pub version: i16,
@@ -168,7 +183,7 @@ pub struct Ctx {
     pub client_host: String,
     /// How long the connection must wait before its next request because a byte-rate
     /// quota was exceeded ([`crate::quotas`]); the handler sets it, the connection mutes.
-    pub throttle_ms: Arc<AtomicI32>,
+    throttle_ms: AtomicI32,
 }
 
 impl Ctx {

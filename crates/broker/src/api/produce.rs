@@ -139,13 +139,16 @@ pub async fn handle(broker: &Broker, req: ProduceRequest, ctx: &Ctx) -> Outcome 
 /// returns its throttle time, which the connection then waits out (Kafka records the whole
 /// request's size; the records are nearly all of it).
 fn record_produce_quota(broker: &Broker, req: &ProduceRequest, ctx: &Ctx) -> i32 {
+    let image = broker.topics.image();
+    if image.image.client_quotas.is_empty() {
+        return 0;
+    }
     let bytes: usize = req
         .topic_data
         .iter()
         .flat_map(|t| &t.partition_data)
         .map(|p| p.records.as_ref().map_or(0, |r| r.len()))
         .sum();
-    let image = broker.topics.image();
     let throttle_ms = broker.quotas.record(
         &image.image.client_quotas,
         crate::quotas::QuotaKind::Produce,
