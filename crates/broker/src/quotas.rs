@@ -137,6 +137,32 @@ impl QuotaManager {
         value: f64,
         now_ms: i64,
     ) -> i32 {
+        self.record_as(limits, kind, client_id, value, now_ms, Throttled::Keep)
+    }
+
+    /// As [`record`](Self::record), but a value that takes the client over its limit is
+    /// taken back: the request is answered without it (a throttled fetch returns no
+    /// records), as Kafka's `unrecordQuotaSensor` does.
+    pub fn record_unless_throttled(
+        &self,
+        limits: &QuotaLimits,
+        kind: QuotaKind,
+        client_id: &str,
+        value: f64,
+        now_ms: i64,
+    ) -> i32 {
+        self.record_as(limits, kind, client_id, value, now_ms, Throttled::TakeBack)
+    }
+
+    fn record_as(
+        &self,
+        limits: &QuotaLimits,
+        kind: QuotaKind,
+        client_id: &str,
+        value: f64,
+        now_ms: i64,
+        throttled: Throttled,
+    ) -> i32 {
         let Some((limit, key)) = resolve(limits, kind, ANONYMOUS_USER, client_id) else {
             return 0;
         };
@@ -147,7 +173,11 @@ impl QuotaManager {
         let rate = sensors.entry(key).or_default();
         rate.record(value, now_ms, &self.config);
         let (measured, span_ms) = rate.measure(now_ms, &self.config);
-        throttle_time_ms(measured, limit, span_ms)
+        let throttle_ms = throttle_time_ms(measured, limit, span_ms);
+        if throttle_ms > 0 && throttled == Throttled::TakeBack {
+            rate.record(-value, now_ms, &self.config);
+        }
+        throttle_ms
     }
 
     /// The most that can be recorded at once without certain throttling: the limit times
@@ -163,23 +193,13 @@ impl QuotaManager {
         let span_s = f64::from(self.config.windows - 1) * (self.config.window_ms as f64 / 1000.0);
         Some(limit * span_s)
     }
+}
 
-    /// Takes back a value recorded for a request that was then answered without it (a
-    /// throttled fetch returns no records), as Kafka's `unrecordQuotaSensor`.
-    pub fn unrecord(
-        &self,
-        limits: &QuotaLimits,
-        kind: QuotaKind,
-        client_id: &str,
-        value: f64,
-        now_ms: i64,
-    ) {
-        if let Some((_, key)) = resolve(limits, kind, ANONYMOUS_USER, client_id) {
-            if let Some(rate) = self.sensors.lock().get_mut(&key) {
-                rate.record(-value, now_ms, &self.config);
-            }
-        }
-    }
+/// What happens to a recorded value that takes its client over the limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Throttled {
+    Keep,
+    TakeBack,
 }
 
 /// The time for a rate `measured` over `span_ms` to fall back to `limit`, as Kafka's
@@ -316,8 +336,7 @@ mod tests {
         // Once the windows have passed, the client is within its limit again.
         assert_eq!(quotas.record(&l, QuotaKind::Produce, "p", 1.0, 11_000), 0);
         // A taken-back value no longer counts.
-        assert!(quotas.record(&l, QuotaKind::Produce, "p", 30_000.0, 11_000) > 0);
-        quotas.unrecord(&l, QuotaKind::Produce, "p", 30_000.0, 11_000);
+        assert!(quotas.record_unless_throttled(&l, QuotaKind::Produce, "p", 30_000.0, 11_000) > 0);
         assert_eq!(quotas.record(&l, QuotaKind::Produce, "p", 1.0, 11_000), 0);
     }
 

@@ -467,17 +467,14 @@ fn record_fetch_quota(
     limits: &crate::quotas::QuotaLimits,
     bytes: usize,
 ) -> i32 {
-    let kind = crate::quotas::QuotaKind::Fetch;
-    let now_ms = crate::topics::now_ms();
-    let throttle_ms = broker
-        .quotas
-        .record(limits, kind, &ctx.client_id, bytes as f64, now_ms);
-    if throttle_ms > 0 {
-        broker
-            .quotas
-            .unrecord(limits, kind, &ctx.client_id, bytes as f64, now_ms);
-        ctx.throttle(throttle_ms);
-    }
+    let throttle_ms = broker.quotas.record_unless_throttled(
+        limits,
+        crate::quotas::QuotaKind::Fetch,
+        &ctx.client_id,
+        bytes as f64,
+        crate::topics::now_ms(),
+    );
+    ctx.throttle(throttle_ms);
     throttle_ms
 }
 
