@@ -2,7 +2,8 @@
 //! cluster, partitions are spread evenly, produce and consume work through any bootstrap
 //! address, a request for a partition led elsewhere is redirected (KIP-951), the quorum
 //! survives losing its active controller, and a killed broker is fenced and rejoins with its
-//! data.
+//! data. ListConfigResources is also checked with the Java client (`STROM_TEST_JAVA_CP`, set
+//! by `scripts/test`).
 
 mod common;
 
@@ -586,6 +587,20 @@ fn list_config_resources_names_every_topic_and_broker_of_the_cluster() {
     );
     // v0 knows client metrics only (Strom has no subscriptions), and a type outside the
     // version's set fails the request.
+    // The Java client's listConfigResources sees the same.
+    let java = common::clients::java_step(
+        "ConfigsCheck",
+        "CONFIGS-CHECK-OK",
+        &cluster.addr(3),
+        &["list-resources"],
+    );
+    for line in [
+        "RESOURCE TOPIC listed",
+        "RESOURCE BROKER 1",
+        "RESOURCE BROKER 3",
+    ] {
+        assert!(java.contains(line), "{line} in\n{java}");
+    }
     let v0 = list(0, vec![]);
     assert_eq!((v0.error_code, v0.config_resources.len()), (0, 0));
     assert_eq!(

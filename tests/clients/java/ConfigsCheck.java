@@ -12,6 +12,8 @@
 //   bad-input TOPIC ID          Kafka's errors for bad names, values, topics, read-only keys
 //   log-dirs TOPIC              prints "SIZE <broker> <partition> <bytes> <offset lag>" per replica
 //   describe-topics TOPIC N     describeTopics pages through TOPIC's N partitions two at a time
+//   list-resources              prints "RESOURCE <type> <name>" per config resource
+//                               (listConfigResources, every type)
 
 import java.util.*;
 import java.util.concurrent.ExecutionException;
@@ -97,6 +99,8 @@ public class ConfigsCheck {
                 case "bad-input" -> badInput(admin, args[2], args[3]);
                 case "log-dirs" -> logDirs(admin, args[2]);
                 case "describe-topics" -> describeTopics(admin, args[2], Integer.parseInt(args[3]));
+                case "list-resources" -> admin.listConfigResources().all().get().forEach(r ->
+                    System.out.println("RESOURCE " + r.type() + " " + r.name()));
                 default -> expect(false, "unknown step " + step);
             }
         }
