@@ -1,5 +1,7 @@
 //! The group coordinator: consumer groups with Kafka's classic protocol (JoinGroup,
-//! SyncGroup, Heartbeat, LeaveGroup) and committed offsets.
+//! SyncGroup, Heartbeat, LeaveGroup) and committed offsets; and the transaction coordinator
+//! ([`transaction`]: transactional ids, their `__transaction_state` records in
+//! [`txn_records`], the markers of completing transactions in [`txn_markers`]).
 //!
 //! Main types: [`GroupCoordinator`] (all groups this broker coordinates), [`OffsetsLog`] (the
 //! trait through which it writes `__consumer_offsets`; the broker implements it), and
@@ -8,11 +10,16 @@
 //! in memory or acknowledged; on start the broker replays the log into the coordinator with
 //! [`GroupCoordinator::replay`], the same path for live writes and for loading.
 //!
-//! The coordinator never opens sockets or files itself and never decides partition
+//! The coordinators never open sockets or files themselves: they write through traits the
+//! broker implements ([`OffsetsLog`], [`transaction::TxnLog`]) and reach other brokers
+//! through [`txn_markers::MarkerTransport`]. The group coordinator never decides partition
 //! assignment: the group leader's client does (client-side assignors pass through untouched).
 
 pub mod consumer_group;
 pub mod records;
+pub mod transaction;
+pub mod txn_markers;
+pub mod txn_records;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
