@@ -20,6 +20,7 @@ mod error;
 mod fetcher;
 mod legacy;
 pub mod log_cleaner;
+mod peer;
 pub mod quotas;
 pub mod replication;
 pub mod response;
@@ -30,6 +31,8 @@ mod sim;
 pub mod storage_format;
 pub mod topic_config;
 pub mod topics;
+pub mod transaction_state;
+pub mod txn_markers;
 
 use std::sync::Arc;
 
@@ -53,6 +56,13 @@ pub struct Broker {
     pub request_memory: Option<Arc<tokio::sync::Semaphore>>,
     /// Which `__consumer_offsets` partitions the group coordinator has loaded.
     pub offsets_loader: Arc<consumer_offsets::Loader>,
+    /// The transaction coordinator for the transactional ids whose `__transaction_state`
+    /// partition this broker leads.
+    pub txns: Arc<strom_coordinator::transaction::TransactionCoordinator>,
+    /// Which `__transaction_state` partitions the transaction coordinator has loaded.
+    pub txn_loader: Arc<transaction_state::Loader>,
+    /// New producer ids (for InitProducerId).
+    pub producer_ids: Arc<dyn strom_coordinator::transaction::ProducerIdGenerator>,
     /// Client quota usage ([`quotas`]).
     pub quotas: quotas::QuotaManager,
     /// ISR changes for the controller, from follower fetches ([`replication`]).

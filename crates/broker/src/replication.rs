@@ -168,8 +168,39 @@ impl Partition {
         min_insync_replicas: Option<i32>,
         now_ms: i64,
     ) -> Result<(AppendInfo, i32), LeaderAppendError> {
+        self.append_as_leader_in(None, records, batches, min_insync_replicas, now_ms)
+    }
+
+    /// [`Self::append_as_leader`] only while this broker leads in `leader_epoch`: a
+    /// coordinator writes its partition in the epoch it loaded it in, and must not write
+    /// after leadership moved away and back (its state would be stale).
+    pub fn append_as_leader_in_epoch(
+        &self,
+        leader_epoch: i32,
+        records: &[u8],
+        batches: &[strom_protocol::batch::BatchInfo],
+        min_insync_replicas: Option<i32>,
+        now_ms: i64,
+    ) -> Result<(AppendInfo, i32), LeaderAppendError> {
+        self.append_as_leader_in(
+            Some(leader_epoch),
+            records,
+            batches,
+            min_insync_replicas,
+            now_ms,
+        )
+    }
+
+    fn append_as_leader_in(
+        &self,
+        leader_epoch: Option<i32>,
+        records: &[u8],
+        batches: &[strom_protocol::batch::BatchInfo],
+        min_insync_replicas: Option<i32>,
+        now_ms: i64,
+    ) -> Result<(AppendInfo, i32), LeaderAppendError> {
         let r = self.replica.lock();
-        if r.leader != self.node_id {
+        if r.leader != self.node_id || leader_epoch.is_some_and(|e| e != r.leader_epoch) {
             return Err(LeaderAppendError::NotLeader);
         }
         if let Some(min) = min_insync_replicas {

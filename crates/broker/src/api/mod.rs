@@ -28,6 +28,8 @@ mod offset_for_leader_epoch;
 mod offsets;
 mod produce;
 mod reassignments;
+pub(crate) mod txn;
+pub(crate) mod write_txn_markers;
 
 use bytes::Bytes;
 use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind};
@@ -148,6 +150,20 @@ pub async fn handle(
         RequestKind::FindCoordinator(req) => {
             ctx.respond(&find_coordinator::handle(broker, req, version).await)
         }
+        RequestKind::InitProducerId(req) => ctx.respond(&init_producer_id(broker, req, &ctx).await),
+        RequestKind::AddPartitionsToTxn(req) => {
+            ctx.respond(&txn::add_partitions_to_txn(broker, req, &ctx).await)
+        }
+        RequestKind::AddOffsetsToTxn(req) => {
+            ctx.respond(&txn::add_offsets_to_txn(broker, req, &ctx).await)
+        }
+        RequestKind::EndTxn(req) => ctx.respond(&txn::end_txn(broker, req, &ctx).await),
+        RequestKind::DescribeTransactions(req) => {
+            ctx.respond(&txn::describe_transactions(broker, req))
+        }
+        RequestKind::ListTransactions(req) => {
+            ctx.respond(&txn::list_transactions(broker, req, &ctx))
+        }
         RequestKind::DescribeConfigs(req) => {
             ctx.respond(&describe_configs::handle(broker, req, version))
         }
@@ -169,6 +185,30 @@ pub async fn handle(
     Handled {
         outcome,
         throttle_ms: ctx.throttle_ms.load(Ordering::Relaxed),
+    }
+}
+
+/// InitProducerId: with a transactional id it goes to the transaction coordinator
+/// ([`txn::init_producer_id`]); without one (an idempotent producer) it gets a new producer
+/// id at epoch 0, as Kafka's coordinator answers. (Minimal dispatch of this branch: the
+/// idempotent path is `api/init_producer_id.rs` of the producer id work.)
+async fn init_producer_id(
+    broker: &Broker,
+    req: kafka_protocol::messages::InitProducerIdRequest,
+    ctx: &Ctx,
+) -> kafka_protocol::messages::InitProducerIdResponse {
+    use kafka_protocol::messages::{InitProducerIdResponse, ProducerId};
+    if req.transactional_id.is_some() {
+        return txn::init_producer_id(broker, req, ctx).await;
+    }
+    match broker.producer_ids.generate().await {
+        Ok(id) => InitProducerIdResponse::default()
+            .with_producer_id(ProducerId(id))
+            .with_producer_epoch(0),
+        Err(code) => InitProducerIdResponse::default()
+            .with_error_code(code)
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1),
     }
 }
 

@@ -1,0 +1,390 @@
+//! The transaction coordinator through the raw protocol, against a real broker process:
+//! FindCoordinator for transactional ids, InitProducerId, AddPartitionsToTxn (client and
+//! batched verify-only forms), AddOffsetsToTxn, EndTxn, DescribeTransactions and
+//! ListTransactions with Kafka's error codes, state kept across a restart, and timed-out
+//! transactions aborted with the producer fenced.
+//!
+//! Markers: each transaction here completes once the marker sender has had an answer for
+//! every partition; what the partition leader writes is the WriteTxnMarkers handler's
+//! business, checked with real clients once it lands.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::clients::create_topic;
+use common::{Broker, RawClient};
+use kafka_protocol::messages::add_partitions_to_txn_request::{
+    AddPartitionsToTxnTopic, AddPartitionsToTxnTransaction,
+};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError as E;
+
+fn s(v: &str) -> StrBytes {
+    StrBytes::from_string(v.to_string())
+}
+
+fn txn_id(v: &str) -> TransactionalId {
+    TransactionalId(s(v))
+}
+
+/// FindCoordinator for a transactional id until it is answered (the first creates
+/// `__transaction_state`); returns the coordinator's node id.
+fn find_txn_coordinator(client: &mut RawClient, id: &str) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        client.send(
+            ApiKey::FindCoordinator,
+            3,
+            &FindCoordinatorRequest::default()
+                .with_key(s(id))
+                .with_key_type(1),
+        );
+        let found: FindCoordinatorResponse = client.recv(3);
+        if found.error_code == 0 {
+            return found.node_id.0;
+        }
+        assert_eq!(
+            found.error_code,
+            E::CoordinatorNotAvailable.code(),
+            "{found:?}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "no transaction coordinator: {found:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn init(client: &mut RawClient, id: &str, timeout_ms: i32) -> InitProducerIdResponse {
+    client.send(
+        ApiKey::InitProducerId,
+        4,
+        &InitProducerIdRequest::default()
+            .with_transactional_id(Some(txn_id(id)))
+            .with_transaction_timeout_ms(timeout_ms),
+    );
+    client.recv(4)
+}
+
+/// InitProducerId, retried while the coordinator loads or aborts an earlier transaction.
+fn init_ok(client: &mut RawClient, id: &str, timeout_ms: i32) -> (i64, i16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = init(client, id, timeout_ms);
+        if r.error_code == 0 {
+            return (r.producer_id.0, r.producer_epoch);
+        }
+        assert!(
+            [
+                E::ConcurrentTransactions.code(),
+                E::CoordinatorLoadInProgress.code(),
+                E::NotCoordinator.code()
+            ]
+            .contains(&r.error_code),
+            "{r:?}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "InitProducerId never succeeded: {r:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn topics(partitions: &[(&str, &[i32])]) -> Vec<AddPartitionsToTxnTopic> {
+    partitions
+        .iter()
+        .map(|(t, ps)| {
+            AddPartitionsToTxnTopic::default()
+                .with_name(TopicName(s(t)))
+                .with_partitions(ps.to_vec())
+        })
+        .collect()
+}
+
+/// AddPartitionsToTxn v3: the error code of every partition, in order.
+fn add(
+    client: &mut RawClient,
+    id: &str,
+    (pid, epoch): (i64, i16),
+    partitions: &[(&str, &[i32])],
+) -> Vec<(String, i32, i16)> {
+    client.send(
+        ApiKey::AddPartitionsToTxn,
+        3,
+        &AddPartitionsToTxnRequest::default()
+            .with_v3_and_below_transactional_id(txn_id(id))
+            .with_v3_and_below_producer_id(ProducerId(pid))
+            .with_v3_and_below_producer_epoch(epoch)
+            .with_v3_and_below_topics(topics(partitions)),
+    );
+    let r: AddPartitionsToTxnResponse = client.recv(3);
+    r.results_by_topic_v3_and_below
+        .iter()
+        .flat_map(|t| {
+            t.results_by_partition.iter().map(move |p| {
+                (
+                    t.name.to_string(),
+                    p.partition_index,
+                    p.partition_error_code,
+                )
+            })
+        })
+        .collect()
+}
+
+fn end(
+    client: &mut RawClient,
+    version: i16,
+    id: &str,
+    (pid, epoch): (i64, i16),
+    commit: bool,
+) -> i16 {
+    client.send(
+        ApiKey::EndTxn,
+        version,
+        &EndTxnRequest::default()
+            .with_transactional_id(txn_id(id))
+            .with_producer_id(ProducerId(pid))
+            .with_producer_epoch(epoch)
+            .with_committed(commit),
+    );
+    let r: EndTxnResponse = client.recv(version);
+    r.error_code
+}
+
+fn describe(client: &mut RawClient, id: &str) -> describe_transactions_response::TransactionState {
+    client.send(
+        ApiKey::DescribeTransactions,
+        0,
+        &DescribeTransactionsRequest::default().with_transactional_ids(vec![txn_id(id)]),
+    );
+    let mut r: DescribeTransactionsResponse = client.recv(0);
+    r.transaction_states.remove(0)
+}
+
+fn wait_for_state(
+    client: &mut RawClient,
+    id: &str,
+    state: &str,
+) -> describe_transactions_response::TransactionState {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let d = describe(client, id);
+        if d.error_code == 0 && d.transaction_state.as_str() == state {
+            return d;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{id} never reached {state}: {d:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_transaction_goes_from_init_through_commit_with_kafkas_answers_and_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(dir.path(), &[]);
+    create_topic(&broker.addr, "t", 3);
+    let mut c = RawClient::connect(&broker.addr);
+    assert_eq!(find_txn_coordinator(&mut c, "tx-1"), 1);
+    // The group's offsets partition must exist for its marker.
+    c.send(
+        ApiKey::FindCoordinator,
+        3,
+        &FindCoordinatorRequest::default().with_key(s("g")),
+    );
+    let _: FindCoordinatorResponse = c.recv(3);
+
+    let first = init_ok(&mut c, "tx-1", 60_000);
+    assert_eq!(first.1, 0);
+    let producer = init_ok(&mut c, "tx-1", 60_000);
+    assert_eq!(producer, (first.0, 1), "a second init bumps the epoch");
+    assert_eq!(
+        init(&mut c, "tx-1", 900_001).error_code,
+        E::InvalidTransactionTimeout.code()
+    );
+
+    // Unknown partitions fail the whole request; the others are not attempted.
+    assert_eq!(
+        add(&mut c, "tx-1", producer, &[("t", &[0]), ("nope", &[0])]),
+        vec![
+            ("nope".into(), 0, E::UnknownTopicOrPartition.code()),
+            ("t".into(), 0, E::OperationNotAttempted.code())
+        ]
+    );
+    assert_eq!(
+        add(&mut c, "tx-1", (first.0, 0), &[("t", &[0])]),
+        vec![("t".into(), 0, E::ProducerFenced.code())]
+    );
+    assert_eq!(
+        add(&mut c, "tx-1", producer, &[("t", &[0, 1])]),
+        vec![("t".into(), 0, 0), ("t".into(), 1, 0)]
+    );
+    c.send(
+        ApiKey::AddOffsetsToTxn,
+        3,
+        &AddOffsetsToTxnRequest::default()
+            .with_transactional_id(txn_id("tx-1"))
+            .with_producer_id(ProducerId(producer.0))
+            .with_producer_epoch(producer.1)
+            .with_group_id(GroupId(s("g"))),
+    );
+    let added: AddOffsetsToTxnResponse = c.recv(3);
+    assert_eq!(added.error_code, 0);
+
+    // A partition leader verifying (v4, batched): in the transaction or not.
+    c.send(
+        ApiKey::AddPartitionsToTxn,
+        4,
+        &AddPartitionsToTxnRequest::default().with_transactions(vec![
+            AddPartitionsToTxnTransaction::default()
+                .with_transactional_id(txn_id("tx-1"))
+                .with_producer_id(ProducerId(producer.0))
+                .with_producer_epoch(producer.1)
+                .with_verify_only(true)
+                .with_topics(topics(&[("t", &[1, 2])])),
+            AddPartitionsToTxnTransaction::default()
+                .with_transactional_id(txn_id("unknown"))
+                .with_producer_id(ProducerId(5))
+                .with_producer_epoch(0)
+                .with_verify_only(true)
+                .with_topics(topics(&[("t", &[0])])),
+        ]),
+    );
+    let verified: AddPartitionsToTxnResponse = c.recv(4);
+    let codes: Vec<Vec<i16>> = verified
+        .results_by_transaction
+        .iter()
+        .map(|t| {
+            t.topic_results
+                .iter()
+                .flat_map(|r| {
+                    r.results_by_partition
+                        .iter()
+                        .map(|p| p.partition_error_code)
+                })
+                .collect()
+        })
+        .collect();
+    assert_eq!(
+        codes,
+        vec![
+            vec![0, E::TransactionAbortable.code()],
+            vec![E::InvalidProducerIdMapping.code()]
+        ]
+    );
+
+    let d = describe(&mut c, "tx-1");
+    assert_eq!(d.error_code, 0);
+    assert_eq!(d.transaction_state.as_str(), "Ongoing");
+    assert_eq!((d.producer_id.0, d.producer_epoch), producer);
+    assert_eq!(d.transaction_timeout_ms, 60_000);
+    let mut described: Vec<(String, Vec<i32>)> = d
+        .topics
+        .iter()
+        .map(|t| (t.topic.to_string(), t.partitions.clone()))
+        .collect();
+    described.sort();
+    assert_eq!(described.len(), 2, "{described:?}");
+    assert_eq!(described[1], ("t".to_string(), vec![0, 1]));
+    assert_eq!(described[0].0, "__consumer_offsets");
+    assert_eq!(
+        describe(&mut c, "missing").error_code,
+        E::TransactionalIdNotFound.code()
+    );
+
+    c.send(
+        ApiKey::ListTransactions,
+        1,
+        &ListTransactionsRequest::default()
+            .with_state_filters(vec![s("Ongoing"), s("Bogus")])
+            .with_duration_filter(-1),
+    );
+    let listed: ListTransactionsResponse = c.recv(1);
+    assert_eq!(listed.error_code, 0);
+    assert_eq!(listed.unknown_state_filters, vec![s("Bogus")]);
+    assert_eq!(listed.transaction_states.len(), 1);
+    assert_eq!(
+        listed.transaction_states[0].transactional_id.as_str(),
+        "tx-1"
+    );
+    c.send(
+        ApiKey::ListTransactions,
+        1,
+        &ListTransactionsRequest::default().with_duration_filter(3_600_000),
+    );
+    let long_running: ListTransactionsResponse = c.recv(1);
+    assert!(long_running.transaction_states.is_empty());
+
+    assert_eq!(
+        end(&mut c, 3, "tx-1", (first.0, 0), true),
+        E::ProducerFenced.code()
+    );
+    assert_eq!(
+        end(&mut c, 1, "tx-1", (first.0, 0), true),
+        E::InvalidProducerEpoch.code(),
+        "clients before PRODUCER_FENCED get INVALID_PRODUCER_EPOCH"
+    );
+    assert_eq!(end(&mut c, 3, "tx-1", producer, true), 0);
+    let d = wait_for_state(&mut c, "tx-1", "CompleteCommit");
+    assert!(d.topics.is_empty());
+    assert_eq!(
+        end(&mut c, 3, "tx-1", producer, true),
+        0,
+        "a retried commit"
+    );
+    assert_eq!(
+        end(&mut c, 3, "tx-1", producer, false),
+        E::InvalidTxnState.code()
+    );
+    assert_eq!(
+        end(&mut c, 3, "nobody", producer, true),
+        E::InvalidProducerIdMapping.code()
+    );
+
+    // The state is in __transaction_state: a restarted broker loads it.
+    drop(c);
+    assert!(broker.terminate().success());
+    broker.restart();
+    let mut c = RawClient::connect(&broker.addr);
+    find_txn_coordinator(&mut c, "tx-1");
+    let d = wait_for_state(&mut c, "tx-1", "CompleteCommit");
+    assert_eq!((d.producer_id.0, d.producer_epoch), producer);
+    assert_eq!(init_ok(&mut c, "tx-1", 60_000), (producer.0, 2));
+}
+
+#[test]
+fn a_transaction_past_its_timeout_is_aborted_and_its_producer_fenced() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(
+        dir.path(),
+        &["transaction.abort.timed.out.transaction.cleanup.interval.ms=200"],
+    );
+    create_topic(&broker.addr, "t", 1);
+    let mut c = RawClient::connect(&broker.addr);
+    find_txn_coordinator(&mut c, "slow");
+    let producer = init_ok(&mut c, "slow", 1000);
+    assert_eq!(
+        add(&mut c, "slow", producer, &[("t", &[0])]),
+        vec![("t".into(), 0, 0)]
+    );
+    let d = wait_for_state(&mut c, "slow", "CompleteAbort");
+    assert_eq!(
+        d.producer_epoch,
+        producer.1 + 1,
+        "the abort fenced the producer"
+    );
+    assert_eq!(
+        end(&mut c, 3, "slow", producer, true),
+        E::ProducerFenced.code()
+    );
+    assert_eq!(
+        add(&mut c, "slow", producer, &[("t", &[0])]),
+        vec![("t".into(), 0, E::ProducerFenced.code())]
+    );
+}
