@@ -13,6 +13,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::clients::create_topic;
+use common::cluster::Cluster;
 use common::{Broker, RawClient};
 use kafka_protocol::messages::add_partitions_to_txn_request::{
     AddPartitionsToTxnTopic, AddPartitionsToTxnTransaction,
@@ -32,7 +33,12 @@ fn txn_id(v: &str) -> TransactionalId {
 /// FindCoordinator for a transactional id until it is answered (the first creates
 /// `__transaction_state`); returns the coordinator's node id.
 fn find_txn_coordinator(client: &mut RawClient, id: &str) -> i32 {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    find_txn_coordinator_except(client, id, -1)
+}
+
+/// FindCoordinator until a coordinator other than `except` is answered.
+fn find_txn_coordinator_except(client: &mut RawClient, id: &str, except: i32) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         client.send(
             ApiKey::FindCoordinator,
@@ -42,12 +48,11 @@ fn find_txn_coordinator(client: &mut RawClient, id: &str) -> i32 {
                 .with_key_type(1),
         );
         let found: FindCoordinatorResponse = client.recv(3);
-        if found.error_code == 0 {
+        if found.error_code == 0 && found.node_id.0 != except {
             return found.node_id.0;
         }
-        assert_eq!(
-            found.error_code,
-            E::CoordinatorNotAvailable.code(),
+        assert!(
+            [0, E::CoordinatorNotAvailable.code()].contains(&found.error_code),
             "{found:?}"
         );
         assert!(
@@ -171,15 +176,25 @@ fn wait_for_state(
     id: &str,
     state: &str,
 ) -> describe_transactions_response::TransactionState {
+    wait_for_states(client, id, &[state])
+}
+
+/// DescribeTransactions until the id is in one of `states` (retrying while its partition
+/// loads).
+fn wait_for_states(
+    client: &mut RawClient,
+    id: &str,
+    states: &[&str],
+) -> describe_transactions_response::TransactionState {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let d = describe(client, id);
-        if d.error_code == 0 && d.transaction_state.as_str() == state {
+        if d.error_code == 0 && states.contains(&d.transaction_state.as_str()) {
             return d;
         }
         assert!(
             Instant::now() < deadline,
-            "{id} never reached {state}: {d:?}"
+            "{id} never reached {states:?}: {d:?}"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -386,5 +401,47 @@ fn a_transaction_past_its_timeout_is_aborted_and_its_producer_fenced() {
     assert_eq!(
         add(&mut c, "slow", producer, &[("t", &[0])]),
         vec![("t".into(), 0, E::ProducerFenced.code())]
+    );
+}
+
+#[test]
+fn an_ongoing_transaction_survives_losing_its_coordinator_and_the_new_one_fences_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::combined(dir.path(), 3);
+    create_topic(&cluster.bootstrap(), "t", 1);
+    let mut c = RawClient::connect(&cluster.addr(1));
+    let old = find_txn_coordinator(&mut c, "ftx");
+    let mut c = RawClient::connect(&cluster.addr(old));
+    let producer = init_ok(&mut c, "ftx", 60_000);
+    assert_eq!(
+        add(&mut c, "ftx", producer, &[("t", &[0])]),
+        vec![("t".into(), 0, 0)]
+    );
+    // Acknowledged means on every in-sync replica of __transaction_state.
+    drop(c);
+    cluster.kill9(old);
+    let via = cluster
+        .broker_ids()
+        .into_iter()
+        .find(|b| *b != old)
+        .unwrap();
+    let mut c = RawClient::connect(&cluster.addr(via));
+    let new = find_txn_coordinator_except(&mut c, "ftx", old);
+    let mut c = RawClient::connect(&cluster.addr(new));
+    let d = wait_for_state(&mut c, "ftx", "Ongoing");
+    assert_eq!((d.producer_id.0, d.producer_epoch), producer);
+    assert_eq!(d.topics.len(), 1);
+    assert_eq!(d.topics[0].partitions, vec![0]);
+    // A new producer instance: the new coordinator aborts the open transaction with the
+    // next epoch and asks it to retry; the old instance is fenced.
+    assert_eq!(
+        init(&mut c, "ftx", 60_000).error_code,
+        E::ConcurrentTransactions.code()
+    );
+    let d = wait_for_states(&mut c, "ftx", &["PrepareAbort", "CompleteAbort"]);
+    assert_eq!(d.producer_epoch, producer.1 + 1);
+    assert_eq!(
+        end(&mut c, 3, "ftx", producer, true),
+        E::ProducerFenced.code()
     );
 }
