@@ -21,6 +21,8 @@ use kafka_protocol::messages::add_partitions_to_txn_request::{
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError as E;
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 fn s(v: &str) -> StrBytes {
     StrBytes::from_string(v.to_string())
@@ -444,4 +446,71 @@ fn an_ongoing_transaction_survives_losing_its_coordinator_and_the_new_one_fences
         end(&mut c, 3, "ftx", producer, true),
         E::ProducerFenced.code()
     );
+}
+
+#[test]
+fn librdkafkas_transactional_producer_initializes_commits_and_aborts_through_the_coordinator() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    create_topic(&broker.addr, "t", 2);
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .set("transactional.id", "rdkafka-tx")
+        .set("transaction.timeout.ms", "30000")
+        .create()
+        .expect("transactional producer");
+    let timeout = Duration::from_secs(30);
+    producer
+        .init_transactions(timeout)
+        .expect("init_transactions");
+    let mut c = RawClient::connect(&broker.addr);
+    let d = wait_for_state(&mut c, "rdkafka-tx", "Empty");
+    let first_epoch = d.producer_epoch;
+    for (round, commit) in [(0, true), (1, false)] {
+        producer.begin_transaction().expect("begin_transaction");
+        for i in 0..10 {
+            let key = format!("{round}-{i}");
+            producer
+                .send(BaseRecord::to("t").key(&key).payload("value"))
+                .expect("enqueue");
+        }
+        producer.flush(timeout).expect("flush");
+        let d = wait_for_state(&mut c, "rdkafka-tx", "Ongoing");
+        assert!(
+            !d.topics.is_empty(),
+            "librdkafka added its partitions: {d:?}"
+        );
+        if commit {
+            producer
+                .commit_transaction(timeout)
+                .expect("commit_transaction");
+            wait_for_state(&mut c, "rdkafka-tx", "CompleteCommit");
+        } else {
+            producer
+                .abort_transaction(timeout)
+                .expect("abort_transaction");
+            wait_for_state(&mut c, "rdkafka-tx", "CompleteAbort");
+        }
+    }
+    assert_eq!(describe(&mut c, "rdkafka-tx").producer_epoch, first_epoch);
+    // A second instance with the same transactional id fences the first.
+    let second: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .set("transactional.id", "rdkafka-tx")
+        .create()
+        .expect("second producer");
+    second
+        .init_transactions(timeout)
+        .expect("second init_transactions");
+    assert_eq!(
+        describe(&mut c, "rdkafka-tx").producer_epoch,
+        first_epoch + 1
+    );
+    producer.begin_transaction().expect("begin locally");
+    producer
+        .send(BaseRecord::to("t").key("late").payload("value"))
+        .expect("enqueue");
+    let _ = producer.flush(Duration::from_secs(5));
+    let fenced = producer.commit_transaction(timeout);
+    assert!(fenced.is_err(), "the first instance is fenced: {fenced:?}");
 }
