@@ -326,3 +326,24 @@ impl ProducerIdGenerator for ProvisionalProducerIds {
         Box::pin(async move { Ok(self.next.fetch_add(1, Ordering::Relaxed)) })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_topic_is_compacted_uncompressed_and_its_min_isr_capped_at_its_replicas() {
+        let config = BrokerConfig::embedded_default();
+        let configs: BTreeMap<String, String> = topic_configs(&config, 1).into_iter().collect();
+        assert_eq!(configs["cleanup.policy"], "compact");
+        assert_eq!(configs["compression.type"], "uncompressed");
+        assert_eq!(configs["unclean.leader.election.enable"], "false");
+        assert_eq!(configs["min.insync.replicas"], "1");
+        assert_eq!(configs["segment.bytes"], "104857600");
+        let configs: BTreeMap<String, String> = topic_configs(&config, 3).into_iter().collect();
+        assert_eq!(configs["min.insync.replicas"], "2");
+        for (key, value) in &configs {
+            crate::topic_config::validate(key, value).expect("a valid topic config");
+        }
+    }
+}

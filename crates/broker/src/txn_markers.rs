@@ -209,3 +209,70 @@ impl MarkerTransport for BrokerMarkerTransport {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::messages::write_txn_markers_response::{
+        WritableTxnMarkerPartitionResult, WritableTxnMarkerResult, WritableTxnMarkerTopicResult,
+    };
+
+    #[test]
+    fn markers_become_one_entry_per_transaction_with_partitions_by_topic_and_answers_come_back_by_producer(
+    ) {
+        let req = request(vec![
+            TxnMarker {
+                producer_id: 7,
+                producer_epoch: 3,
+                commit: true,
+                coordinator_epoch: 5,
+                partitions: vec![("b".into(), 1), ("a".into(), 2), ("b".into(), 0)],
+            },
+            TxnMarker {
+                producer_id: 8,
+                producer_epoch: 0,
+                commit: false,
+                coordinator_epoch: 5,
+                partitions: vec![("a".into(), 0)],
+            },
+        ]);
+        assert_eq!(req.markers.len(), 2);
+        let m = &req.markers[0];
+        assert_eq!(
+            (
+                m.producer_id.0,
+                m.producer_epoch,
+                m.transaction_result,
+                m.coordinator_epoch
+            ),
+            (7, 3, true, 5)
+        );
+        let topics: Vec<(&str, &[i32])> = m
+            .topics
+            .iter()
+            .map(|t| (t.name.as_str(), t.partition_indexes.as_slice()))
+            .collect();
+        assert_eq!(topics, vec![("a", &[2][..]), ("b", &[1, 0][..])]);
+        assert!(!req.markers[1].transaction_result);
+
+        let answer = WriteTxnMarkersResponse::default().with_markers(vec![
+            WritableTxnMarkerResult::default()
+                .with_producer_id(ProducerId(7))
+                .with_topics(vec![WritableTxnMarkerTopicResult::default()
+                    .with_name(TopicName(StrBytes::from_static_str("b")))
+                    .with_partitions(vec![
+                        WritableTxnMarkerPartitionResult::default().with_partition_index(1),
+                        WritableTxnMarkerPartitionResult::default()
+                            .with_partition_index(0)
+                            .with_error_code(6),
+                    ])]),
+        ]);
+        assert_eq!(
+            results(&answer),
+            vec![(
+                7,
+                vec![(("b".to_string(), 1), 0), (("b".to_string(), 0), 6)]
+            )]
+        );
+    }
+}
