@@ -95,6 +95,18 @@ pub enum LeaderAppendError {
     Storage(strom_storage::StorageError),
 }
 
+impl LeaderAppendError {
+    /// The Kafka error code a client is answered with.
+    pub fn error_code(&self) -> i16 {
+        use kafka_protocol::ResponseError as E;
+        match self {
+            LeaderAppendError::NotLeader => E::NotLeaderOrFollower.code(),
+            LeaderAppendError::NotEnoughReplicas { .. } => E::NotEnoughReplicas.code(),
+            LeaderAppendError::Storage(e) => e.error_code(),
+        }
+    }
+}
+
 /// How a wait for replication ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Replicated {
@@ -189,6 +201,18 @@ impl Partition {
         drop(r);
         self.appended.notify_waiters();
         Ok((info, epoch))
+    }
+
+    /// Appends batches a coordinator of this broker built (`__consumer_offsets`,
+    /// `__transaction_state`), as Kafka's `AppendOrigin.COORDINATOR`: like a leader append,
+    /// but the log does not check the sequences of its transactional batches.
+    pub fn append_as_coordinator(
+        &self,
+        records: &[u8],
+        batches: &[strom_protocol::batch::BatchInfo],
+        now_ms: i64,
+    ) -> Result<(AppendInfo, i32), LeaderAppendError> {
+        self.append_as_leader(records, batches, None, now_ms)
     }
 
     /// Waits (Kafka's delayed produce) until the high watermark reaches `end_offset` while

@@ -139,6 +139,9 @@ pub async fn handle(
         RequestKind::OffsetCommit(req) => ctx.respond(&offsets::commit(broker, req, &ctx).await),
         RequestKind::OffsetFetch(req) => ctx.respond(&offsets::fetch(broker, req, &ctx)),
         RequestKind::OffsetDelete(req) => ctx.respond(&offsets::delete(broker, req)),
+        RequestKind::TxnOffsetCommit(req) => {
+            ctx.respond(&offsets::txn_commit(broker, req, &ctx).await)
+        }
         RequestKind::ConsumerGroupHeartbeat(req) => {
             ctx.respond(&consumer_groups::consumer_heartbeat(broker, req, &ctx))
         }
