@@ -40,7 +40,7 @@ use strom_protocol::records::{
 };
 use tracing::{info, warn};
 
-use crate::index::{OFFSET_ENTRY_BYTES, TIME_ENTRY_BYTES};
+use crate::index::{TxnEntry, OFFSET_ENTRY_BYTES, TIME_ENTRY_BYTES};
 use crate::segment::{index_batch, max_timestamp_of, LogSegment, RECOVERY_BATCH_BYTES_MAX};
 use crate::{file_name, StorageError};
 
@@ -390,13 +390,45 @@ impl<'a> SegmentReader<'a> {
     }
 }
 
+/// The aborted transactions of the log being cleaned, by producer: `[first_offset,
+/// marker offset)` ranges whose records never enter the offset map (Kafka's
+/// `CleanedTransactionMetadata`), so that an aborted write never supersedes a committed
+/// one; a read_committed consumer would otherwise lose the key.
+#[derive(Debug, Default)]
+pub(crate) struct AbortedRanges(std::collections::HashMap<i64, Vec<(i64, i64)>>);
+
+impl AbortedRanges {
+    pub(crate) fn new(entries: &[TxnEntry]) -> AbortedRanges {
+        let mut ranges = AbortedRanges::default();
+        for e in entries {
+            ranges
+                .0
+                .entry(e.producer_id)
+                .or_default()
+                .push((e.first_offset, e.last_offset));
+        }
+        ranges
+    }
+
+    /// Whether the transactional batch of `producer_id` at `base_offset` was aborted.
+    fn contains(&self, producer_id: i64, base_offset: i64) -> bool {
+        self.0.get(&producer_id).is_some_and(|ranges| {
+            ranges
+                .iter()
+                .any(|&(first, last)| first <= base_offset && base_offset < last)
+        })
+    }
+}
+
 /// Adds the keys of the records at or after `start` in `segment` to `map`, from the batch
-/// holding `start`. Returns `false` when the map filled up part way (its latest offset is
-/// then the last record mapped).
+/// holding `start`; control batches and aborted transactions are not mapped. Returns
+/// `false` when the map filled up part way (its latest offset is then the last record
+/// mapped).
 pub(crate) fn map_segment(
     segment: &LogSegment,
     start: i64,
     map: &mut OffsetMap,
+    aborted: &AbortedRanges,
     progress: &mut dyn CleanerProgress,
     stats: &mut CleanerStats,
 ) -> Result<Option<bool>, StorageError> {
@@ -407,7 +439,9 @@ pub(crate) fn map_segment(
     while let Some((_, batch)) = reader.next_batch()? {
         let header = BatchHeader::parse(batch).map_err(|e| corrupt_records(segment, e))?;
         stats.bytes_read += batch.len() as u64;
-        if !header.is_control() {
+        let aborted =
+            header.is_transactional() && aborted.contains(header.producer_id, header.base_offset);
+        if !header.is_control() && !aborted {
             let mut records = RecordReader::new(batch, DECOMPRESSED_BATCH_BYTES_MAX)
                 .map_err(|e| corrupt_records(segment, e))?;
             while let Some(record) = records

@@ -18,7 +18,7 @@ use tracing::{info, warn};
 
 use super::{boundary_at_or_below, FilePosition, PartitionLog, ReadBound, View, Writer};
 use crate::cleaner::SegmentReader;
-use crate::index::TxnIndex;
+use crate::index::{TxnEntry, TxnIndex};
 use crate::producer_state::{
     self, end_txn_marker_batch, BatchMetadata, CompletedTxn, ControlType, EndTxnMarker,
     MarkerBatch, Origin, PendingUpdate, ProducerBatch, ProducerStateManager, ProducerSummary,
@@ -151,18 +151,7 @@ impl PartitionLog {
         let first = segments
             .partition_point(|s| s.base_offset() <= fetch_offset)
             .saturating_sub(1);
-        let mut found = Vec::new();
-        for segment in &segments[first..] {
-            let complete = segment.indexes.lock().txn_index.collect_aborted(
-                fetch_offset,
-                upper_bound_offset,
-                &mut found,
-            );
-            if complete {
-                break;
-            }
-        }
-        found
+        aborted_in(&segments[first..], fetch_offset, upper_bound_offset)
             .into_iter()
             .map(|e| AbortedTxn {
                 producer_id: e.producer_id,
@@ -253,6 +242,29 @@ pub(super) fn check_leader_batches(
         position += b.size_bytes as u64;
     }
     Ok(None)
+}
+
+/// The aborted transactions overlapping `[from, upper_bound)` in the transaction indexes of
+/// `segments`, the first of which holds `from`: until an entry's last stable offset reaches
+/// the upper bound, no later segment is needed (Kafka's `collectAbortedTransactions`).
+pub(super) fn aborted_in(
+    segments: &[Arc<LogSegment>],
+    from: i64,
+    upper_bound: i64,
+) -> Vec<TxnEntry> {
+    let mut found = Vec::new();
+    for segment in segments {
+        let complete =
+            segment
+                .indexes
+                .lock()
+                .txn_index
+                .collect_aborted(from, upper_bound, &mut found);
+        if complete {
+            break;
+        }
+    }
+    found
 }
 
 /// Applies a batch a follower appended (or recovery re-read) to the producer state; a

@@ -9,7 +9,9 @@ use strom_protocol::batch::{testing, validate_produce, BatchOffsets};
 use strom_protocol::ResponseError;
 
 use crate::producer_state::{list_snapshots, snapshot_path};
-use crate::{AppendInfo, ControlType, LogConfig, PartitionLog, ProducerSummary, StorageError};
+use crate::{
+    AbortedTxn, AppendInfo, ControlType, LogConfig, PartitionLog, ProducerSummary, StorageError,
+};
 
 const NOW_MS: i64 = 1_000_000;
 
@@ -493,4 +495,556 @@ fn a_follower_replicates_producer_state_without_refusing_anything() {
     assert_eq!(follower.producer_summaries(), leader.producer_summaries());
     let follower = reopen(follower, small_segments(), false);
     assert_eq!(follower.producer_summaries(), leader.producer_summaries());
+}
+
+/// The ranges of the batches a read_committed reader gets from `offset` on.
+fn committed_ranges(log: &PartitionLog, mut offset: i64) -> Vec<(i64, i64)> {
+    let mut out = Vec::new();
+    while let Some(slice) = log.read_committed(offset, 1 << 20, true).unwrap().slice {
+        let bytes = slice.read_to_vec().unwrap();
+        let mut at = 0;
+        while let Some(b) = BatchOffsets::parse(&bytes[at..]) {
+            if at + b.size_bytes > bytes.len() {
+                break;
+            }
+            out.push((b.base_offset, i64::from(b.last_offset_delta) + 1));
+            offset = b.last_offset() + 1;
+            at += b.size_bytes;
+        }
+    }
+    out
+}
+
+/// The last stable offset, checked against what read_committed returns: everything below
+/// it and nothing at or past it.
+fn last_stable(log: &PartitionLog) -> i64 {
+    let offsets = log.offsets();
+    let lso = offsets.last_stable_offset;
+    assert!(lso <= offsets.high_watermark, "{offsets:?}");
+    assert!(lso >= offsets.log_start_offset, "{offsets:?}");
+    let read = committed_ranges(log, offsets.log_start_offset);
+    let end = read
+        .last()
+        .map_or(offsets.log_start_offset, |&(base, count)| base + count);
+    assert_eq!(end, lso, "read_committed stops at the last stable offset");
+    assert_eq!(
+        log.read_committed(lso, 1 << 20, true).unwrap().offsets,
+        offsets
+    );
+    lso
+}
+
+#[test]
+fn the_last_stable_offset_follows_transactions_markers_and_the_high_watermark() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), LogConfig::default(), false);
+    append(&log, -1, -1, -1, 2).unwrap(); // 0..=1
+    append_txn(&log, 1, 0, 0, 2); // 2..=3: transaction A of producer 1
+    append(&log, -1, -1, -1, 1).unwrap(); // 4
+    append_txn(&log, 2, 0, 0, 2); // 5..=6: transaction B of producer 2
+                                  // Nothing committed yet.
+    assert_eq!(last_stable(&log), 0);
+    log.update_high_watermark(4);
+    assert_eq!(last_stable(&log), 2, "stops at A's first offset");
+    log.update_high_watermark(i64::MAX);
+    assert_eq!(last_stable(&log), 2);
+    let commit_a = marker(&log, 1, 0, ControlType::Commit);
+    assert_eq!(commit_a, 7);
+    assert_eq!(last_stable(&log), 2, "A's marker is not replicated yet");
+    log.update_high_watermark(8);
+    assert_eq!(last_stable(&log), 5, "A is stable; B is open");
+    append_txn(&log, 1, 0, 2, 1); // 8: transaction C of producer 1
+    let abort_b = marker(&log, 2, 0, ControlType::Abort); // 9
+    log.update_high_watermark(i64::MAX);
+    assert_eq!(last_stable(&log), 8, "B is decided; C is open");
+    assert_eq!(
+        log.aborted_transactions(0, 10),
+        vec![AbortedTxn {
+            producer_id: 2,
+            first_offset: 5
+        }]
+    );
+
+    // Reopened, the open transaction still bounds reads (after a crash once the
+    // checkpointed high watermark is given back, as the broker does).
+    for clean in [true, false] {
+        let dir = log.dir().to_path_buf();
+        if clean {
+            log.close().unwrap();
+        }
+        let reopened = open(&dir, LogConfig::default(), clean);
+        reopened.reset_high_watermark(10);
+        assert_eq!(last_stable(&reopened), 8, "clean: {clean}");
+        assert_eq!(reopened.aborted_transactions(0, 10).len(), 1);
+        if !clean {
+            marker(&reopened, 1, 0, ControlType::Commit); // 10
+            assert_eq!(last_stable(&reopened), 8);
+            reopened.update_high_watermark(11);
+            assert_eq!(last_stable(&reopened), 11);
+            // The high watermark moving back takes the last stable offset with it.
+            reopened.reset_high_watermark(6);
+            assert_eq!(last_stable(&reopened), 5);
+        }
+    }
+    let _ = abort_b;
+}
+
+#[test]
+fn markers_from_fenced_coordinators_or_older_producer_epochs_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), LogConfig::default(), false);
+    append_txn(&log, 5, 2, 0, 1);
+    log.append_control(5, 2, ControlType::Commit, 7, 0, NOW_MS)
+        .unwrap();
+    append_txn(&log, 5, 2, 1, 1);
+    let before = (log.offsets(), log.size_bytes());
+    let refused = [
+        (
+            log.append_control(5, 2, ControlType::Abort, 6, 0, NOW_MS),
+            ResponseError::TransactionCoordinatorFenced,
+        ),
+        (
+            log.append_control(5, 1, ControlType::Abort, 7, 0, NOW_MS),
+            ResponseError::InvalidProducerEpoch,
+        ),
+    ];
+    for (result, expected) in refused {
+        assert_eq!(code(result), expected.code());
+        assert_eq!((log.offsets(), log.size_bytes()), before);
+    }
+    assert_eq!(summary(&log, 5).current_txn_start_offset, 2);
+    // A marker with a bumped epoch (the coordinator fencing the producer) ends the
+    // transaction and fences the old epoch's batches.
+    let abort = log
+        .append_control(5, 3, ControlType::Abort, 7, 0, NOW_MS)
+        .unwrap();
+    assert_eq!(abort.first_offset, 3);
+    let s = summary(&log, 5);
+    assert_eq!(
+        (
+            s.producer_epoch,
+            s.coordinator_epoch,
+            s.current_txn_start_offset
+        ),
+        (3, 7, -1)
+    );
+    assert_eq!(
+        code(append(&log, 5, 2, 2, 1)),
+        ResponseError::InvalidProducerEpoch.code()
+    );
+    // A marker for a producer without a transaction is written and completes nothing.
+    let lone = log
+        .append_control(9, 0, ControlType::Abort, 0, 0, NOW_MS)
+        .unwrap();
+    assert_eq!(lone.first_offset, 4);
+    log.update_high_watermark(i64::MAX);
+    assert_eq!(last_stable(&log), 5);
+    assert_eq!(
+        log.aborted_transactions(0, 5),
+        vec![AbortedTxn {
+            producer_id: 5,
+            first_offset: 2
+        }]
+    );
+}
+
+/// Three producers' transactions over small segments: producer 1 aborts, producer 2
+/// commits, producer 3 aborts, interleaved with plain batches. Returns the marker offsets
+/// (abort 1, commit 2, abort 3).
+fn interleaved_transactions(log: &PartitionLog) -> (i64, i64, i64) {
+    append_txn(log, 1, 0, 0, 2);
+    append(log, -1, -1, -1, 3).unwrap();
+    append_txn(log, 2, 0, 0, 2);
+    append_txn(log, 1, 0, 2, 2);
+    append(log, -1, -1, -1, 3).unwrap();
+    let abort_1 = marker(log, 1, 0, ControlType::Abort);
+    for _ in 0..4 {
+        append(log, -1, -1, -1, 3).unwrap();
+    }
+    append_txn(log, 2, 0, 2, 1);
+    let commit_2 = marker(log, 2, 0, ControlType::Commit);
+    append_txn(log, 3, 0, 0, 2);
+    for _ in 0..4 {
+        append(log, -1, -1, -1, 3).unwrap();
+    }
+    let abort_3 = marker(log, 3, 0, ControlType::Abort);
+    append(log, -1, -1, -1, 3).unwrap();
+    log.update_high_watermark(i64::MAX);
+    (abort_1, commit_2, abort_3)
+}
+
+#[test]
+fn aborted_transactions_are_indexed_with_their_markers_and_found_like_kafka() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), small_segments(), false);
+    let (abort_1, commit_2, abort_3) = interleaved_transactions(&log);
+    assert!(log.segment_count() > 3);
+    let end = log.offsets().log_end_offset;
+    let first_3 = summary(&log, 3);
+    assert_eq!(first_3.current_txn_start_offset, -1);
+    let txn = |producer_id, first_offset| AbortedTxn {
+        producer_id,
+        first_offset,
+    };
+    let p3_first = commit_2 + 1;
+    let expected = [
+        ((0, end), vec![txn(1, 0), txn(3, p3_first)]),
+        // Only what overlaps [fetch, upper) is returned.
+        ((abort_1 + 1, end), vec![txn(3, p3_first)]),
+        ((0, abort_1), vec![txn(1, 0)]),
+        ((0, 1), vec![txn(1, 0)]),
+        ((abort_1, p3_first), vec![txn(1, 0)]),
+        ((abort_1 + 1, p3_first + 1), vec![txn(3, p3_first)]),
+        ((abort_3 + 1, end), vec![]),
+    ];
+    let check = |log: &PartitionLog, when: &str| {
+        for ((fetch, upper), aborted) in &expected {
+            assert_eq!(
+                &log.aborted_transactions(*fetch, *upper),
+                aborted,
+                "[{fetch}, {upper}) {when}"
+            );
+        }
+    };
+    check(&log, "after the appends");
+    // The index is in the segment of each ABORT marker.
+    log.flush().unwrap();
+    let txn_files: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".txnindex"))
+        .collect();
+    assert_eq!(txn_files.len(), 2, "{txn_files:?}");
+    let segments = log.view.read().segments.clone();
+    for marker_offset in [abort_1, abort_3] {
+        let holding = segments
+            .iter()
+            .rfind(|s| s.base_offset() <= marker_offset)
+            .unwrap();
+        assert!(holding.txn_index_path().exists());
+    }
+    let log = reopen(log, small_segments(), true);
+    check(&log, "after a clean close");
+    // A crash re-reads every segment (recovery point 0) and rebuilds the indexes, even
+    // ones whose file is gone.
+    for name in &txn_files {
+        std::fs::remove_file(dir.path().join(name)).unwrap();
+    }
+    let log = reopen(log, small_segments(), false);
+    check(&log, "after a crash");
+    log.flush().unwrap();
+    assert!(txn_files.iter().all(|n| dir.path().join(n).exists()));
+}
+
+#[test]
+fn truncation_removes_the_aborted_transactions_whose_markers_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), small_segments(), false);
+    let (abort_1, _, abort_3) = interleaved_transactions(&log);
+    let end = log.offsets().log_end_offset;
+    log.truncate_to(abort_3).unwrap();
+    assert_eq!(
+        log.aborted_transactions(0, end),
+        vec![AbortedTxn {
+            producer_id: 1,
+            first_offset: 0
+        }]
+    );
+    // Producer 3's transaction is open again: the marker went with the tail.
+    assert!(summary(&log, 3).current_txn_start_offset >= 0);
+    log.update_high_watermark(i64::MAX);
+    assert_eq!(last_stable(&log), summary(&log, 3).current_txn_start_offset);
+    log.truncate_to(abort_1).unwrap();
+    assert!(log.aborted_transactions(0, end).is_empty());
+    assert_eq!(summary(&log, 1).current_txn_start_offset, 0);
+    log.update_high_watermark(i64::MAX);
+    assert_eq!(last_stable(&log), 0);
+    let log = reopen(log, small_segments(), false);
+    log.reset_high_watermark(i64::MAX);
+    assert!(log.aborted_transactions(0, end).is_empty());
+    assert_eq!(last_stable(&log), 0);
+}
+
+#[test]
+fn a_follower_gets_the_leaders_markers_aborted_transactions_and_last_stable_offset() {
+    let (leader_dir, follower_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let leader = open(leader_dir.path(), small_segments(), false);
+    interleaved_transactions(&leader);
+    append_txn(&leader, 4, 0, 0, 1);
+    let follower = open(follower_dir.path(), small_segments(), false);
+    let mut offset = 0;
+    while let Some(slice) = leader.read_to_log_end(offset, 250, true).unwrap().slice {
+        let bytes = slice.read_to_vec().unwrap();
+        let info = follower
+            .append_as_follower(&bytes, NOW_MS)
+            .unwrap()
+            .unwrap();
+        offset = info.last_offset + 1;
+    }
+    let end = leader.offsets().log_end_offset;
+    follower.update_high_watermark(leader.offsets().high_watermark);
+    leader.update_high_watermark(end);
+    follower.update_high_watermark(end);
+    assert_eq!(follower.producer_summaries(), leader.producer_summaries());
+    assert_eq!(
+        follower.aborted_transactions(0, end),
+        leader.aborted_transactions(0, end)
+    );
+    assert_eq!(follower.offsets(), leader.offsets());
+    assert_eq!(
+        last_stable(&follower),
+        summary(&leader, 4).current_txn_start_offset
+    );
+}
+
+#[test]
+fn retention_deletes_the_transaction_index_with_its_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), small_segments(), false);
+    let (abort_1, _, abort_3) = interleaved_transactions(&log);
+    log.flush().unwrap();
+    let holding = |offset: i64| {
+        log.view
+            .read()
+            .segments
+            .iter()
+            .rfind(|s| s.base_offset() <= offset)
+            .unwrap()
+            .clone()
+    };
+    let (first, third) = (holding(abort_1), holding(abort_3));
+    assert!(first.txn_index_path().exists());
+    log.increment_log_start_offset(abort_1 + 1).unwrap();
+    assert!(!first.txn_index_path().exists());
+    assert!(third.txn_index_path().exists());
+    let end = log.offsets().log_end_offset;
+    assert_eq!(log.aborted_transactions(abort_1 + 1, end).len(), 1);
+}
+
+/// A keyed batch of one record (`producer_id` -1: a plain producer).
+fn keyed(key: &str, value: &str, producer: Option<(i64, i32, bool)>) -> Vec<u8> {
+    use strom_protocol::batch::Compression;
+    use strom_protocol::records::testing::batch;
+    let mut bytes = batch(
+        0,
+        &[(Some(key.as_bytes()), Some(value.as_bytes()), NOW_MS)],
+        Compression::None,
+    );
+    if let Some((producer_id, sequence, txn)) = producer {
+        testing::set_producer(&mut bytes, producer_id, 0, sequence, txn);
+    }
+    bytes
+}
+
+/// Every batch from the log start to the log end: (base offset, header, the records'
+/// (key, value)).
+type StoredBatch = (
+    i64,
+    strom_protocol::records::BatchHeader,
+    Vec<(String, String)>,
+);
+
+fn stored_batches(log: &PartitionLog) -> Vec<StoredBatch> {
+    use strom_protocol::records::{BatchHeader, RecordReader};
+    let mut out = Vec::new();
+    let mut offset = log.offsets().log_start_offset;
+    while let Some(slice) = log.read_to_log_end(offset, 1 << 20, true).unwrap().slice {
+        let bytes = slice.read_to_vec().unwrap();
+        let mut at = 0;
+        while let Some(b) = BatchOffsets::parse(&bytes[at..]) {
+            if at + b.size_bytes > bytes.len() {
+                break;
+            }
+            let batch = &bytes[at..at + b.size_bytes];
+            let header = BatchHeader::parse(batch).unwrap();
+            let mut records = Vec::new();
+            let mut reader = RecordReader::new(batch, 1 << 20).unwrap();
+            while let Some(r) = reader.next_record().unwrap() {
+                let text =
+                    |b: Option<&[u8]>| String::from_utf8_lossy(b.unwrap_or(b"")).into_owned();
+                records.push((text(r.key), text(r.value)));
+            }
+            out.push((b.base_offset, header, records));
+            offset = b.last_offset() + 1;
+            at += b.size_bytes;
+        }
+    }
+    out
+}
+
+#[test]
+fn compaction_keeps_markers_producers_last_batches_and_aborted_transactions() {
+    use crate::cleaner::{CompactionConfig, OffsetMap, OFFSET_MAP_LOAD_FACTOR};
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), small_segments(), false);
+    let put = |bytes: Vec<u8>| append_bytes(&log, &bytes).unwrap().first_offset;
+    let idempotent = put(keyed("k0", "idempotent", Some((1, 0, false))));
+    put(keyed("k1", "txn-2", Some((2, 0, true))));
+    let commit_2 = marker(&log, 2, 0, ControlType::Commit);
+    put(keyed("k2", "txn-3", Some((3, 0, true))));
+    let commit_3 = marker(&log, 3, 0, ControlType::Commit);
+    put(keyed("k3", "plain", None));
+    let aborted = put(keyed("k3", "aborted", Some((4, 0, true))));
+    let abort_4 = marker(&log, 4, 0, ControlType::Abort);
+    let open_txn = put(keyed("k5", "open", Some((5, 0, true))));
+    for round in 0..8 {
+        for key in ["k0", "k1", "k2", "k4"] {
+            put(keyed(key, &format!("plain-{round}"), None));
+        }
+    }
+    log.update_high_watermark(i64::MAX);
+    let config = CompactionConfig {
+        min_cleanable_dirty_ratio: 0.0,
+        ..CompactionConfig::default()
+    };
+    let mut map = OffsetMap::new(1 << 20, OFFSET_MAP_LOAD_FACTOR);
+    let hw = log.offsets().high_watermark;
+    // Producer 5's open transaction bounds what may be cleaned.
+    let cleanable = log.cleanable(&config, hw, NOW_MS).unwrap();
+    assert!(
+        cleanable.first_uncleanable_offset <= open_txn,
+        "{cleanable:?}"
+    );
+    marker(&log, 5, 0, ControlType::Commit);
+    for key in ["k0", "k1", "k2", "k4"] {
+        put(keyed(key, "last", None));
+    }
+    log.update_high_watermark(i64::MAX);
+    let end = log.offsets().log_end_offset;
+    let aborted_before = log.aborted_transactions(0, end);
+    assert_eq!(aborted_before.len(), 1);
+
+    let cleanable = log.cleanable(&config, end, NOW_MS).unwrap();
+    assert!(
+        cleanable.first_uncleanable_offset > abort_4,
+        "{cleanable:?}"
+    );
+    log.clean(&mut map, &config, &cleanable, NOW_MS, &mut ())
+        .unwrap();
+
+    let check = |log: &PartitionLog, when: &str| {
+        let batches = stored_batches(log);
+        let at = |offset: i64| {
+            batches
+                .iter()
+                .find(|(base, _, _)| *base == offset)
+                .unwrap_or_else(|| panic!("no batch at {offset} {when}"))
+        };
+        // Every marker stays whole, the two COMMITs with the same key included.
+        for offset in [commit_2, commit_3, abort_4] {
+            let (_, header, records) = at(offset);
+            assert!(header.is_control(), "{when}");
+            assert_eq!(records.len(), 1, "{when}");
+        }
+        // Superseded records go, but each producer's last batch stays, empty.
+        let (_, header, records) = at(idempotent);
+        assert_eq!((header.producer_id, header.base_sequence), (1, 0), "{when}");
+        assert!(records.is_empty(), "{when}");
+        // The aborted write supersedes nothing: the plain k3 stays, and so does the
+        // aborted record (consumers skip it).
+        let k3: Vec<&str> = batches
+            .iter()
+            .flat_map(|(_, _, r)| r.iter())
+            .filter(|(k, _)| k == "k3")
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert_eq!(k3, ["plain", "aborted"], "{when}");
+        assert_eq!(log.aborted_transactions(0, end), aborted_before, "{when}");
+        assert!(
+            log.aborted_transactions(aborted, aborted + 1).len() == 1,
+            "{when}"
+        );
+        // Deduplication survives cleaning.
+        let retry = append_bytes(log, &keyed("k0", "idempotent", Some((1, 0, false)))).unwrap();
+        assert!(retry.duplicate, "{when}");
+        assert_eq!(retry.first_offset, idempotent, "{when}");
+    };
+    assert!(log.segment_count() < 20);
+    check(&log, "after cleaning");
+    let log = reopen(log, small_segments(), true);
+    check(&log, "after a clean close");
+    let log = reopen(log, small_segments(), false);
+    check(&log, "after a crash");
+}
+
+/// Crashes a cleaning right after one swap step (after `countdown` earlier occurrences).
+struct CrashAfter {
+    step: crate::cleaner::SwapStep,
+    countdown: usize,
+}
+
+impl crate::cleaner::CleanerProgress for CrashAfter {
+    fn advance(&mut self, _bytes: u64) -> bool {
+        true
+    }
+
+    fn crash_after(&mut self, step: crate::cleaner::SwapStep) -> bool {
+        if step != self.step {
+            return false;
+        }
+        if self.countdown > 0 {
+            self.countdown -= 1;
+            return false;
+        }
+        true
+    }
+}
+
+#[test]
+fn a_crash_at_any_step_of_a_swap_keeps_the_transaction_index_of_trusted_segments() {
+    use crate::cleaner::{CompactionConfig, OffsetMap, SwapStep};
+    let steps = [
+        SwapStep::Written,
+        SwapStep::IndexesSwapped,
+        SwapStep::LogSwapped,
+        SwapStep::OldDeleted,
+        SwapStep::LogRenamed,
+        SwapStep::IndexesRenamed,
+    ];
+    let config = CompactionConfig {
+        min_cleanable_dirty_ratio: 0.0,
+        ..CompactionConfig::default()
+    };
+    for step in steps {
+        for countdown in 0..2 {
+            let dir = tempfile::tempdir().unwrap();
+            let log = open(dir.path(), small_segments(), false);
+            interleaved_transactions(&log);
+            let end = log.offsets().log_end_offset;
+            let aborted = log.aborted_transactions(0, end);
+            assert_eq!(aborted.len(), 2);
+            // Everything but the active segment is flushed, so a reopen trusts the
+            // transaction index files rather than rebuilding them.
+            let recovery_point = log.flush().unwrap();
+            let cleanable = log.cleanable(&config, end, NOW_MS).unwrap();
+            let mut crash = CrashAfter { step, countdown };
+            let mut map = OffsetMap::new(1 << 20, 0.9);
+            let result = log.clean(&mut map, &config, &cleanable, NOW_MS, &mut crash);
+            if let Err(e) = &result {
+                assert!(e.to_string().contains("simulated crash"), "{e}");
+            }
+            drop(log);
+            let log = PartitionLog::open(
+                dir.path(),
+                "t",
+                0,
+                small_segments(),
+                recovery_point,
+                false,
+                NOW_MS,
+            )
+            .unwrap();
+            assert_eq!(
+                log.aborted_transactions(0, end),
+                aborted,
+                "{step:?} {countdown}"
+            );
+            let leftovers: Vec<String> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| n.ends_with(".cleaned") || n.ends_with(".swap"))
+                .collect();
+            assert!(leftovers.is_empty(), "{step:?}: {leftovers:?}");
+        }
+    }
 }
