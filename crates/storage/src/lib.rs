@@ -30,6 +30,7 @@ mod epoch;
 mod error;
 pub mod index;
 mod log;
+pub mod producer_state;
 mod segment;
 
 pub use cleaner::{
@@ -40,6 +41,7 @@ pub use log::{
     AppendInfo, Deleted, LogConfig, LogOffsets, PartitionLog, ReadResult, RetentionPolicy,
     TimestampOffset,
 };
+pub use producer_state::{AbortedTxn, ControlType, ProducerSummary};
 pub use segment::{FileSlice, LogSegment};
 
 /// The file name of a segment or index: the base offset, zero-padded to 20 digits.
