@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use strom_controller::service::{ControllerRequest, ControllerResponse};
 use strom_metadata::image::PartitionImage;
-use strom_storage::AppendInfo;
+use strom_storage::{AppendInfo, PartitionLog, StorageError};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 use uuid::Uuid;
@@ -180,6 +180,58 @@ impl Partition {
         min_insync_replicas: Option<i32>,
         now_ms: i64,
     ) -> Result<(AppendInfo, i32), LeaderAppendError> {
+        self.append_led(min_insync_replicas, |log, leader_epoch| {
+            log.append_as_leader(records, batches, leader_epoch, now_ms)
+        })
+    }
+
+    /// Appends batches a coordinator of this broker built (`__consumer_offsets`,
+    /// transactional offset commits), as Kafka's `AppendOrigin.COORDINATOR`: like a leader
+    /// append, but the log does not check sequences nor take a batch for a retry.
+    pub fn append_as_coordinator(
+        &self,
+        records: &[u8],
+        batches: &[strom_protocol::batch::BatchInfo],
+        now_ms: i64,
+    ) -> Result<(AppendInfo, i32), LeaderAppendError> {
+        self.append_led(None, |log, leader_epoch| {
+            log.append_as_coordinator(records, batches, leader_epoch, now_ms)
+        })
+    }
+
+    /// Appends a transaction marker (WriteTxnMarkers) as the leader; with
+    /// `min_insync_replicas`, refuses when the ISR is smaller (markers are written with
+    /// acks=all).
+    pub fn append_control(
+        &self,
+        producer_id: i64,
+        producer_epoch: i16,
+        control: strom_storage::producer_state::ControlType,
+        coordinator_epoch: i32,
+        min_insync_replicas: i32,
+        now_ms: i64,
+    ) -> Result<(AppendInfo, i32), LeaderAppendError> {
+        self.append_led(Some(min_insync_replicas), |log, leader_epoch| {
+            log.append_control(
+                producer_id,
+                producer_epoch,
+                control,
+                coordinator_epoch,
+                leader_epoch,
+                now_ms,
+            )
+        })
+    }
+
+    /// Runs `append` on the log if this broker leads the partition (and the ISR has at
+    /// least `min_insync_replicas`), holding the replica state meanwhile; then moves the
+    /// high watermark and wakes waiting fetches. Returns what was appended and the leader
+    /// epoch it was stamped with.
+    fn append_led(
+        &self,
+        min_insync_replicas: Option<i32>,
+        append: impl FnOnce(&PartitionLog, i32) -> Result<AppendInfo, StorageError>,
+    ) -> Result<(AppendInfo, i32), LeaderAppendError> {
         let r = self.replica.lock();
         if r.leader != self.node_id {
             return Err(LeaderAppendError::NotLeader);
@@ -192,27 +244,12 @@ impl Partition {
                 });
             }
         }
-        let info = self
-            .log
-            .append_as_leader(records, batches, r.leader_epoch, now_ms)
-            .map_err(LeaderAppendError::Storage)?;
+        let info = append(&self.log, r.leader_epoch).map_err(LeaderAppendError::Storage)?;
         self.advance_high_watermark(&r);
         let epoch = r.leader_epoch;
         drop(r);
         self.appended.notify_waiters();
         Ok((info, epoch))
-    }
-
-    /// Appends batches a coordinator of this broker built (`__consumer_offsets`,
-    /// `__transaction_state`), as Kafka's `AppendOrigin.COORDINATOR`: like a leader append,
-    /// but the log does not check the sequences of its transactional batches.
-    pub fn append_as_coordinator(
-        &self,
-        records: &[u8],
-        batches: &[strom_protocol::batch::BatchInfo],
-        now_ms: i64,
-    ) -> Result<(AppendInfo, i32), LeaderAppendError> {
-        self.append_as_leader(records, batches, None, now_ms)
     }
 
     /// Waits (Kafka's delayed produce) until the high watermark reaches `end_offset` while

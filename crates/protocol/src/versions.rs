@@ -57,6 +57,7 @@ pub const SUPPORTED: &[ApiSupport] = &[
     api(ApiKey::DeleteGroups, 0, 0, 2),
     api(ApiKey::OffsetDelete, 0, 0, 0),
     api(ApiKey::TxnOffsetCommit, 0, 0, 4),
+    api(ApiKey::WriteTxnMarkers, 1, 1, 1),
     api(ApiKey::ConsumerGroupHeartbeat, 0, 0, 1),
     api(ApiKey::ConsumerGroupDescribe, 0, 0, 1),
 ];

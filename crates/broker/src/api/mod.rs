@@ -28,6 +28,7 @@ mod offset_for_leader_epoch;
 mod offsets;
 mod produce;
 mod reassignments;
+pub mod write_txn_markers;
 
 use bytes::Bytes;
 use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind};
@@ -139,6 +140,9 @@ pub async fn handle(
         RequestKind::OffsetCommit(req) => ctx.respond(&offsets::commit(broker, req, &ctx).await),
         RequestKind::OffsetFetch(req) => ctx.respond(&offsets::fetch(broker, req, &ctx)),
         RequestKind::OffsetDelete(req) => ctx.respond(&offsets::delete(broker, req)),
+        RequestKind::WriteTxnMarkers(req) => {
+            ctx.respond(&write_txn_markers::handle(broker, req).await)
+        }
         RequestKind::TxnOffsetCommit(req) => {
             ctx.respond(&offsets::txn_commit(broker, req, &ctx).await)
         }
