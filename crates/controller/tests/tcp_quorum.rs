@@ -456,7 +456,9 @@ async fn producer_id_blocks_never_overlap_across_brokers_failovers_snapshots_and
     blocks.extend(asking.await);
     assert_disjoint(&blocks);
     assert!(
-        blocks.iter().any(|b| b.first_producer_id >= next_at_failover),
+        blocks
+            .iter()
+            .any(|b| b.first_producer_id >= next_at_failover),
         "the successor handed out blocks too"
     );
     let listener = TcpListener::bind(&voters[&old]).await.expect("rebind");
