@@ -20,6 +20,7 @@ mod error;
 mod fetcher;
 mod legacy;
 pub mod log_cleaner;
+pub mod producer_ids;
 pub mod quotas;
 pub mod replication;
 pub mod response;
@@ -57,6 +58,8 @@ pub struct Broker {
     pub quotas: quotas::QuotaManager,
     /// ISR changes for the controller, from follower fetches ([`replication`]).
     pub isr_changes: tokio::sync::mpsc::Sender<replication::IsrChange>,
+    /// Producer ids for InitProducerId, from blocks the controller gave this broker.
+    pub producer_ids: Arc<producer_ids::ProducerIdManager>,
     /// Flips to `true` when the broker shuts down; long waits watch it.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
 }

@@ -138,6 +138,9 @@ pub async fn run(
         topics,
         groups,
         cluster: Arc::clone(&cluster),
+        producer_ids: Arc::new(crate::producer_ids::ProducerIdManager::new(Box::new(
+            crate::producer_ids::ControllerBlocks(Arc::clone(&cluster)),
+        ))),
         request_memory: u32::try_from(config.queued_max_request_bytes)
             .ok()
             .filter(|bytes| *bytes > 0)

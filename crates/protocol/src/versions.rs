@@ -60,6 +60,7 @@ pub const SUPPORTED: &[ApiSupport] = &[
     api(ApiKey::WriteTxnMarkers, 1, 1, 1),
     api(ApiKey::ConsumerGroupHeartbeat, 0, 0, 1),
     api(ApiKey::ConsumerGroupDescribe, 0, 0, 1),
+    api(ApiKey::InitProducerId, 0, 0, 5),
 ];
 
 const fn api(key: ApiKey, advertised_min: i16, served_min: i16, max: i16) -> ApiSupport {

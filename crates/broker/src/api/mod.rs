@@ -21,6 +21,7 @@ mod elect_leaders;
 pub(crate) mod fetch;
 mod find_coordinator;
 mod groups;
+mod init_producer_id;
 mod list_config_resources;
 mod list_offsets;
 mod metadata;
@@ -163,6 +164,9 @@ pub async fn handle(
         }
         RequestKind::DescribeTopicPartitions(req) => {
             ctx.respond(&describe_topic_partitions::handle(broker, req))
+        }
+        RequestKind::InitProducerId(req) => {
+            ctx.respond(&init_producer_id::handle(broker, req, &ctx).await)
         }
         RequestKind::AlterConfigs(req) => ctx.respond(&alter_configs::alter(broker, req).await),
         RequestKind::IncrementalAlterConfigs(req) => {
