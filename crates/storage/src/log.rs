@@ -24,7 +24,7 @@ use tracing::{info, warn};
 
 use crate::checkpoint::LEADER_EPOCH_FILE;
 use crate::epoch::LeaderEpochCache;
-use crate::producer_state::{PendingUpdate, ProducerStateManager};
+use crate::producer_state::{Origin, PendingUpdate, ProducerStateManager};
 use crate::segment::{index_batch, FileSlice, LogSegment};
 use crate::StorageError;
 
@@ -388,6 +388,32 @@ impl PartitionLog {
         leader_epoch: i32,
         now_ms: i64,
     ) -> Result<AppendInfo, StorageError> {
+        self.append_checked(records, batches, leader_epoch, now_ms, Origin::Client)
+    }
+
+    /// As [`append_as_leader`](Self::append_as_leader), for batches a coordinator writes on
+    /// a producer's behalf (Kafka's origin COORDINATOR: the group coordinator's
+    /// transactional offset commits, whose batches carry no sequence numbers): only the
+    /// producer epoch and the transactional flag are checked, never sequences or
+    /// duplicates.
+    pub fn append_as_coordinator(
+        &self,
+        records: &[u8],
+        batches: &[BatchInfo],
+        leader_epoch: i32,
+        now_ms: i64,
+    ) -> Result<AppendInfo, StorageError> {
+        self.append_checked(records, batches, leader_epoch, now_ms, Origin::Coordinator)
+    }
+
+    fn append_checked(
+        &self,
+        records: &[u8],
+        batches: &[BatchInfo],
+        leader_epoch: i32,
+        now_ms: i64,
+        origin: Origin,
+    ) -> Result<AppendInfo, StorageError> {
         let config = self.config.read().clone();
         let mut writer = self.writer.lock();
         if writer.closed {
@@ -412,7 +438,7 @@ impl PartitionLog {
             bytes: start_position,
         };
         if let Some(original) =
-            producers::check_leader_batches(&mut writer, batches, first_offset, at)?
+            producers::check_leader_batches(&mut writer, batches, first_offset, at, origin)?
         {
             return Ok(AppendInfo {
                 first_offset: original.first_offset(),

@@ -200,15 +200,16 @@ impl PartitionLog {
 }
 
 /// Checks the producer batches of a leader append (Kafka's
-/// `analyzeAndValidateProducerState` with origin CLIENT) into the writer's pending update,
-/// which the caller commits once the batches are written. `first_offset` and `at` are
-/// where the first batch goes. Returns the original of a retried batch (nothing may be
+/// `analyzeAndValidateProducerState`) into the writer's pending update, which the caller
+/// commits once the batches are written. `first_offset` and `at` are where the first batch
+/// goes. Returns the original of a retried batch (origin CLIENT only; nothing may be
 /// written then). Batches without a producer id cost a comparison each.
 pub(super) fn check_leader_batches(
     writer: &mut Writer,
     batches: &[BatchInfo],
     first_offset: i64,
     at: FilePosition,
+    origin: Origin,
 ) -> Result<Option<BatchMetadata>, StorageError> {
     let Writer {
         producers, pending, ..
@@ -226,16 +227,18 @@ pub(super) fn check_leader_batches(
                 max_timestamp: b.max_timestamp,
                 is_transactional: b.is_transactional,
             };
-            if let Some(original) = producers.duplicate_of(&batch) {
-                pending.clear();
-                return Ok(Some(original));
+            if origin == Origin::Client {
+                if let Some(original) = producers.duplicate_of(&batch) {
+                    pending.clear();
+                    return Ok(Some(original));
+                }
             }
             let start = FilePosition {
                 segment_base: at.segment_base,
                 bytes: position,
             };
             producers
-                .prepare_batch(pending, &batch, start, Origin::Client)
+                .prepare_batch(pending, &batch, start, origin)
                 .inspect_err(|_| pending.clear())?;
         }
         offset += i64::from(b.records_count);

@@ -1048,3 +1048,26 @@ fn a_crash_at_any_step_of_a_swap_keeps_the_transaction_index_of_trusted_segments
         }
     }
 }
+
+#[test]
+fn coordinator_writes_check_only_the_producer_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), LogConfig::default(), false);
+    // Transactional offset commits carry the producer's id and epoch but no sequence.
+    let commit = |epoch| {
+        let bytes = producer_batch(8, epoch, -1, 1, true);
+        let batches = validate_produce(&bytes, 1 << 20).unwrap();
+        log.append_as_coordinator(&bytes, &batches, 0, NOW_MS)
+    };
+    let first = commit(1).unwrap();
+    let second = commit(1).unwrap();
+    assert!(!second.duplicate);
+    assert_eq!(second.first_offset, first.first_offset + 1);
+    assert_eq!(code(commit(0)), ResponseError::InvalidProducerEpoch.code());
+    assert_eq!(
+        summary(&log, 8).current_txn_start_offset,
+        first.first_offset
+    );
+    marker(&log, 8, 1, ControlType::Commit);
+    assert_eq!(summary(&log, 8).current_txn_start_offset, -1);
+}
