@@ -719,7 +719,8 @@ impl ProducerStateManager {
         }
     }
 
-    /// Writes the state as a snapshot at `offset` in `dir` (`sync`: fsynced).
+    /// Writes the state as a snapshot at `offset` in `dir` (`sync`: the file and the
+    /// directory fsynced).
     pub(crate) fn write_snapshot(
         &self,
         dir: &Path,
@@ -750,6 +751,7 @@ impl ProducerStateManager {
         file.write_all(&out)?;
         if sync {
             file.sync_all()?;
+            std::fs::File::open(dir)?.sync_all()?;
         }
         Ok(())
     }
