@@ -388,13 +388,14 @@ impl PartitionLog {
         leader_epoch: i32,
         now_ms: i64,
     ) -> Result<AppendInfo, StorageError> {
-        self.append_from(records, batches, leader_epoch, now_ms, Origin::Client)
+        self.append_checked(records, batches, leader_epoch, now_ms, Origin::Client)
     }
 
-    /// Appends batches a coordinator of this broker built (`__consumer_offsets` writes,
-    /// transactional offset commits), as [`append_as_leader`](Self::append_as_leader) but
-    /// with Kafka's origin COORDINATOR: producer epochs are checked, sequences are not,
-    /// and nothing is taken for a retry.
+    /// As [`append_as_leader`](Self::append_as_leader), for batches a coordinator writes on
+    /// a producer's behalf (Kafka's origin COORDINATOR: the group coordinator's
+    /// transactional offset commits, whose batches carry no sequence numbers): only the
+    /// producer epoch and the transactional flag are checked, never sequences or
+    /// duplicates.
     pub fn append_as_coordinator(
         &self,
         records: &[u8],
@@ -402,10 +403,10 @@ impl PartitionLog {
         leader_epoch: i32,
         now_ms: i64,
     ) -> Result<AppendInfo, StorageError> {
-        self.append_from(records, batches, leader_epoch, now_ms, Origin::Coordinator)
+        self.append_checked(records, batches, leader_epoch, now_ms, Origin::Coordinator)
     }
 
-    fn append_from(
+    fn append_checked(
         &self,
         records: &[u8],
         batches: &[BatchInfo],

@@ -6,11 +6,11 @@
 //! below the high watermark, which give the first unstable offset (the last stable offset
 //! is the smaller of it and the high watermark).
 //!
-//! A leader's append is checked batch by batch into a [`PendingUpdate`] and committed only
+//! A leader's append is checked batch by batch into a `PendingUpdate` and committed only
 //! once every batch passed and the bytes are written (Kafka's `AppendOrigin.CLIENT`);
 //! followers and recovery apply the same state and refuse nothing (`REPLICATION`).
 //!
-//! Snapshots (Kafka's `<offset>.snapshot` files, [`ProducerStateManager::write_snapshot`])
+//! Snapshots (Kafka's `<offset>.snapshot` files, `ProducerStateManager::write_snapshot`)
 //! hold the state as of an offset: `version i16 (1) | crc u32 (CRC32C of the rest) |
 //! count i32 | entries`, each entry `producer_id i64 | epoch i16 | last_sequence i32 |
 //! last_offset i64 | offset_delta i32 | timestamp i64 | coordinator_epoch i32 |
@@ -719,7 +719,8 @@ impl ProducerStateManager {
         }
     }
 
-    /// Writes the state as a snapshot at `offset` in `dir` (`sync`: fsynced).
+    /// Writes the state as a snapshot at `offset` in `dir` (`sync`: the file and the
+    /// directory fsynced).
     pub(crate) fn write_snapshot(
         &self,
         dir: &Path,
@@ -750,6 +751,7 @@ impl ProducerStateManager {
         file.write_all(&out)?;
         if sync {
             file.sync_all()?;
+            std::fs::File::open(dir)?.sync_all()?;
         }
         Ok(())
     }

@@ -200,11 +200,10 @@ impl PartitionLog {
 }
 
 /// Checks the producer batches of a leader append (Kafka's
-/// `analyzeAndValidateProducerState` with origin CLIENT or COORDINATOR) into the writer's
-/// pending update, which the caller commits once the batches are written. `first_offset`
-/// and `at` are where the first batch goes. Returns the original of a client's retried
-/// batch (nothing may be written then). Batches without a producer id cost a comparison
-/// each.
+/// `analyzeAndValidateProducerState`) into the writer's pending update, which the caller
+/// commits once the batches are written. `first_offset` and `at` are where the first batch
+/// goes. Returns the original of a retried batch (origin CLIENT only; nothing may be
+/// written then). Batches without a producer id cost a comparison each.
 pub(super) fn check_leader_batches(
     writer: &mut Writer,
     batches: &[BatchInfo],

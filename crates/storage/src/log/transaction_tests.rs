@@ -1048,3 +1048,324 @@ fn a_crash_at_any_step_of_a_swap_keeps_the_transaction_index_of_trusted_segments
         }
     }
 }
+
+#[test]
+fn coordinator_writes_check_only_the_producer_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), LogConfig::default(), false);
+    // Transactional offset commits carry the producer's id and epoch but no sequence.
+    let commit = |epoch| {
+        let bytes = producer_batch(8, epoch, -1, 1, true);
+        let batches = validate_produce(&bytes, 1 << 20).unwrap();
+        log.append_as_coordinator(&bytes, &batches, 0, NOW_MS)
+    };
+    let first = commit(1).unwrap();
+    let second = commit(1).unwrap();
+    assert!(!second.duplicate);
+    assert_eq!(second.first_offset, first.first_offset + 1);
+    assert_eq!(code(commit(0)), ResponseError::InvalidProducerEpoch.code());
+    assert_eq!(
+        summary(&log, 8).current_txn_start_offset,
+        first.first_offset
+    );
+    marker(&log, 8, 1, ControlType::Commit);
+    assert_eq!(summary(&log, 8).current_txn_start_offset, -1);
+}
+
+mod model {
+    //! A state-machine test: random producers' batches, retries, markers, high watermark
+    //! moves, truncations and reopens against a model of the log that derives what the
+    //! producer state must be.
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Debug, Clone)]
+    pub(super) enum Op {
+        /// A batch of producer `pid` (3: a plain producer) of `count` records.
+        Data {
+            pid: i64,
+            txn: bool,
+            count: usize,
+        },
+        /// The producer's last batch again.
+        Retry {
+            pid: i64,
+        },
+        /// A marker, then the high watermark to the log end.
+        Marker {
+            pid: i64,
+            abort: bool,
+        },
+        HighWatermark,
+        /// Truncate somewhere between the high watermark and the log end.
+        Truncate {
+            per_mille: i64,
+        },
+        /// Close and reopen; or crash, after a flush (`flushed`: recovery re-reads only the
+        /// active segment) or not (all of it).
+        Reopen {
+            clean: bool,
+            flushed: bool,
+        },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            6 => (0i64..4, any::<bool>(), 1usize..4)
+                .prop_map(|(pid, txn, count)| Op::Data { pid, txn, count }),
+            2 => (0i64..3).prop_map(|pid| Op::Retry { pid }),
+            3 => (0i64..3, any::<bool>()).prop_map(|(pid, abort)| Op::Marker { pid, abort }),
+            2 => Just(Op::HighWatermark),
+            1 => (0i64..1000).prop_map(|per_mille| Op::Truncate { per_mille }),
+            1 => (any::<bool>(), any::<bool>())
+                .prop_map(|(clean, flushed)| Op::Reopen { clean, flushed }),
+        ]
+    }
+
+    #[derive(Debug, Clone, Copy)]
+    enum Kind {
+        Data { pid: i64, txn: bool, first_seq: i32 },
+        Marker { pid: i64, abort: bool },
+    }
+
+    #[derive(Debug, Clone, Copy)]
+    struct Entry {
+        base: i64,
+        count: i64,
+        kind: Kind,
+    }
+
+    #[derive(Debug, Default)]
+    struct Model {
+        entries: Vec<Entry>,
+        high_watermark: i64,
+    }
+
+    /// What the model says of a producer: last batch (first offset, last offset, first
+    /// sequence, count) and open transaction.
+    #[derive(Debug, Default, Clone, Copy)]
+    struct Producer {
+        last: Option<(i64, i64, i32, i64)>,
+        open_txn: Option<i64>,
+    }
+
+    impl Model {
+        fn end(&self) -> i64 {
+            self.entries.last().map_or(0, |e| e.base + e.count)
+        }
+
+        fn producer(&self, pid: i64) -> Producer {
+            let mut p = Producer::default();
+            for e in &self.entries {
+                match e.kind {
+                    Kind::Data {
+                        pid: id,
+                        txn,
+                        first_seq,
+                    } if id == pid => {
+                        p.last = Some((e.base, e.base + e.count - 1, first_seq, e.count));
+                        if txn && p.open_txn.is_none() {
+                            p.open_txn = Some(e.base);
+                        }
+                    }
+                    Kind::Marker { pid: id, .. } if id == pid => p.open_txn = None,
+                    _ => {}
+                }
+            }
+            p
+        }
+
+        fn next_sequence(&self, pid: i64) -> i32 {
+            self.producer(pid)
+                .last
+                .map_or(0, |(_, _, first, count)| first + count as i32)
+        }
+
+        /// Aborted transactions in marker order.
+        fn aborted(&self) -> Vec<AbortedTxn> {
+            let mut open = std::collections::HashMap::new();
+            let mut out = Vec::new();
+            for e in &self.entries {
+                match e.kind {
+                    Kind::Data { pid, txn: true, .. } => {
+                        open.entry(pid).or_insert(e.base);
+                    }
+                    Kind::Marker { pid, abort } => {
+                        if let Some(first_offset) = open.remove(&pid) {
+                            if abort {
+                                out.push(AbortedTxn {
+                                    producer_id: pid,
+                                    first_offset,
+                                });
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            out
+        }
+
+        fn last_stable_offset(&self) -> i64 {
+            (0..3)
+                .filter_map(|pid| self.producer(pid).open_txn)
+                .filter(|&first| first < self.high_watermark)
+                .min()
+                .unwrap_or(self.high_watermark)
+        }
+    }
+
+    fn apply(log: PartitionLog, model: &mut Model, op: &Op) -> PartitionLog {
+        match *op {
+            Op::Data { pid, txn, count } => {
+                if pid == 3 {
+                    let info = append(&log, -1, -1, -1, count).unwrap();
+                    assert_eq!(info.first_offset, model.end());
+                    model.entries.push(Entry {
+                        base: info.first_offset,
+                        count: count as i64,
+                        kind: Kind::Data {
+                            pid: -1,
+                            txn: false,
+                            first_seq: -1,
+                        },
+                    });
+                    return log;
+                }
+                let sequence = model.next_sequence(pid);
+                let result = append_bytes(&log, &producer_batch(pid, 0, sequence, count, txn));
+                if model.producer(pid).open_txn.is_some() && !txn {
+                    assert_eq!(code(result), ResponseError::InvalidTxnState.code());
+                    return log;
+                }
+                let info = result.unwrap();
+                assert!(!info.duplicate);
+                assert_eq!(info.first_offset, model.end());
+                model.entries.push(Entry {
+                    base: info.first_offset,
+                    count: count as i64,
+                    kind: Kind::Data {
+                        pid,
+                        txn,
+                        first_seq: sequence,
+                    },
+                });
+            }
+            Op::Retry { pid } => {
+                let producer = model.producer(pid);
+                let Some((first, last, sequence, count)) = producer.last else {
+                    return log;
+                };
+                let txn = matches!(
+                    model
+                        .entries
+                        .iter()
+                        .rfind(|e| e.base == first)
+                        .unwrap()
+                        .kind,
+                    Kind::Data { txn: true, .. }
+                );
+                let info =
+                    append_bytes(&log, &producer_batch(pid, 0, sequence, count as usize, txn))
+                        .unwrap();
+                assert!(info.duplicate, "{op:?}");
+                assert_eq!((info.first_offset, info.last_offset), (first, last));
+            }
+            Op::Marker { pid, abort } => {
+                let control = if abort {
+                    ControlType::Abort
+                } else {
+                    ControlType::Commit
+                };
+                let offset = marker(&log, pid, 0, control);
+                assert_eq!(offset, model.end());
+                model.entries.push(Entry {
+                    base: offset,
+                    count: 1,
+                    kind: Kind::Marker { pid, abort },
+                });
+                log.update_high_watermark(i64::MAX);
+                model.high_watermark = model.end();
+            }
+            Op::HighWatermark => {
+                log.update_high_watermark(i64::MAX);
+                model.high_watermark = model.end();
+            }
+            Op::Truncate { per_mille } => {
+                let (hw, end) = (model.high_watermark, model.end());
+                let cut = hw + (end - hw) * per_mille / 1000;
+                log.truncate_to(cut).unwrap();
+                model.entries.retain(|e| e.base + e.count - 1 < cut);
+            }
+            Op::Reopen { clean, flushed } => {
+                let log = if clean || !flushed {
+                    reopen(log, small_segments(), clean)
+                } else {
+                    let recovery_point = log.flush().unwrap();
+                    let dir = log.dir().to_path_buf();
+                    drop(log);
+                    PartitionLog::open(
+                        &dir,
+                        "t",
+                        0,
+                        small_segments(),
+                        recovery_point,
+                        false,
+                        NOW_MS,
+                    )
+                    .unwrap()
+                };
+                log.reset_high_watermark(model.high_watermark);
+                return log;
+            }
+        }
+        log
+    }
+
+    fn check(log: &PartitionLog, model: &Model) -> Result<(), TestCaseError> {
+        let offsets = log.offsets();
+        prop_assert_eq!(offsets.log_end_offset, model.end());
+        prop_assert_eq!(offsets.high_watermark, model.high_watermark);
+        prop_assert_eq!(last_stable(log), model.last_stable_offset());
+        prop_assert_eq!(log.aborted_transactions(0, model.end()), model.aborted());
+        for pid in 0..3 {
+            let producer = model.producer(pid);
+            let summary = log
+                .producer_summaries()
+                .into_iter()
+                .find(|s| s.producer_id == pid);
+            match (producer.last, summary) {
+                (Some((_, _, first, count)), Some(s)) => {
+                    prop_assert_eq!(s.last_sequence, first + count as i32 - 1);
+                    prop_assert_eq!(s.current_txn_start_offset, producer.open_txn.unwrap_or(-1));
+                }
+                (None, Some(s)) => {
+                    // Known by a marker only.
+                    prop_assert_eq!(s.last_sequence, -1);
+                    prop_assert_eq!(s.current_txn_start_offset, -1);
+                }
+                (None, None) => {}
+                (Some(_), None) => prop_assert!(false, "producer {} lost", pid),
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn producer_state_matches_a_model_through_appends_markers_truncations_and_reopens(
+            ops in proptest::collection::vec(op(), 1..60),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let mut log = open(dir.path(), small_segments(), false);
+            let mut model = Model::default();
+            for op in &ops {
+                log = apply(log, &mut model, op);
+                check(&log, &model)?;
+            }
+        }
+    }
+}
