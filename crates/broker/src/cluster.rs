@@ -89,6 +89,9 @@ pub struct Cluster {
     /// For admin requests forwarded to the active controller.
     admin: ControllerClient,
     heartbeats: ControllerClient,
+    /// For producer id blocks ([`crate::producer_ids`]), so that fetching one never waits
+    /// behind a slow admin request.
+    producer_ids: ControllerClient,
     /// The committed metadata, as this node knows it.
     pub metadata: watch::Receiver<Published>,
     broker_epoch: AtomicI64,
@@ -117,6 +120,7 @@ impl Cluster {
             node_id: config.node_id,
             admin: ControllerClient::new(&voters, cluster_id, controller.clone()),
             heartbeats: ControllerClient::new(&voters, cluster_id, controller.clone()),
+            producer_ids: ControllerClient::new(&voters, cluster_id, controller.clone()),
             controller,
             metadata,
             broker_epoch: AtomicI64::new(-1),
@@ -139,6 +143,17 @@ impl Cluster {
         let timeout_ms = timeout_ms.clamp(1, ADMIN_TIMEOUT_MS);
         self.admin
             .call(request, Duration::from_millis(timeout_ms))
+            .await
+    }
+
+    /// Sends a producer id request to the active controller, waiting at most `timeout_ms`.
+    pub async fn call_producer_ids(
+        &self,
+        request: ControllerRequest,
+        timeout_ms: u64,
+    ) -> ControllerResponse {
+        self.producer_ids
+            .call(request, Duration::from_millis(timeout_ms.max(1)))
             .await
     }
 

@@ -10,6 +10,7 @@ use bytes::{Bytes, BytesMut};
 use kafka_protocol::records::{
     Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
+use kafka_protocol::ResponseError;
 use strom_coordinator::{GroupCoordinator, OffsetsLog};
 use strom_protocol::batch;
 use tracing::info;
@@ -36,33 +37,45 @@ pub fn topic_configs() -> Vec<(String, String)> {
     ]
 }
 
-impl OffsetsLog for OffsetsTopic {
-    fn append(
+impl OffsetsTopic {
+    /// Appends `records` as one batch to `partition` of the topic, which this broker must
+    /// lead; with `producer`, as a transactional batch of that producer (id, epoch).
+    fn append_batch(
         &self,
         partition: i32,
         records: Vec<(Vec<u8>, Option<Vec<u8>>)>,
-    ) -> Result<(), String> {
-        let topic = self
-            .topics
-            .get(TOPIC)
-            .ok_or_else(|| format!("{TOPIC} does not exist"))?;
-        let target = topic
-            .led(partition)
-            .map_err(|code| format!("partition {partition} of {TOPIC} is not led here ({code})"))?;
+        producer: Option<(i64, i16)>,
+    ) -> Result<(), (i16, String)> {
+        let unknown = ResponseError::UnknownServerError.code();
+        let topic = self.topics.get(TOPIC).ok_or_else(|| {
+            (
+                ResponseError::NotCoordinator.code(),
+                format!("{TOPIC} does not exist"),
+            )
+        })?;
+        let target = topic.led(partition).map_err(|code| {
+            (
+                ResponseError::NotCoordinator.code(),
+                format!("partition {partition} of {TOPIC} is not led here ({code})"),
+            )
+        })?;
         let now = now_ms();
+        let (producer_id, producer_epoch) = producer.unwrap_or((-1, -1));
         let records: Vec<Record> = records
             .into_iter()
             .enumerate()
             .map(|(i, (key, value))| Record {
-                transactional: false,
+                transactional: producer.is_some(),
                 control: false,
                 delete_horizon: false,
                 partition_leader_epoch: 0,
-                producer_id: -1,
-                producer_epoch: -1,
+                producer_id,
+                producer_epoch,
                 timestamp_type: TimestampType::Creation,
                 offset: i as i64,
-                sequence: -1,
+                // Kafka's coordinator writes sequence 0; the log does not check the
+                // sequences of its own coordinators' batches.
+                sequence: if producer.is_some() { i as i32 } else { -1 },
                 timestamp: now,
                 key: Some(Bytes::from(key)),
                 value: value.map(Bytes::from),
@@ -74,12 +87,45 @@ impl OffsetsLog for OffsetsTopic {
             version: 2,
             compression: Compression::None,
         };
-        RecordBatchEncoder::encode(&mut buf, &records, &options).map_err(|e| e.to_string())?;
-        let batches = batch::validate_produce(&buf, usize::MAX).map_err(|e| e.to_string())?;
+        RecordBatchEncoder::encode(&mut buf, &records, &options)
+            .map_err(|e| (unknown, e.to_string()))?;
+        let batches =
+            batch::validate_produce(&buf, usize::MAX).map_err(|e| (unknown, e.to_string()))?;
         target
-            .append_as_leader(&buf, &batches, None, now)
-            .map_err(|e| format!("{e:?}"))?;
+            .append_as_coordinator(&buf, &batches, now)
+            .map_err(|e| match e {
+                crate::replication::LeaderAppendError::NotLeader => (
+                    ResponseError::NotCoordinator.code(),
+                    format!("partition {partition} of {TOPIC} is not led here"),
+                ),
+                other => (other.error_code(), format!("{other:?}")),
+            })?;
         Ok(())
+    }
+}
+
+impl OffsetsLog for OffsetsTopic {
+    fn append(
+        &self,
+        partition: i32,
+        records: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    ) -> Result<(), String> {
+        self.append_batch(partition, records, None)
+            .map_err(|(_, message)| message)
+    }
+
+    fn append_transactional(
+        &self,
+        partition: i32,
+        producer_id: i64,
+        producer_epoch: i16,
+        records: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    ) -> Result<(), i16> {
+        self.append_batch(partition, records, Some((producer_id, producer_epoch)))
+            .map_err(|(code, message)| {
+                tracing::debug!(partition, producer_id, code, %message, "transactional offsets write refused");
+                code
+            })
     }
 }
 
@@ -180,10 +226,17 @@ fn load_partition(
                     reason: format!("undecodable batch in {TOPIC}: {e}"),
                 })?;
             for record in sets.iter().flat_map(|s| s.records.iter()) {
-                if let Some(key) = &record.key {
+                let Some(key) = &record.key else { continue };
+                if record.control {
+                    if let Some(commit) = control_is_commit(key) {
+                        groups.complete_transaction(partition.index, record.producer_id, commit);
+                    }
+                } else if record.transactional {
+                    groups.replay_transactional(key, record.value.as_deref(), record.producer_id);
+                } else {
                     groups.replay(key, record.value.as_deref());
-                    loaded += 1;
                 }
+                loaded += 1;
             }
             if complete == 0 {
                 break;
@@ -197,4 +250,14 @@ fn load_partition(
         "loaded consumer groups from {TOPIC}"
     );
     Ok(())
+}
+
+/// A control record's key (version i16, type i16): `Some(true)` for a commit marker,
+/// `Some(false)` for an abort, `None` for other control types.
+pub fn control_is_commit(key: &[u8]) -> Option<bool> {
+    match key {
+        [_, _, 0, 0] => Some(false),
+        [_, _, 0, 1] => Some(true),
+        _ => None,
+    }
 }

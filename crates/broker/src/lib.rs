@@ -21,6 +21,7 @@ mod fetcher;
 mod legacy;
 pub mod log_cleaner;
 mod peer;
+pub mod producer_ids;
 pub mod quotas;
 pub mod replication;
 pub mod response;
@@ -61,12 +62,12 @@ pub struct Broker {
     pub txns: Arc<strom_coordinator::transaction::TransactionCoordinator>,
     /// Which `__transaction_state` partitions the transaction coordinator has loaded.
     pub txn_loader: Arc<transaction_state::Loader>,
-    /// New producer ids (for InitProducerId).
-    pub producer_ids: Arc<dyn strom_coordinator::transaction::ProducerIdGenerator>,
     /// Client quota usage ([`quotas`]).
     pub quotas: quotas::QuotaManager,
     /// ISR changes for the controller, from follower fetches ([`replication`]).
     pub isr_changes: tokio::sync::mpsc::Sender<replication::IsrChange>,
+    /// Producer ids for InitProducerId, from blocks the controller gave this broker.
+    pub producer_ids: Arc<producer_ids::ProducerIdManager>,
     /// Flips to `true` when the broker shuts down; long waits watch it.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
 }

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use strom_controller::service::{ControllerRequest, ControllerResponse};
 use strom_metadata::image::PartitionImage;
-use strom_storage::AppendInfo;
+use strom_storage::{AppendInfo, PartitionLog, StorageError};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 use uuid::Uuid;
@@ -95,6 +95,18 @@ pub enum LeaderAppendError {
     Storage(strom_storage::StorageError),
 }
 
+impl LeaderAppendError {
+    /// The Kafka error code a client is answered with.
+    pub fn error_code(&self) -> i16 {
+        use kafka_protocol::ResponseError as E;
+        match self {
+            LeaderAppendError::NotLeader => E::NotLeaderOrFollower.code(),
+            LeaderAppendError::NotEnoughReplicas { .. } => E::NotEnoughReplicas.code(),
+            LeaderAppendError::Storage(e) => e.error_code(),
+        }
+    }
+}
+
 /// How a wait for replication ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Replicated {
@@ -168,13 +180,30 @@ impl Partition {
         min_insync_replicas: Option<i32>,
         now_ms: i64,
     ) -> Result<(AppendInfo, i32), LeaderAppendError> {
-        self.append_as_leader_in(None, records, batches, min_insync_replicas, now_ms)
+        self.append_led(None, min_insync_replicas, |log, leader_epoch| {
+            log.append_as_leader(records, batches, leader_epoch, now_ms)
+        })
     }
 
-    /// [`Self::append_as_leader`] only while this broker leads in `leader_epoch`: a
-    /// coordinator writes its partition in the epoch it loaded it in, and must not write
-    /// after leadership moved away and back (its state would be stale).
-    pub fn append_as_leader_in_epoch(
+    /// Appends batches a coordinator of this broker built (`__consumer_offsets`,
+    /// transactional offset commits), as Kafka's `AppendOrigin.COORDINATOR`: like a leader
+    /// append, but the log does not check sequences nor take a batch for a retry.
+    pub fn append_as_coordinator(
+        &self,
+        records: &[u8],
+        batches: &[strom_protocol::batch::BatchInfo],
+        now_ms: i64,
+    ) -> Result<(AppendInfo, i32), LeaderAppendError> {
+        self.append_led(None, None, |log, leader_epoch| {
+            log.append_as_coordinator(records, batches, leader_epoch, now_ms)
+        })
+    }
+
+    /// [`Self::append_as_coordinator`] only while this broker leads in `leader_epoch` (a
+    /// coordinator's epoch: it must not write after leadership moved away and back, its
+    /// state would be stale); with `min_insync_replicas` (acks=all), refuses when the ISR is
+    /// smaller.
+    pub fn append_as_coordinator_in_epoch(
         &self,
         leader_epoch: i32,
         records: &[u8],
@@ -182,22 +211,44 @@ impl Partition {
         min_insync_replicas: Option<i32>,
         now_ms: i64,
     ) -> Result<(AppendInfo, i32), LeaderAppendError> {
-        self.append_as_leader_in(
-            Some(leader_epoch),
-            records,
-            batches,
-            min_insync_replicas,
-            now_ms,
-        )
+        self.append_led(Some(leader_epoch), min_insync_replicas, |log, epoch| {
+            log.append_as_coordinator(records, batches, epoch, now_ms)
+        })
     }
 
-    fn append_as_leader_in(
+    /// Appends a transaction marker (WriteTxnMarkers) as the leader; with
+    /// `min_insync_replicas`, refuses when the ISR is smaller (markers are written with
+    /// acks=all).
+    pub fn append_control(
+        &self,
+        producer_id: i64,
+        producer_epoch: i16,
+        control: strom_storage::producer_state::ControlType,
+        coordinator_epoch: i32,
+        min_insync_replicas: i32,
+        now_ms: i64,
+    ) -> Result<(AppendInfo, i32), LeaderAppendError> {
+        self.append_led(None, Some(min_insync_replicas), |log, leader_epoch| {
+            log.append_control(
+                producer_id,
+                producer_epoch,
+                control,
+                coordinator_epoch,
+                leader_epoch,
+                now_ms,
+            )
+        })
+    }
+
+    /// Runs `append` on the log if this broker leads the partition (in `leader_epoch` when
+    /// given, and with an ISR of at least `min_insync_replicas`), holding the replica state
+    /// meanwhile; then moves the high watermark and wakes waiting fetches. Returns what was
+    /// appended and the leader epoch it was stamped with.
+    fn append_led(
         &self,
         leader_epoch: Option<i32>,
-        records: &[u8],
-        batches: &[strom_protocol::batch::BatchInfo],
         min_insync_replicas: Option<i32>,
-        now_ms: i64,
+        append: impl FnOnce(&PartitionLog, i32) -> Result<AppendInfo, StorageError>,
     ) -> Result<(AppendInfo, i32), LeaderAppendError> {
         let r = self.replica.lock();
         if r.leader != self.node_id || leader_epoch.is_some_and(|e| e != r.leader_epoch) {
@@ -211,10 +262,7 @@ impl Partition {
                 });
             }
         }
-        let info = self
-            .log
-            .append_as_leader(records, batches, r.leader_epoch, now_ms)
-            .map_err(LeaderAppendError::Storage)?;
+        let info = append(&self.log, r.leader_epoch).map_err(LeaderAppendError::Storage)?;
         self.advance_high_watermark(&r);
         let epoch = r.leader_epoch;
         drop(r);

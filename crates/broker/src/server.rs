@@ -117,10 +117,9 @@ pub async fn run(
     ));
     let offsets_loader = Arc::new(consumer_offsets::Loader::new(Arc::clone(&groups)));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    // Until the broker's producer id manager is wired in (see ProvisionalProducerIds).
-    let producer_ids: Arc<dyn ProducerIdGenerator> = Arc::new(
-        transaction_state::ProvisionalProducerIds::new(config.node_id),
-    );
+    let producer_ids = Arc::new(crate::producer_ids::ProducerIdManager::new(Box::new(
+        crate::producer_ids::ControllerBlocks(Arc::clone(&cluster)),
+    )));
     let txns = Arc::new(TransactionCoordinator::new(
         txn_config(&config),
         Arc::new(transaction_state::TxnStateLog {
@@ -128,7 +127,7 @@ pub async fn run(
             replication_timeout_ms: transaction_state::REPLICATION_TIMEOUT_MS,
             shutdown: shutdown_rx.clone(),
         }),
-        Arc::clone(&producer_ids),
+        Arc::clone(&producer_ids) as Arc<dyn ProducerIdGenerator>,
         Arc::new(SystemClock),
     ));
     let txn_loader = Arc::new(transaction_state::Loader::new(

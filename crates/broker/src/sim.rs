@@ -54,7 +54,7 @@ use strom_storage::{LogConfig, PartitionLog};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use crate::api::fetch::{check_epoch, follower_fetch, read_partition, PartitionRead};
+use crate::api::fetch::{check_epoch, follower_fetch, read_partition, PartitionRead, Reader};
 use crate::config::BrokerConfig;
 use crate::fetcher::{self, Target};
 use crate::replication::{request_isr_change, IsrChange};
@@ -1240,7 +1240,13 @@ fn serve_fetch(
     );
     let max_bytes = p.partition_max_bytes.max(0) as usize;
     answer(read_partition(
-        partition, 0, p, true, diverging, max_bytes, true,
+        partition,
+        0,
+        p,
+        Reader::Follower,
+        diverging,
+        max_bytes,
+        true,
     ))
 }
 
@@ -1500,7 +1506,7 @@ mod regressions {
             leader,
             0,
             &request,
-            true,
+            Reader::Follower,
             diverging,
             1 << 20,
             true,

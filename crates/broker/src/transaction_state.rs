@@ -10,7 +10,6 @@
 //! Writes are acknowledged once on every in-sync replica, as Kafka's acks=-1 appends are.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -148,7 +147,7 @@ impl TxnStateLog {
             batch::validate_produce(&buf, usize::MAX).map_err(|_| E::UnknownServerError.code())?;
         let min_isr = topic.settings.min_insync_replicas;
         let (info, leader_epoch) = target
-            .append_as_leader_in_epoch(coordinator_epoch, &buf, &batches, Some(min_isr), now)
+            .append_as_coordinator_in_epoch(coordinator_epoch, &buf, &batches, Some(min_isr), now)
             .map_err(|e| match e {
                 LeaderAppendError::NotLeader => E::NotLeaderOrFollower.code(),
                 LeaderAppendError::NotEnoughReplicas { .. } => E::NotEnoughReplicas.code(),
@@ -304,26 +303,11 @@ impl Loader {
     }
 }
 
-/// Producer ids until the broker's producer id manager (blocks allocated by the controller,
-/// see the issue 7 plan) is wired in: unique within this process only (node id in the high
-/// bits, then the start time and a counter). Replaced at merge by an adapter over
-/// `crate::producer_ids::ProducerIdManager`.
-pub struct ProvisionalProducerIds {
-    next: AtomicI64,
-}
-
-impl ProvisionalProducerIds {
-    pub fn new(node_id: i32) -> ProvisionalProducerIds {
-        let base = (i64::from(node_id.max(0)) << 40) | ((now_ms() & 0x3fff_ffff) << 8);
-        ProvisionalProducerIds {
-            next: AtomicI64::new(base),
-        }
-    }
-}
-
-impl ProducerIdGenerator for ProvisionalProducerIds {
+/// The transaction coordinator takes its producer ids from the broker's manager (blocks
+/// the controller allocates).
+impl ProducerIdGenerator for crate::producer_ids::ProducerIdManager {
     fn generate(&self) -> BoxFuture<'_, Result<i64, i16>> {
-        Box::pin(async move { Ok(self.next.fetch_add(1, Ordering::Relaxed)) })
+        Box::pin(crate::producer_ids::ProducerIdManager::generate(self))
     }
 }
 

@@ -112,6 +112,13 @@ struct ProduceArgs {
     /// (`--topic-config cleanup.policy=compact`).
     #[arg(long = "topic-config", value_name = "KEY=VALUE")]
     topic_configs: Vec<String>,
+    /// An idempotent producer (`enable.idempotence=true`, which needs `--acks all`).
+    #[arg(long)]
+    idempotence: bool,
+    /// A transactional producer committing a transaction every N records (0: none);
+    /// reports the commit latency too.
+    #[arg(long, default_value_t = 0)]
+    transaction_records: u64,
 }
 
 #[derive(clap::Args)]
@@ -251,6 +258,9 @@ fn produce(a: ProduceArgs) -> anyhow::Result<()> {
         1, 60_000_000, 3,
     )?));
     let failures = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let commits = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
+        1, 60_000_000, 3,
+    )?));
     let producers = a.producers.max(1);
     let cpu_before = a.common.broker_pid.and_then(process_cpu_seconds);
     let started = Instant::now();
@@ -263,7 +273,8 @@ fn produce(a: ProduceArgs) -> anyhow::Result<()> {
                     failures: Arc::clone(&failures),
                 };
                 let a = &a;
-                scope.spawn(move || produce_share(a, context, records, started))
+                let commits = Arc::clone(&commits);
+                scope.spawn(move || produce_share(a, n, context, records, started, &commits))
             })
             .collect();
         for w in workers {
@@ -278,9 +289,26 @@ fn produce(a: ProduceArgs) -> anyhow::Result<()> {
         .lock()
         .map_err(|_| anyhow::anyhow!("histogram poisoned"))?;
     let bytes = a.records as f64 * a.record_bytes as f64;
+    let mode = match (a.transaction_records, a.idempotence) {
+        (0, false) => String::new(),
+        (0, true) => " idempotent".to_string(),
+        (n, _) => {
+            let c = commits
+                .lock()
+                .map_err(|_| anyhow::anyhow!("histogram poisoned"))?;
+            format!(
+                " transactional records_per_txn={n} transactions={} commit_ms p50={:.2} p99={:.2} max={:.2}",
+                c.len(),
+                c.value_at_quantile(0.5) as f64 / 1000.0,
+                c.value_at_quantile(0.99) as f64 / 1000.0,
+                c.max() as f64 / 1000.0,
+            )
+        }
+    };
     println!(
-        "produce records={} record_bytes={} acks={} compression={} producers={} rate={} elapsed_s={:.2} records_per_s={:.0} \
+        "produce{} records={} record_bytes={} acks={} compression={} producers={} rate={} elapsed_s={:.2} records_per_s={:.0} \
          mb_per_s={:.1} latency_ms p50={:.2} p99={:.2} p99.9={:.2} max={:.2} failed={}{}",
+        mode,
         a.records,
         a.record_bytes,
         a.acks,
@@ -300,14 +328,19 @@ fn produce(a: ProduceArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One producer's share: `records` records at `rate / producers` per second.
+/// One producer's share: `records` records at `rate / producers` per second; producer `n`
+/// of the run, which names its transactional id. Transaction commit times go to `commits`.
 fn produce_share(
     a: &ProduceArgs,
+    n: u64,
     context: LatencyContext,
     records: u64,
     started: Instant,
+    commits: &Mutex<Histogram<u64>>,
 ) -> anyhow::Result<()> {
-    let producer: ThreadedProducer<LatencyContext> = ClientConfig::new()
+    let transactional = a.transaction_records > 0;
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", &a.common.bootstrap)
         .set("acks", &a.acks)
         .set("linger.ms", a.linger_ms.to_string())
@@ -315,9 +348,30 @@ fn produce_share(
         .set("compression.type", &a.compression)
         .set("queue.buffering.max.messages", "1000000")
         .set("queue.buffering.max.kbytes", "1048576")
-        .set("enable.idempotence", "false")
+        .set(
+            "enable.idempotence",
+            (a.idempotence || transactional).to_string(),
+        );
+    if transactional {
+        config.set("transactional.id", format!("strom-bench-{n}"));
+    }
+    let producer: ThreadedProducer<LatencyContext> = config
         .create_with_context(context)
         .context("creating producer")?;
+    const TXN_TIMEOUT: Duration = Duration::from_secs(60);
+    if transactional {
+        producer.init_transactions(TXN_TIMEOUT)?;
+        producer.begin_transaction()?;
+    }
+    let commit = |producer: &ThreadedProducer<LatencyContext>| -> anyhow::Result<()> {
+        let start = Instant::now();
+        producer.commit_transaction(TXN_TIMEOUT)?;
+        let micros = start.elapsed().as_micros() as u64;
+        if let Ok(mut h) = commits.lock() {
+            let _ = h.record(micros.max(1));
+        }
+        Ok(())
+    };
     let payload = vec![b'x'; a.record_bytes];
     let rate = a.rate as f64 / a.producers.max(1) as f64;
     for i in 0..records {
@@ -344,6 +398,15 @@ fn produce_share(
                 }
             }
         }
+        if transactional && (i + 1).is_multiple_of(a.transaction_records) {
+            commit(&producer)?;
+            if i + 1 < records {
+                producer.begin_transaction()?;
+            }
+        }
+    }
+    if transactional && !records.is_multiple_of(a.transaction_records) {
+        commit(&producer)?;
     }
     producer.flush(Duration::from_secs(300))?;
     Ok(())

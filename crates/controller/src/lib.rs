@@ -11,7 +11,8 @@
 //!
 //! Over TCP ([`net`]): voters exchange Raft's RPCs on the controller listener, and brokers
 //! send it [`service::ControllerRequest`]s through a [`client::ControllerClient`]; the
-//! active [`service::Controller`] decides (registration, fencing, placement) and commits.
+//! active [`service::Controller`] decides (registration, fencing, placement, configs, client
+//! quotas, producer id blocks) and commits.
 //! This crate never touches partition data.
 
 // openraft's error types are large by design and are what its traits return.
@@ -21,6 +22,7 @@ pub mod client;
 pub mod configs;
 mod file_store;
 pub mod net;
+pub mod producer_ids;
 pub mod quotas;
 pub mod router;
 pub mod service;

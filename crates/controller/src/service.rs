@@ -1,6 +1,7 @@
 //! The active controller's decisions: broker registration, heartbeats and fencing, topic
 //! creation with replica placement, topic deletion, new partitions, config changes
-//! ([`crate::configs`]), and serving the log to brokers that follow it.
+//! ([`crate::configs`]), client quotas ([`crate::quotas`]), producer id blocks
+//! ([`crate::producer_ids`]), and serving the log to brokers that follow it.
 //!
 //! Every change is decided on the leader from its image and written through Raft as one
 //! command, under one lock, so decisions never interleave (Kafka's controller is a single
@@ -28,11 +29,13 @@ use uuid::Uuid;
 
 use crate::configs::{self, ConfigChange, ConfigResult};
 use crate::net::{self, Request, Response, TcpNetwork};
+use crate::producer_ids::ProducerIdsBlock;
 use crate::state_machine::Changes;
 use crate::{Command, FileLogStore, NodeId, Raft, StateMachine};
 
 /// Kafka error codes the controller answers with.
 pub mod code {
+    pub const UNKNOWN_SERVER_ERROR: i16 = -1;
     pub const NONE: i16 = 0;
     pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
     pub const REQUEST_TIMED_OUT: i16 = 7;
@@ -198,6 +201,12 @@ pub enum ControllerRequest {
         partition_epoch: i32,
         isr: Vec<i32>,
     },
+    /// Kafka's AllocateProducerIds: the next block of producer ids for a broker (see
+    /// [`crate::producer_ids`]).
+    AllocateProducerIds {
+        broker_id: i32,
+        broker_epoch: i64,
+    },
 }
 
 /// Answers to [`ControllerRequest`]s.
@@ -249,6 +258,8 @@ pub enum ControllerResponse {
         isr: Vec<i32>,
         index: u64,
     },
+    /// A block of producer ids, committed to the broker that asked.
+    ProducerIds(ProducerIdsBlock),
 }
 
 /// How a controller node runs.
@@ -576,6 +587,10 @@ impl Controller {
                 };
                 self.alter_partition(&image, change).await
             }
+            ControllerRequest::AllocateProducerIds {
+                broker_id,
+                broker_epoch,
+            } => self.allocate_producer_ids(broker_id, broker_epoch).await,
             ControllerRequest::FetchMetadata { .. } => ControllerResponse::Error {
                 code: code::INVALID_REQUEST,
                 message: "unreachable".into(),
@@ -792,6 +807,45 @@ impl Controller {
             .commit_planned(&records, results, validate_only, "client quotas altered")
             .await;
         ControllerResponse::QuotasAltered { results, index }
+    }
+
+    /// Hands the next producer id block to a broker once its record is committed. The
+    /// decision is taken on an image that holds every committed entry (a new active
+    /// controller may not have applied its predecessor's last entries yet); were it not,
+    /// the image would still refuse a block that does not follow the last one.
+    async fn allocate_producer_ids(&self, broker_id: i32, broker_epoch: i64) -> ControllerResponse {
+        let read = self.raft.ensure_linearizable();
+        match tokio::time::timeout(Duration::from_millis(COMMIT_TIMEOUT_MS), read).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                return ControllerResponse::NotController {
+                    leader: e.forward_to_leader::<BasicNode>().and_then(|f| f.leader_id),
+                }
+            }
+            Err(_) => {
+                return ControllerResponse::Error {
+                    code: code::REQUEST_TIMED_OUT,
+                    message: "the controller quorum did not confirm this leader in time".into(),
+                }
+            }
+        }
+        let image = self.state.subscribe().borrow().image.clone();
+        let (block, record) = match crate::producer_ids::allocate(&image, broker_id, broker_epoch) {
+            Ok(allocated) => allocated,
+            Err((code, message)) => return ControllerResponse::Error { code, message },
+        };
+        match self.commit(&[record]).await {
+            Ok(_) => {
+                info!(
+                    broker_id,
+                    first_producer_id = block.first_producer_id,
+                    count = block.count,
+                    "handed out a producer id block"
+                );
+                ControllerResponse::ProducerIds(block)
+            }
+            Err(e) => e,
+        }
     }
 
     async fn fetch_metadata(&self, after_index: u64, max_wait_ms: u64) -> ControllerResponse {

@@ -1,12 +1,14 @@
 //! Three controllers over TCP on 127.0.0.1: brokers register through any voter, topics are
 //! placed over the unfenced brokers, a silent broker is fenced, the quorum survives losing
-//! its active controller, and a restarted controller catches up from its own log.
+//! its active controller, a restarted controller catches up from its own log, and producer
+//! id blocks never overlap through failovers, snapshots and restarts.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use strom_controller::client::ControllerClient;
+use strom_controller::producer_ids::{ProducerIdsBlock, BLOCK_SIZE};
 use strom_controller::service::{
     code, Controller, ControllerConfig, ControllerRequest, ControllerResponse, NewTopic,
 };
@@ -346,4 +348,166 @@ async fn the_controller_listener_refuses_other_clusters_and_garbage_and_keeps_se
     let client = ControllerClient::new(&voters, CLUSTER, None);
     let epoch = register(&client, 1).await;
     assert!(epoch > 0);
+}
+
+async fn allocate(client: &ControllerClient, broker_id: i32, epoch: i64) -> ControllerResponse {
+    client
+        .call(
+            ControllerRequest::AllocateProducerIds {
+                broker_id,
+                broker_epoch: epoch,
+            },
+            CALL,
+        )
+        .await
+}
+
+/// Asks for `count` blocks, one after another, as broker `broker_id` with its own client.
+async fn allocate_blocks(
+    voters: BTreeMap<NodeId, String>,
+    broker_id: i32,
+    epoch: i64,
+    count: usize,
+) -> Vec<ProducerIdsBlock> {
+    let client = ControllerClient::new(&voters, CLUSTER, None);
+    let mut blocks = Vec::new();
+    while blocks.len() < count {
+        match allocate(&client, broker_id, epoch).await {
+            ControllerResponse::ProducerIds(block) => blocks.push(block),
+            // A failover may refuse or time out a request; the broker asks again.
+            ControllerResponse::Error {
+                code: code::REQUEST_TIMED_OUT | code::NOT_CONTROLLER,
+                ..
+            } => {}
+            other => panic!("broker {broker_id}: {other:?}"),
+        }
+    }
+    blocks
+}
+
+/// Every block has Kafka's size and no id is in two blocks.
+fn assert_disjoint(blocks: &[ProducerIdsBlock]) {
+    let mut sorted = blocks.to_vec();
+    sorted.sort_by_key(|b| b.first_producer_id);
+    for pair in sorted.windows(2) {
+        assert!(
+            pair[0].end() <= pair[1].first_producer_id,
+            "overlapping blocks {:?} and {:?}",
+            pair[0],
+            pair[1]
+        );
+    }
+    assert!(sorted.iter().all(|b| b.count == BLOCK_SIZE));
+    assert!(sorted.first().is_none_or(|b| b.first_producer_id >= 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producer_id_blocks_never_overlap_across_brokers_failovers_snapshots_and_restarts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut nodes, voters) = start_quorum(dir.path(), 3).await;
+    let client = ControllerClient::new(&voters, CLUSTER, None);
+    let mut epochs = BTreeMap::new();
+    for broker in 1..=3 {
+        epochs.insert(broker, register(&client, broker).await);
+    }
+
+    // Three brokers ask at once: every block is distinct, and the first ones are the first
+    // ids in order.
+    let ask_together = |count: usize| {
+        let tasks: Vec<_> = epochs
+            .iter()
+            .map(|(b, e)| tokio::spawn(allocate_blocks(voters.clone(), *b, *e, count)))
+            .collect();
+        async move {
+            let mut blocks = Vec::new();
+            for task in tasks {
+                blocks.extend(task.await.expect("allocating task"));
+            }
+            blocks
+        }
+    };
+    let mut blocks = ask_together(4).await;
+    assert_disjoint(&blocks);
+    let mut firsts: Vec<i64> = blocks.iter().map(|b| b.first_producer_id).collect();
+    firsts.sort_unstable();
+    assert_eq!(firsts, (0..12).map(|i| i * 1000).collect::<Vec<_>>());
+
+    // A stale or unknown registration is refused and moves nothing.
+    for (broker, epoch) in [(1, epochs[&1] + 1), (1, epochs[&1] - 1), (9, 1)] {
+        let answer = allocate(&client, broker, epoch).await;
+        assert!(
+            matches!(
+                answer,
+                ControllerResponse::Error {
+                    code: code::STALE_BROKER_EPOCH,
+                    ..
+                }
+            ),
+            "broker {broker} epoch {epoch}: {answer:?}"
+        );
+    }
+
+    // The active controller dies while brokers ask: its successor goes on after the last
+    // committed block.
+    let asking = ask_together(20);
+    let old = active(&nodes).await;
+    nodes[&old].shutdown().await;
+    let next_at_failover = nodes[&old].state_machine().image().await.next_producer_id;
+    blocks.extend(asking.await);
+    assert_disjoint(&blocks);
+    assert!(
+        blocks
+            .iter()
+            .any(|b| b.first_producer_id >= next_at_failover),
+        "the successor handed out blocks too"
+    );
+    let listener = TcpListener::bind(&voters[&old]).await.expect("rebind");
+    nodes.insert(
+        old,
+        Controller::start(config(old, &voters, dir.path()), Some(listener))
+            .await
+            .expect("restart"),
+    );
+
+    // The active controller snapshots and purges its log, then every controller stops and
+    // starts again from its files: the snapshot keeps the next free id.
+    let leader = active(&nodes).await;
+    let raft = nodes[&leader].raft();
+    raft.trigger().snapshot().await.expect("snapshot");
+    let index = nodes[&leader].state_machine().subscribe().borrow().index;
+    raft.wait(Some(CALL))
+        .metrics(
+            |m| m.snapshot.is_some_and(|s| s.index >= index),
+            "snapshot built",
+        )
+        .await
+        .expect("the leader builds a snapshot");
+    raft.trigger().purge_log(index).await.expect("purge");
+    let next_before = nodes[&leader]
+        .state_machine()
+        .image()
+        .await
+        .next_producer_id;
+    let handed_out = blocks.iter().map(ProducerIdsBlock::end).max().unwrap_or(0);
+    assert!(
+        next_before >= handed_out,
+        "every block answered was committed: next id {next_before}, handed out up to {handed_out}"
+    );
+    for node in nodes.values() {
+        node.shutdown().await;
+    }
+    nodes.clear();
+    for id in voters.keys() {
+        let listener = TcpListener::bind(&voters[id]).await.expect("rebind");
+        nodes.insert(
+            *id,
+            Controller::start(config(*id, &voters, dir.path()), Some(listener))
+                .await
+                .expect("restart"),
+        );
+    }
+    let after_restart = allocate_blocks(voters.clone(), 2, epochs[&2], 1).await;
+    assert_eq!(after_restart[0].first_producer_id, next_before);
+    blocks.extend(after_restart);
+    assert_disjoint(&blocks);
 }

@@ -19,7 +19,10 @@ pub mod consumer_group;
 pub mod records;
 pub mod transaction;
 pub mod txn_markers;
+mod txn_offsets;
 pub mod txn_records;
+
+pub use txn_offsets::TxnOffsetCommit;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -43,6 +46,17 @@ pub trait OffsetsLog: Send + Sync + 'static {
         partition: i32,
         records: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     ) -> Result<(), String>;
+
+    /// Appends records as one transactional batch of the producer (TxnOffsetCommit), checked
+    /// against the partition's producer state like any transactional write; errors are the
+    /// Kafka error codes the client gets (a fenced producer's INVALID_PRODUCER_EPOCH, …).
+    fn append_transactional(
+        &self,
+        partition: i32,
+        producer_id: i64,
+        producer_epoch: i16,
+        records: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    ) -> Result<(), i16>;
 }
 
 /// Coordinator settings, by Kafka's broker config names.
@@ -247,6 +261,13 @@ struct Group {
     offsets: BTreeMap<(String, i32), CommittedOffset>,
     /// When each offset was committed (ms since the epoch), for retention.
     offset_times: BTreeMap<(String, i32), i64>,
+    /// The order in which each committed offset was written (see
+    /// [`GroupCoordinator::next_write_seq`]): a transaction's pending offset replaces a
+    /// committed one only when it was written later, as Kafka compares their log offsets.
+    offset_write_seqs: BTreeMap<(String, i32), u64>,
+    /// TxnOffsetCommit offsets by producer id, written but not yet committed or aborted by
+    /// their transaction's marker.
+    pending_txn_offsets: HashMap<i64, BTreeMap<(String, i32), txn_offsets::PendingOffset>>,
     /// When the group last became empty (ms since the epoch); offsets of an empty group
     /// expire `offsets.retention.minutes` after it (KIP-211).
     empty_since_ms: Option<i64>,
@@ -279,6 +300,8 @@ impl Group {
             initial_delay_until: None,
             offsets: BTreeMap::new(),
             offset_times: BTreeMap::new(),
+            offset_write_seqs: BTreeMap::new(),
+            pending_txn_offsets: HashMap::new(),
             empty_since_ms: None,
             consumer: None,
             next_seq: 0,
@@ -315,6 +338,8 @@ pub struct GroupCoordinator {
     config: CoordinatorConfig,
     log: Arc<dyn OffsetsLog>,
     groups: Mutex<HashMap<String, Group>>,
+    /// Counts offset writes (live and replayed), which happen in log order per partition.
+    write_seq: std::sync::atomic::AtomicU64,
 }
 
 fn wall_ms() -> i64 {
@@ -330,6 +355,7 @@ impl GroupCoordinator {
             config,
             log,
             groups: Mutex::new(HashMap::new()),
+            write_seq: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -370,6 +396,8 @@ impl GroupCoordinator {
                     .or_insert_with(|| Group::new(&group));
                 match value {
                     Some(v) => {
+                        let seq = self.next_write_seq();
+                        g.offset_write_seqs.insert((topic.clone(), partition), seq);
                         g.offsets.insert(
                             (topic, partition),
                             CommittedOffset {
@@ -380,6 +408,7 @@ impl GroupCoordinator {
                         );
                     }
                     None => {
+                        g.offset_write_seqs.remove(&(topic.clone(), partition));
                         g.offsets.remove(&(topic, partition));
                     }
                 }
@@ -1049,6 +1078,9 @@ impl GroupCoordinator {
                 group
                     .offset_times
                     .insert((topic.clone(), partition), now_ms);
+                group
+                    .offset_write_seqs
+                    .insert((topic.clone(), partition), self.next_write_seq());
                 group.offsets.insert((topic, partition), offset);
             }
         }
@@ -1075,6 +1107,7 @@ impl GroupCoordinator {
             let expired: Vec<(String, i32)> = group
                 .offsets
                 .keys()
+                .filter(|key| !group.has_pending_txn_offset(key))
                 .filter(|key| {
                     let committed = group.offset_times.get(*key).copied().unwrap_or(0);
                     let since = group
@@ -1106,6 +1139,7 @@ impl GroupCoordinator {
             for key in &expired {
                 group.offsets.remove(key);
                 group.offset_times.remove(key);
+                group.offset_write_seqs.remove(key);
             }
             expired_total += expired.len();
             if drop_group {
@@ -1364,6 +1398,7 @@ impl GroupCoordinator {
             if *code == 0 {
                 group.offsets.remove(&(topic.clone(), *partition));
                 group.offset_times.remove(&(topic.clone(), *partition));
+                group.offset_write_seqs.remove(&(topic.clone(), *partition));
             }
         }
         Ok(codes)
@@ -1421,6 +1456,16 @@ mod tests {
                 .lock()
                 .extend(records.into_iter().map(|(k, v)| (partition, k, v)));
             Ok(())
+        }
+
+        fn append_transactional(
+            &self,
+            partition: i32,
+            _producer_id: i64,
+            _producer_epoch: i16,
+            records: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+        ) -> Result<(), i16> {
+            self.append(partition, records).map_err(|_| -1)
         }
     }
 

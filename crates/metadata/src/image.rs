@@ -66,6 +66,9 @@ pub enum ApplyError {
     UnknownTopic(Uuid),
     #[error("unknown partition {1} of topic {0}")]
     UnknownPartition(Uuid, i32),
+    /// Kafka's replay refuses it too: blocks handed out must never be handed out again.
+    #[error("producer id block ending at {next} does not follow the blocks up to {current}")]
+    ProducerIdsNotIncreasing { current: i64, next: i64 },
 }
 
 /// The cluster metadata at some point of the log.
@@ -83,6 +86,9 @@ pub struct MetadataImage {
     pub configs: BTreeMap<(i8, String), BTreeMap<String, String>>,
     /// Client quota entity → quota key → value.
     pub client_quotas: BTreeMap<QuotaEntity, BTreeMap<String, QuotaValue>>,
+    /// The first producer id no broker has been given yet: every id below it belongs to a
+    /// block some broker was handed (`ProducerIds` records).
+    pub next_producer_id: i64,
 }
 
 impl MetadataImage {
@@ -240,6 +246,17 @@ impl MetadataImage {
                     }
                 }
             },
+            MetadataRecord::ProducerIds {
+                next_producer_id, ..
+            } => {
+                if *next_producer_id <= self.next_producer_id {
+                    return Err(ApplyError::ProducerIdsNotIncreasing {
+                        current: self.next_producer_id,
+                        next: *next_producer_id,
+                    });
+                }
+                self.next_producer_id = *next_producer_id;
+            }
             MetadataRecord::RemoveTopic { topic_id } => {
                 let topic = self
                     .topics
@@ -331,6 +348,13 @@ impl MetadataImage {
                     value: Some(*value),
                 });
             }
+        }
+        if self.next_producer_id > 0 {
+            records.push(MetadataRecord::ProducerIds {
+                broker_id: -1,
+                broker_epoch: -1,
+                next_producer_id: self.next_producer_id,
+            });
         }
         records
     }
@@ -448,6 +472,44 @@ mod tests {
             .apply(&[MetadataRecord::RemoveTopic { topic_id: id }])
             .unwrap();
         assert!(removed.topic_by_name("a").is_none());
+    }
+
+    #[test]
+    fn producer_id_blocks_only_move_forward_and_survive_a_snapshot() {
+        let block = |broker_id, next_producer_id| MetadataRecord::ProducerIds {
+            broker_id,
+            broker_epoch: 7,
+            next_producer_id,
+        };
+        let image = MetadataImage::default()
+            .apply(&[block(1, 1000), block(2, 2000)])
+            .unwrap();
+        assert_eq!(image.next_producer_id, 2000);
+        for next in [2000, 1000] {
+            assert_eq!(
+                image.apply(&[block(3, next)]),
+                Err(ApplyError::ProducerIdsNotIncreasing {
+                    current: 2000,
+                    next
+                }),
+                "a block handed out already is never handed out again"
+            );
+        }
+        let snapshot = image.to_records();
+        assert_eq!(
+            snapshot,
+            vec![MetadataRecord::ProducerIds {
+                broker_id: -1,
+                broker_epoch: -1,
+                next_producer_id: 2000,
+            }]
+        );
+        let restored = MetadataImage::default().apply(&snapshot).unwrap();
+        assert_eq!(restored.next_producer_id, 2000);
+        assert!(
+            MetadataImage::default().to_records().is_empty(),
+            "no block handed out: nothing to write"
+        );
     }
 
     proptest! {

@@ -2,8 +2,9 @@
 //! brokers answer from.
 //!
 //! - [`records`]: [`MetadataRecord`] — broker registrations and fences, topics, partitions
-//!   (replicas, ISR, leader, leader and partition epochs), configs, topic removal — with a
-//!   compact binary codec for the replicated log.
+//!   (replicas, ISR, leader, leader and partition epochs), configs, topic removal, client
+//!   quotas, producer id blocks handed to brokers — with a compact binary codec for the
+//!   replicated log.
 //! - [`image`]: [`MetadataImage`], an immutable snapshot built by applying records in log
 //!   order; applying the same records always gives the same image.
 //! - [`placement`]: Kafka's replica placement (rack-aware, leaders spread evenly).

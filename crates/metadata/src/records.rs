@@ -71,6 +71,15 @@ pub enum MetadataRecord {
         key: String,
         value: Option<QuotaValue>,
     },
+    /// A block of producer ids handed to a broker (Kafka's `ProducerIdsRecord`, KIP-730):
+    /// the broker owns the ids from the previous `next_producer_id` up to this one
+    /// (excluded), and no other broker is ever given them. `next_producer_id` only grows.
+    /// A snapshot writes it with broker id and epoch -1 (no broker asked).
+    ProducerIds {
+        broker_id: i32,
+        broker_epoch: i64,
+        next_producer_id: i64,
+    },
 }
 
 /// A client quota entity: (entity type, name) pairs sorted by type; a `None` name is the
@@ -337,6 +346,16 @@ impl MetadataRecord {
                     None => out.put_u8(0),
                 }
             }
+            MetadataRecord::ProducerIds {
+                broker_id,
+                broker_epoch,
+                next_producer_id,
+            } => {
+                out.put_u8(10);
+                out.put_i32(*broker_id);
+                out.put_i64(*broker_epoch);
+                out.put_i64(*next_producer_id);
+            }
         }
         out
     }
@@ -413,6 +432,11 @@ impl MetadataRecord {
                     }
                     _ => return Err(DecodeError("bad option tag")),
                 },
+            },
+            10 => MetadataRecord::ProducerIds {
+                broker_id: r.i32()?,
+                broker_epoch: r.i64()?,
+                next_producer_id: r.i64()?,
             },
             _ => return Err(DecodeError("unknown record type")),
         };
@@ -544,6 +568,18 @@ pub(crate) mod strategy {
                     entity,
                     key,
                     value: value.map(QuotaValue::new),
+                }),
+            (
+                -1i32..10,
+                any::<i64>(),
+                prop_oneof![0i64..10_000, any::<i64>()]
+            )
+                .prop_map(|(broker_id, broker_epoch, next_producer_id)| {
+                    MetadataRecord::ProducerIds {
+                        broker_id,
+                        broker_epoch,
+                        next_producer_id,
+                    }
                 }),
         ]
     }

@@ -23,6 +23,8 @@ const LAST_OFFSET_DELTA_OFFSET: usize = 23;
 const BASE_TIMESTAMP_OFFSET: usize = 27;
 const MAX_TIMESTAMP_OFFSET: usize = 35;
 const PRODUCER_ID_OFFSET: usize = 43;
+const PRODUCER_EPOCH_OFFSET: usize = 51;
+const BASE_SEQUENCE_OFFSET: usize = 53;
 const RECORDS_COUNT_OFFSET: usize = 57;
 
 const COMPRESSION_MASK: i16 = 0x07;
@@ -83,7 +85,11 @@ pub struct BatchInfo {
     pub last_offset_delta: i32,
     pub base_timestamp: i64,
     pub max_timestamp: i64,
+    /// -1 for a producer without idempotence.
     pub producer_id: i64,
+    pub producer_epoch: i16,
+    /// The sequence number of the first record (-1 without idempotence).
+    pub base_sequence: i32,
     pub compression: Compression,
     pub is_transactional: bool,
     pub is_control: bool,
@@ -120,6 +126,12 @@ impl BatchOffsets {
     pub fn last_offset(&self) -> i64 {
         self.base_offset + i64::from(self.last_offset_delta)
     }
+}
+
+/// Whether the stored batch at the start of `bytes` (at least [`BATCH_HEADER_BYTES`]
+/// long) belongs to an idempotent or transactional producer: a producer id is set.
+pub fn has_producer_id(bytes: &[u8]) -> bool {
+    bytes.len() >= BATCH_HEADER_BYTES && be_i64(bytes, PRODUCER_ID_OFFSET) >= 0
 }
 
 /// The rewritten first [`PATCHED_PREFIX_BYTES`] of a batch: base offset, length, leader epoch.
@@ -253,6 +265,8 @@ fn validate_batch(
         base_timestamp: be_i64(batch, BASE_TIMESTAMP_OFFSET),
         max_timestamp: be_i64(batch, MAX_TIMESTAMP_OFFSET),
         producer_id: be_i64(batch, PRODUCER_ID_OFFSET),
+        producer_epoch: be_i16(batch, PRODUCER_EPOCH_OFFSET),
+        base_sequence: be_i32(batch, BASE_SEQUENCE_OFFSET),
         compression,
         is_transactional: attributes & TRANSACTIONAL_FLAG != 0,
         is_control: false,
@@ -423,6 +437,31 @@ pub mod testing {
         out[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
         out
     }
+
+    /// Makes `batch` (from [`batch`]) an idempotent producer's batch: sets its producer id,
+    /// epoch and base sequence and, when `transactional`, the transactional attribute; the
+    /// CRC is recomputed.
+    pub fn set_producer(
+        batch: &mut [u8],
+        producer_id: i64,
+        producer_epoch: i16,
+        base_sequence: i32,
+        transactional: bool,
+    ) {
+        batch[PRODUCER_ID_OFFSET..PRODUCER_ID_OFFSET + 8]
+            .copy_from_slice(&producer_id.to_be_bytes());
+        batch[PRODUCER_EPOCH_OFFSET..PRODUCER_EPOCH_OFFSET + 2]
+            .copy_from_slice(&producer_epoch.to_be_bytes());
+        batch[BASE_SEQUENCE_OFFSET..BASE_SEQUENCE_OFFSET + 4]
+            .copy_from_slice(&base_sequence.to_be_bytes());
+        let mut attributes = be_i16(batch, ATTRIBUTES_OFFSET) & !TRANSACTIONAL_FLAG;
+        if transactional {
+            attributes |= TRANSACTIONAL_FLAG;
+        }
+        batch[ATTRIBUTES_OFFSET..ATTRIBUTES_OFFSET + 2].copy_from_slice(&attributes.to_be_bytes());
+        let crc = crc32c::crc32c(&batch[ATTRIBUTES_OFFSET..]);
+        batch[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
+    }
 }
 
 #[cfg(test)]
@@ -477,6 +516,24 @@ mod tests {
         assert_eq!(infos[0].last_offset_delta, 2);
         assert_eq!(infos[0].max_timestamp, 1002);
         assert_eq!(infos[0].size_bytes, b.len());
+    }
+
+    #[test]
+    fn producer_fields_are_read_from_the_header() {
+        let mut b = batch(&[b"a", b"b"], 1000);
+        let plain = validate_produce(&b, 1 << 20).unwrap()[0];
+        assert_eq!(
+            (plain.producer_id, plain.producer_epoch, plain.base_sequence),
+            (-1, -1, -1)
+        );
+        assert!(!plain.is_transactional && !has_producer_id(&b));
+        testing::set_producer(&mut b, 42, 3, 17, true);
+        let info = validate_produce(&b, 1 << 20).expect("CRC recomputed")[0];
+        assert_eq!(
+            (info.producer_id, info.producer_epoch, info.base_sequence),
+            (42, 3, 17)
+        );
+        assert!(info.is_transactional && has_producer_id(&b));
     }
 
     #[test]

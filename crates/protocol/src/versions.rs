@@ -56,6 +56,8 @@ pub const SUPPORTED: &[ApiSupport] = &[
     api(ApiKey::ListPartitionReassignments, 0, 0, 0),
     api(ApiKey::DeleteGroups, 0, 0, 2),
     api(ApiKey::OffsetDelete, 0, 0, 0),
+    api(ApiKey::TxnOffsetCommit, 0, 0, 4),
+    api(ApiKey::WriteTxnMarkers, 1, 1, 1),
     api(ApiKey::ConsumerGroupHeartbeat, 0, 0, 1),
     api(ApiKey::ConsumerGroupDescribe, 0, 0, 1),
     // InitProducerId v5: KIP-360 producer id and epoch from v3, TRANSACTION_ABORTABLE

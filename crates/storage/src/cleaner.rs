@@ -11,7 +11,11 @@
 //!   stays until its batch's delete horizon (KIP-534: set to the cleaning time plus
 //!   `delete.retention.ms` by the first cleaning that keeps it) has passed. A batch whose
 //!   records all stay is copied byte for byte; otherwise it is rebuilt with its base offset,
-//!   producer fields and codec, and a batch that keeps nothing disappears. A cleaned
+//!   producer fields and codec, and a batch that keeps nothing disappears, unless it is the
+//!   last batch of a producer the log keeps state of: it stays as an empty batch, so its
+//!   sequence numbers survive for deduplication (Kafka's `RETAIN_EMPTY`). Control batches
+//!   (transaction markers) are kept whole: they never enter the offset map (two COMMIT
+//!   markers have the same key) and are not removed by key. A cleaned
 //!   segment whose old last batch went ends with an empty batch of that batch's offsets, so
 //!   that it ends where the replaced segments did (a swap's crash recovery relies on it);
 //!   segments that keep nothing at all are cleaned together with the next group rather
@@ -36,9 +40,12 @@ use strom_protocol::records::{
 };
 use tracing::{info, warn};
 
-use crate::index::{OFFSET_ENTRY_BYTES, TIME_ENTRY_BYTES};
+use crate::index::{TxnEntry, OFFSET_ENTRY_BYTES, TIME_ENTRY_BYTES};
 use crate::segment::{index_batch, max_timestamp_of, LogSegment, RECOVERY_BATCH_BYTES_MAX};
 use crate::{file_name, StorageError};
+
+/// The files of a segment: its log and its indexes.
+const SEGMENT_EXTENSIONS: [&str; 4] = ["log", "index", "timeindex", "txnindex"];
 
 /// Kafka's per-log-dir file of each compacted log's first dirty offset.
 pub const CLEANER_OFFSET_FILE: &str = "cleaner-offset-checkpoint";
@@ -383,13 +390,45 @@ impl<'a> SegmentReader<'a> {
     }
 }
 
+/// The aborted transactions of the log being cleaned, by producer: `[first_offset,
+/// marker offset)` ranges whose records never enter the offset map (Kafka's
+/// `CleanedTransactionMetadata`), so that an aborted write never supersedes a committed
+/// one; a read_committed consumer would otherwise lose the key.
+#[derive(Debug, Default)]
+pub(crate) struct AbortedRanges(std::collections::HashMap<i64, Vec<(i64, i64)>>);
+
+impl AbortedRanges {
+    pub(crate) fn new(entries: &[TxnEntry]) -> AbortedRanges {
+        let mut ranges = AbortedRanges::default();
+        for e in entries {
+            ranges
+                .0
+                .entry(e.producer_id)
+                .or_default()
+                .push((e.first_offset, e.last_offset));
+        }
+        ranges
+    }
+
+    /// Whether the transactional batch of `producer_id` at `base_offset` was aborted.
+    fn contains(&self, producer_id: i64, base_offset: i64) -> bool {
+        self.0.get(&producer_id).is_some_and(|ranges| {
+            ranges
+                .iter()
+                .any(|&(first, last)| first <= base_offset && base_offset < last)
+        })
+    }
+}
+
 /// Adds the keys of the records at or after `start` in `segment` to `map`, from the batch
-/// holding `start`. Returns `false` when the map filled up part way (its latest offset is
-/// then the last record mapped).
+/// holding `start`; control batches and aborted transactions are not mapped. Returns
+/// `false` when the map filled up part way (its latest offset is then the last record
+/// mapped).
 pub(crate) fn map_segment(
     segment: &LogSegment,
     start: i64,
     map: &mut OffsetMap,
+    aborted: &AbortedRanges,
     progress: &mut dyn CleanerProgress,
     stats: &mut CleanerStats,
 ) -> Result<Option<bool>, StorageError> {
@@ -400,7 +439,9 @@ pub(crate) fn map_segment(
     while let Some((_, batch)) = reader.next_batch()? {
         let header = BatchHeader::parse(batch).map_err(|e| corrupt_records(segment, e))?;
         stats.bytes_read += batch.len() as u64;
-        if !header.is_control() {
+        let aborted =
+            header.is_transactional() && aborted.contains(header.producer_id, header.base_offset);
+        if !header.is_control() && !aborted {
             let mut records = RecordReader::new(batch, DECOMPRESSED_BATCH_BYTES_MAX)
                 .map_err(|e| corrupt_records(segment, e))?;
             while let Some(record) = records
@@ -436,6 +477,9 @@ pub(crate) struct Retention<'m> {
     pub map: &'m OffsetMap,
     pub now_ms: i64,
     pub delete_retention_ms: i64,
+    /// The last offset of each producer's last batch (Kafka's
+    /// `lastRecordsOfActiveProducers`): such a batch stays, empty if need be.
+    pub last_batches: &'m std::collections::HashMap<i64, i64>,
 }
 
 impl Retention<'_> {
@@ -500,6 +544,12 @@ impl Filter {
         stats.records_read += self.kept.len() as u64;
         stats.records_retained += retained as u64;
         if retained == 0 {
+            let producers_last = header.producer_id >= 0
+                && rules.last_batches.get(&header.producer_id) == Some(&header.last_offset());
+            if producers_last {
+                self.empty_batch(&header, out)?;
+                return Ok(Filtered::Rewritten);
+            }
             return Ok(Filtered::Dropped);
         }
         let needs_horizon = horizon.is_none() && tombstone_kept;
@@ -667,7 +717,7 @@ impl CleanedWriter {
 /// Removes the `.cleaned` files of `base_offset` (a cleaning that stopped or changed
 /// nothing).
 pub(crate) fn remove_cleaned(dir: &Path, base_offset: i64) -> Result<(), StorageError> {
-    for extension in ["log", "index", "timeindex"] {
+    for extension in SEGMENT_EXTENSIONS {
         let name = format!("{}{CLEANED_SUFFIX}", file_name(base_offset, extension));
         remove_if_exists(&dir.join(name))?;
     }
@@ -708,14 +758,18 @@ pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
 /// Finishes or undoes the cleanings a crash interrupted in `dir`, before its segments are
 /// listed: `.cleaned` and `.deleted` files go (a cleaning that had not committed); a
 /// `<base>.log.swap` (committed) replaces every segment whose base offset lies in
-/// `[base, its next offset)`, and its indexes are rebuilt; index `.swap` files without
-/// their log are dropped.
+/// `[base, its next offset)`, and its offset and time indexes are rebuilt; other index
+/// `.swap` files without their log are dropped. A `<base>.txnindex.swap` (which recovery
+/// could not rebuild from the segment alone) takes its final name when its cleaning
+/// committed — no `<base>.log.cleaned` is left — and goes otherwise.
 pub(crate) fn recover_leftovers(
     dir: &Path,
     index_interval_bytes: u64,
     now_ms: i64,
 ) -> Result<(), StorageError> {
     let mut swaps = Vec::new();
+    let mut txn_index_swaps = Vec::new();
+    let mut uncommitted = Vec::new();
     let mut segment_bases = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
@@ -723,9 +777,14 @@ pub(crate) fn recover_leftovers(
             continue;
         };
         if name.ends_with(CLEANED_SUFFIX) || name.ends_with(DELETED_SUFFIX) {
+            if let Some(stem) = name.strip_suffix(&format!(".log{CLEANED_SUFFIX}")) {
+                uncommitted.extend(stem.parse::<i64>().ok());
+            }
             std::fs::remove_file(&path)?;
         } else if let Some(stem) = name.strip_suffix(&format!(".log{SWAP_SUFFIX}")) {
             swaps.extend(stem.parse::<i64>().ok());
+        } else if let Some(stem) = name.strip_suffix(&format!(".txnindex{SWAP_SUFFIX}")) {
+            txn_index_swaps.extend(stem.parse::<i64>().ok());
         } else if name.ends_with(SWAP_SUFFIX) {
             // An index of a swap: rebuilt below when its log committed, else stale.
             std::fs::remove_file(&path)?;
@@ -733,12 +792,19 @@ pub(crate) fn recover_leftovers(
             segment_bases.extend(stem.parse::<i64>().ok());
         }
     }
-    if swaps.is_empty() {
+    if swaps.is_empty() && txn_index_swaps.is_empty() {
         return Ok(());
     }
     swaps.sort_unstable();
     for base in swaps {
         complete_swap(dir, base, &segment_bases, index_interval_bytes, now_ms)?;
+    }
+    for base in txn_index_swaps {
+        if uncommitted.contains(&base) {
+            remove_if_exists(&dir.join(format!("{}{SWAP_SUFFIX}", file_name(base, "txnindex"))))?;
+        } else {
+            rename_suffix(dir, base, "txnindex", SWAP_SUFFIX, "")?;
+        }
     }
     sync_dir(dir)?;
     Ok(())
@@ -758,7 +824,7 @@ fn complete_swap(
         .iter()
         .filter(|&&b| b >= base && b < end.max(base + 1))
     {
-        for extension in ["log", "index", "timeindex"] {
+        for extension in SEGMENT_EXTENSIONS {
             remove_if_exists(&dir.join(file_name(old, extension)))?;
         }
     }

@@ -25,6 +25,18 @@ pub enum StorageError {
     /// lost track of the log end and must resynchronise.
     #[error("follower append expected a batch at offset {expected}, got {got}")]
     NonContiguous { expected: i64, got: i64 },
+    /// An idempotent producer's batch does not continue its sequence.
+    #[error("{0}")]
+    OutOfOrderSequence(String),
+    /// A batch or marker carries an older epoch than the producer's (a zombie producer).
+    #[error("{0}")]
+    InvalidProducerEpoch(String),
+    /// A non-transactional batch from a producer with an ongoing transaction.
+    #[error("{0}")]
+    InvalidTxnState(String),
+    /// A marker from a transaction coordinator older than the last one seen.
+    #[error("{0}")]
+    TransactionCoordinatorFenced(String),
 }
 
 impl StorageError {
@@ -37,6 +49,10 @@ impl StorageError {
             StorageError::Closed => E::NotLeaderOrFollower.code(),
             StorageError::CorruptBatch { .. } => E::CorruptMessage.code(),
             StorageError::NonContiguous { .. } => E::UnknownServerError.code(),
+            StorageError::OutOfOrderSequence(_) => E::OutOfOrderSequenceNumber.code(),
+            StorageError::InvalidProducerEpoch(_) => E::InvalidProducerEpoch.code(),
+            StorageError::InvalidTxnState(_) => E::InvalidTxnState.code(),
+            StorageError::TransactionCoordinatorFenced(_) => E::TransactionCoordinatorFenced.code(),
         }
     }
 }

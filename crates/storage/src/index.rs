@@ -4,6 +4,9 @@
 //!   offset is `base_offset + relative_offset` starts at `position` in the `.log` file.
 //! - Time index entry (12 bytes): `timestamp i64 | relative_offset u32`: records up to that
 //!   offset have timestamps of at most `timestamp`.
+//! - Transaction index entry (34 bytes, Kafka's `.txnindex`): `version i16 (0) | producer_id
+//!   i64 | first_offset i64 | last_offset i64 | last_stable_offset i64`: one aborted
+//!   transaction, in the segment holding its ABORT marker (`last_offset`).
 //!
 //! Entries live in memory and are written to the file on flush; the file is never trusted
 //! past the recovery point (recovery rebuilds the indexes of unflushed segments).
@@ -14,6 +17,9 @@ use std::path::Path;
 
 pub const OFFSET_ENTRY_BYTES: usize = 8;
 pub const TIME_ENTRY_BYTES: usize = 12;
+pub const TXN_ENTRY_BYTES: usize = 34;
+/// The version field of every transaction index entry.
+const TXN_ENTRY_VERSION: i16 = 0;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OffsetEntry {
@@ -247,6 +253,172 @@ impl TimeIndex {
     }
 }
 
+/// One aborted transaction (Kafka's `AbortedTxn`): its producer, its first offset and the
+/// offset of its ABORT marker, and the last stable offset when the marker was written (no
+/// transaction of another producer was open below it), which bounds a search.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TxnEntry {
+    pub producer_id: i64,
+    pub first_offset: i64,
+    pub last_offset: i64,
+    pub last_stable_offset: i64,
+}
+
+/// The aborted transactions whose markers a segment holds, in marker order (Kafka's
+/// `TransactionIndex`). The file exists only once an entry does.
+#[derive(Debug, Default)]
+pub struct TxnIndex {
+    entries: Vec<TxnEntry>,
+    persisted: usize,
+    /// Entries changed since the file was last written (a fresh index never writes, so it
+    /// leaves a file it did not load alone).
+    dirty: bool,
+}
+
+impl TxnIndex {
+    /// Loads the valid prefix of a `.txnindex` file (version 0 entries with `first_offset <=
+    /// last_offset`, markers in increasing order); a missing file is an empty index. Returns
+    /// the index and whether the file was entirely valid.
+    pub fn load(path: &Path) -> std::io::Result<(TxnIndex, bool)> {
+        let bytes = read_or_empty(path)?;
+        let mut entries = Vec::with_capacity(bytes.len() / TXN_ENTRY_BYTES);
+        let mut valid = bytes.len() % TXN_ENTRY_BYTES == 0;
+        for chunk in bytes.chunks_exact(TXN_ENTRY_BYTES) {
+            let i64_at = |at: usize| {
+                let mut raw = [0u8; 8];
+                raw.copy_from_slice(&chunk[at..at + 8]);
+                i64::from_be_bytes(raw)
+            };
+            let version = i16::from_be_bytes([chunk[0], chunk[1]]);
+            let entry = TxnEntry {
+                producer_id: i64_at(2),
+                first_offset: i64_at(10),
+                last_offset: i64_at(18),
+                last_stable_offset: i64_at(26),
+            };
+            let ordered = entries
+                .last()
+                .is_none_or(|last: &TxnEntry| entry.last_offset > last.last_offset);
+            if version != TXN_ENTRY_VERSION || entry.first_offset > entry.last_offset || !ordered {
+                valid = false;
+                break;
+            }
+            entries.push(entry);
+        }
+        let persisted = entries.len();
+        Ok((
+            TxnIndex {
+                entries,
+                persisted,
+                dirty: !valid,
+            },
+            valid,
+        ))
+    }
+
+    /// An index holding `entries` (a cleaned segment takes those of the segments it
+    /// replaces), to be written on the next persist.
+    pub fn with_entries(entries: Vec<TxnEntry>) -> TxnIndex {
+        TxnIndex {
+            entries,
+            persisted: 0,
+            dirty: true,
+        }
+    }
+
+    pub fn append(&mut self, entry: TxnEntry) {
+        debug_assert!(self
+            .entries
+            .last()
+            .is_none_or(|l| l.last_offset < entry.last_offset));
+        self.entries.push(entry);
+        self.dirty = true;
+    }
+
+    pub fn entries(&self) -> &[TxnEntry] {
+        &self.entries
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Drops every entry; the file is emptied on the next persist (a recovered segment's
+    /// entries are rebuilt from the log).
+    pub fn reset(&mut self) {
+        self.entries.clear();
+        self.persisted = 0;
+        self.dirty = true;
+    }
+
+    /// Keeps only the transactions whose markers are below `offset` (Kafka's
+    /// `TransactionIndex.truncateTo`).
+    pub fn truncate_to(&mut self, offset: i64) {
+        let keep = self.entries.partition_point(|e| e.last_offset < offset);
+        if keep < self.entries.len() {
+            self.entries.truncate(keep);
+            self.persisted = self.persisted.min(keep);
+            self.dirty = true;
+        }
+    }
+
+    /// The aborted transactions overlapping `[fetch_offset, upper_bound_offset)`, and
+    /// whether the search is complete: an entry's last stable offset reached the upper
+    /// bound, so no later segment can hold one (Kafka's `collectAbortedTxns`).
+    pub fn collect_aborted(
+        &self,
+        fetch_offset: i64,
+        upper_bound_offset: i64,
+        out: &mut Vec<TxnEntry>,
+    ) -> bool {
+        for entry in &self.entries {
+            if entry.last_offset >= fetch_offset && entry.first_offset < upper_bound_offset {
+                out.push(*entry);
+            }
+            if entry.last_stable_offset >= upper_bound_offset {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Writes what changed to `path`; an empty index removes the file.
+    pub fn persist(&mut self, path: &Path) -> std::io::Result<()> {
+        if !self.dirty {
+            return Ok(());
+        }
+        if self.entries.is_empty() {
+            match std::fs::remove_file(path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+            self.persisted = 0;
+        } else {
+            let mut clean = false;
+            persist_entries(
+                path,
+                &self.entries,
+                &mut self.persisted,
+                &mut clean,
+                TXN_ENTRY_BYTES,
+                |e, out| {
+                    out.extend_from_slice(&TXN_ENTRY_VERSION.to_be_bytes());
+                    out.extend_from_slice(&e.producer_id.to_be_bytes());
+                    out.extend_from_slice(&e.first_offset.to_be_bytes());
+                    out.extend_from_slice(&e.last_offset.to_be_bytes());
+                    out.extend_from_slice(&e.last_stable_offset.to_be_bytes());
+                },
+            )?;
+        }
+        self.dirty = false;
+        Ok(())
+    }
+}
+
 fn read_or_empty(path: &Path) -> std::io::Result<Vec<u8>> {
     match std::fs::read(path) {
         Ok(bytes) => Ok(bytes),
@@ -362,6 +534,48 @@ mod tests {
         let (loaded, valid) = TimeIndex::load(&path).unwrap();
         assert!(valid);
         assert_eq!(loaded.len(), 2);
+    }
+
+    #[test]
+    fn txn_index_round_trips_truncates_and_collects_like_kafka() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.txnindex");
+        let entry = |pid, first, last, lso| TxnEntry {
+            producer_id: pid,
+            first_offset: first,
+            last_offset: last,
+            last_stable_offset: lso,
+        };
+        let mut index = TxnIndex::default();
+        index.persist(&path).unwrap();
+        assert!(!path.exists(), "no file for an empty index");
+        index.append(entry(1, 0, 10, 11));
+        index.append(entry(2, 5, 20, 5));
+        index.append(entry(3, 15, 30, 31));
+        index.persist(&path).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 3 * 34);
+        let (loaded, valid) = TxnIndex::load(&path).unwrap();
+        assert!(valid);
+        assert_eq!(loaded.entries(), index.entries());
+        // [12, 25): entries 2 and 3 overlap it; entry 3's last stable offset ends the search.
+        let mut out = Vec::new();
+        assert!(loaded.collect_aborted(12, 25, &mut out));
+        assert_eq!(
+            out.iter().map(|e| e.producer_id).collect::<Vec<_>>(),
+            [2, 3]
+        );
+        // Past every entry's last stable offset: incomplete, later segments may hold more.
+        out.clear();
+        assert!(!loaded.collect_aborted(31, 40, &mut out));
+        assert!(out.is_empty());
+        index.truncate_to(20);
+        index.persist(&path).unwrap();
+        let (loaded, valid) = TxnIndex::load(&path).unwrap();
+        assert!(valid);
+        assert_eq!(loaded.entries(), &[entry(1, 0, 10, 11)]);
+        index.reset();
+        index.persist(&path).unwrap();
+        assert!(!path.exists());
     }
 
     proptest! {

@@ -18,7 +18,16 @@
 //! leader epoch, answering [`PartitionLog::end_offset_for_epoch`]).
 //!
 //! Log compaction ([`cleaner`], [`PartitionLog::clean`]) rewrites closed segments below
-//! the high watermark, keeping the latest record of each key, and swaps them in crash-safely.
+//! the last stable offset, keeping the latest record of each key, and swaps them in
+//! crash-safely.
+//!
+//! Idempotent and transactional producers ([`producer_state`]): the log keeps each
+//! producer's epoch, last batches and open transaction, checks leader appends against them
+//! (duplicates answered with their original offsets, out-of-order sequences and fenced
+//! epochs refused before anything is written), snapshots the state (`<offset>.snapshot`)
+//! and replays only what follows the latest snapshot on open. Transaction markers
+//! ([`PartitionLog::append_control`]) complete transactions; the last stable offset bounds
+//! read_committed reads and each segment's `.txnindex` lists its aborted transactions.
 //!
 //! This crate knows no sockets and no wire protocol beyond the batch format; it never
 //! decides replication: the caller moves the high watermark, chooses truncation points and
@@ -30,6 +39,7 @@ mod epoch;
 mod error;
 pub mod index;
 mod log;
+pub mod producer_state;
 mod segment;
 
 pub use cleaner::{
@@ -40,6 +50,7 @@ pub use log::{
     AppendInfo, Deleted, LogConfig, LogOffsets, PartitionLog, ReadResult, RetentionPolicy,
     TimestampOffset,
 };
+pub use producer_state::{AbortedTxn, ControlType, ProducerSummary};
 pub use segment::{FileSlice, LogSegment};
 
 /// The file name of a segment or index: the base offset, zero-padded to 20 digits.

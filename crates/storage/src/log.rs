@@ -24,14 +24,18 @@ use tracing::{info, warn};
 
 use crate::checkpoint::LEADER_EPOCH_FILE;
 use crate::epoch::LeaderEpochCache;
+use crate::producer_state::{Origin, PendingUpdate, ProducerStateManager};
 use crate::segment::{index_batch, FileSlice, LogSegment};
 use crate::StorageError;
 
 mod cleaning;
+mod producers;
 mod replication;
 mod retention;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod transaction_tests;
 
 pub use retention::{Deleted, RetentionPolicy};
 
@@ -76,14 +80,21 @@ pub struct AppendInfo {
     pub first_offset: i64,
     pub last_offset: i64,
     pub log_start_offset: i64,
+    /// The batch retried one already in the log (an idempotent producer's retry): nothing
+    /// was written, and the offsets are the original batch's.
+    pub duplicate: bool,
 }
 
-/// The three offsets a client sees.
+/// The offsets a client sees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LogOffsets {
     pub log_start_offset: i64,
     pub log_end_offset: i64,
     pub high_watermark: i64,
+    /// The first offset of the earliest transaction still open or whose marker is not
+    /// yet below the high watermark, else the high watermark: read_committed consumers
+    /// read below it.
+    pub last_stable_offset: i64,
 }
 
 /// The result of a read: a file range (if any bytes are readable) and the offsets at the time.
@@ -103,9 +114,9 @@ pub struct TimestampOffset {
 
 /// A byte position in the log: a segment (by base offset) and a position in its file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FilePosition {
-    segment_base: i64,
-    bytes: u64,
+pub(crate) struct FilePosition {
+    pub(crate) segment_base: i64,
+    pub(crate) bytes: u64,
 }
 
 impl FilePosition {
@@ -128,6 +139,9 @@ struct View {
     high_watermark_position: FilePosition,
     /// Just past the last batch of the log.
     log_end_position: FilePosition,
+    /// Where the last stable offset stands: the start of the first unstable transaction's
+    /// first batch, or the high watermark's position.
+    last_stable_position: FilePosition,
     leader_epochs: Arc<LeaderEpochCache>,
     /// Counts truncations, so a flush that overlapped one does not move the recovery point
     /// past what it really fsynced.
@@ -139,6 +153,8 @@ struct View {
 enum ReadBound {
     /// Consumers read committed records only.
     HighWatermark,
+    /// read_committed consumers read only decided transactions.
+    LastStable,
     /// Followers replicate everything the leader has.
     LogEnd,
 }
@@ -157,6 +173,10 @@ struct Writer {
     /// The latest time the log was given, for segments created by a truncation.
     clock_ms: i64,
     closed: bool,
+    /// Idempotent and transactional producers, and the unstable transactions.
+    producers: ProducerStateManager,
+    /// Scratch for an append's producer state changes (its memory is reused).
+    pending: PendingUpdate,
 }
 
 impl Writer {
@@ -207,14 +227,20 @@ impl PartitionLog {
         let bases = list_segments(dir)?;
         let mut segments: Vec<Arc<LogSegment>> = Vec::with_capacity(bases.len().max(1));
         let mut next_offset = None;
+        // The first segment re-read by recovery: the transaction indexes from it on are
+        // rebuilt with the producer state.
+        let mut first_recovered = None;
         for (i, &base) in bases.iter().enumerate() {
             let segment = LogSegment::open(dir, base, now_ms)?;
             let fully_flushed = bases
                 .get(i + 1)
                 .is_some_and(|&next_base| next_base <= recovery_point);
             let (segment_next, truncated) = if clean_shutdown || fully_flushed {
+                producers::load_txn_index(&segment)?;
                 (load_indexes(&segment, config.index_interval_bytes)?, 0)
             } else {
+                first_recovered.get_or_insert(base);
+                segment.indexes.lock().txn_index.reset();
                 segment.recover(config.index_interval_bytes)?
             };
             if truncated > 0 {
@@ -258,24 +284,34 @@ impl PartitionLog {
             );
         }
         let leader_epochs = load_leader_epochs(dir, &segments, next_offset, topic, partition)?;
+        let producers = producers::load_producer_state(
+            dir,
+            &segments,
+            next_offset,
+            first_recovered,
+            clean_shutdown,
+        )?;
         // A log opened as the only replica has nothing to wait for: its high watermark is
         // its log end. Replication moves it explicitly (`reset_high_watermark`).
         let log_end_position = FilePosition {
             segment_base: active.base_offset(),
             bytes: active.size_bytes(),
         };
-        let view = View {
+        let mut view = View {
             offsets: LogOffsets {
                 log_start_offset,
                 log_end_offset: next_offset,
                 high_watermark: next_offset,
+                last_stable_offset: next_offset,
             },
             high_watermark_position: log_end_position,
             log_end_position,
+            last_stable_position: log_end_position,
             segments: Arc::new(segments),
             leader_epochs: Arc::new(leader_epochs),
             truncations: 0,
         };
+        producers::publish_last_stable(&producers, &mut view);
         Ok(PartitionLog {
             topic: topic.to_string(),
             partition,
@@ -289,6 +325,8 @@ impl PartitionLog {
                 unflushed_messages: 0,
                 clock_ms: now_ms,
                 closed: false,
+                producers,
+                pending: PendingUpdate::default(),
             }),
             view: RwLock::new(view),
             // After a crash the recovered segments (their rebuilt indexes above all) are
@@ -336,12 +374,45 @@ impl PartitionLog {
     /// Appends validated producer batches, assigning offsets from the log end and stamping
     /// `leader_epoch`. `records` is the partition's records field; `batches` its validation.
     /// The first append of a newer `leader_epoch` records it in the leader epoch cache.
+    ///
+    /// Batches of idempotent producers are checked against the producer state first, as
+    /// Kafka's `analyzeAndValidateProducerState` does, and nothing is written when one
+    /// fails: an older epoch is `InvalidProducerEpoch`, a sequence that does not continue
+    /// the producer's is `OutOfOrderSequence`, a non-transactional batch inside a
+    /// transaction is `InvalidTxnState`. A retry of one of the producer's last five batches
+    /// writes nothing and answers the original offsets with `duplicate` set.
     pub fn append_as_leader(
         &self,
         records: &[u8],
         batches: &[BatchInfo],
         leader_epoch: i32,
         now_ms: i64,
+    ) -> Result<AppendInfo, StorageError> {
+        self.append_checked(records, batches, leader_epoch, now_ms, Origin::Client)
+    }
+
+    /// As [`append_as_leader`](Self::append_as_leader), for batches a coordinator writes on
+    /// a producer's behalf (Kafka's origin COORDINATOR: the group coordinator's
+    /// transactional offset commits, whose batches carry no sequence numbers): only the
+    /// producer epoch and the transactional flag are checked, never sequences or
+    /// duplicates.
+    pub fn append_as_coordinator(
+        &self,
+        records: &[u8],
+        batches: &[BatchInfo],
+        leader_epoch: i32,
+        now_ms: i64,
+    ) -> Result<AppendInfo, StorageError> {
+        self.append_checked(records, batches, leader_epoch, now_ms, Origin::Coordinator)
+    }
+
+    fn append_checked(
+        &self,
+        records: &[u8],
+        batches: &[BatchInfo],
+        leader_epoch: i32,
+        now_ms: i64,
+        origin: Origin,
     ) -> Result<AppendInfo, StorageError> {
         let config = self.config.read().clone();
         let mut writer = self.writer.lock();
@@ -361,6 +432,21 @@ impl PartitionLog {
         }
         let active = Arc::clone(&writer.active);
         let first_offset = writer.next_offset;
+        let start_position = active.size_bytes();
+        let at = FilePosition {
+            segment_base: active.base_offset(),
+            bytes: start_position,
+        };
+        if let Some(original) =
+            producers::check_leader_batches(&mut writer, batches, first_offset, at, origin)?
+        {
+            return Ok(AppendInfo {
+                first_offset: original.first_offset(),
+                last_offset: original.last_offset,
+                log_start_offset: self.view.read().offsets.log_start_offset,
+                duplicate: true,
+            });
+        }
         let leader_epochs = self.with_new_epochs(std::iter::once((leader_epoch, first_offset)))?;
         let mut prefixes = Vec::with_capacity(batches.len());
         let mut next = first_offset;
@@ -375,8 +461,13 @@ impl PartitionLog {
                 &records[b.position + PATCHED_PREFIX_BYTES..b.position + b.size_bytes],
             ));
         }
-        let start_position = active.size_bytes();
         let end_position = active.append_vectored(&mut slices, start_position)?;
+        {
+            let Writer {
+                producers, pending, ..
+            } = &mut *writer;
+            producers.commit(pending);
+        }
         let mut base = first_offset;
         let written = batches.iter().map(|b| {
             let offsets = batch::BatchOffsets {
@@ -400,6 +491,7 @@ impl PartitionLog {
             first_offset,
             last_offset: next - 1,
             log_start_offset,
+            duplicate: false,
         })
     }
 
@@ -481,6 +573,7 @@ impl PartitionLog {
             if let Some(leader_epochs) = leader_epochs {
                 view.leader_epochs = leader_epochs;
             }
+            producers::publish_last_stable(&writer.producers, &mut view);
             view.offsets.log_start_offset
         };
         self.maybe_flush(writer, config)?;
@@ -522,7 +615,12 @@ impl PartitionLog {
             || offsets_overflow
     }
 
+    /// Starts a new active segment at the log end, after a snapshot of the producer state
+    /// there (not fsynced: a torn snapshot fails its CRC and an older one is used).
     fn roll(&self, writer: &mut Writer, now_ms: i64) -> Result<(), StorageError> {
+        writer
+            .producers
+            .write_snapshot(&self.dir, writer.next_offset, false)?;
         seal(&writer.active);
         let segment = Arc::new(LogSegment::create(&self.dir, writer.next_offset, now_ms)?);
         info!(topic = %self.topic, partition = self.partition, base_offset = writer.next_offset, "rolled new segment");
@@ -573,9 +671,11 @@ impl PartitionLog {
             }
         }
         if reached.0 > current {
+            writer.producers.on_high_watermark(reached.0);
             let mut view = self.view.write();
             view.offsets.high_watermark = reached.0;
             view.high_watermark_position = reached.1;
+            producers::publish_last_stable(&writer.producers, &mut view);
         }
     }
 
@@ -609,9 +709,11 @@ impl PartitionLog {
         };
         writer.above_high_watermark.clear();
         writer.above_high_watermark_complete = offset == offsets.log_end_offset;
+        writer.producers.on_high_watermark(offset);
         let mut view = self.view.write();
         view.offsets.high_watermark = offset;
         view.high_watermark_position = position;
+        producers::publish_last_stable(&writer.producers, &mut view);
     }
 
     /// Reads from `fetch_offset` up to the high watermark: at most `max_bytes`, or the whole
@@ -717,12 +819,18 @@ impl PartitionLog {
         Ok(self.recovery_point())
     }
 
-    /// Stops appends, seals the active segment's time index and flushes everything.
+    /// Stops appends, seals the active segment's time index, snapshots the producer state
+    /// at the log end (fsynced, so the next open replays nothing) and flushes everything.
     pub fn close(&self) -> Result<i64, StorageError> {
         {
             let mut writer = self.writer.lock();
-            writer.closed = true;
-            seal(&writer.active);
+            if !writer.closed {
+                writer.closed = true;
+                seal(&writer.active);
+                writer
+                    .producers
+                    .write_snapshot(&self.dir, writer.next_offset, true)?;
+            }
         }
         self.flush()
     }
@@ -753,6 +861,7 @@ fn read_in(
     }
     let (end_offset, end_position) = match bound {
         ReadBound::HighWatermark => (offsets.high_watermark, view.high_watermark_position),
+        ReadBound::LastStable => (offsets.last_stable_offset, view.last_stable_position),
         ReadBound::LogEnd => (offsets.log_end_offset, view.log_end_position),
     };
     if fetch_offset >= end_offset || (max_bytes == 0 && !min_one_batch) {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use strom_protocol::batch::{self, BatchOffsets, BATCH_HEADER_BYTES, OFFSET_RANGE_BYTES};
 
-use crate::index::{OffsetIndex, TimeIndex};
+use crate::index::{OffsetIndex, TimeIndex, TxnIndex};
 use crate::{file_name, StorageError};
 
 /// Largest batch recovery will read back; anything claiming more is a torn or corrupt tail.
@@ -26,6 +26,8 @@ pub(crate) struct SegmentIndexes {
     /// Largest record timestamp in the segment and the last offset of its batch.
     pub max_timestamp: i64,
     pub offset_of_max_timestamp: i64,
+    /// The aborted transactions whose markers are in the segment.
+    pub txn_index: TxnIndex,
 }
 
 /// A `.log` file and its indexes. Readers use `pread`/`sendfile` on the shared file
@@ -126,6 +128,10 @@ impl LogSegment {
 
     pub fn time_index_path(&self) -> PathBuf {
         self.dir.join(file_name(self.base_offset, "timeindex"))
+    }
+
+    pub fn txn_index_path(&self) -> PathBuf {
+        self.dir.join(file_name(self.base_offset, "txnindex"))
     }
 
     pub fn raw_fd(&self) -> RawFd {
@@ -304,6 +310,7 @@ impl LogSegment {
         self.size_bytes.store(position, Ordering::Release);
         let mut indexes = self.indexes.lock();
         indexes.offset_index.truncate_to_position(position);
+        indexes.txn_index.truncate_to(end_offset);
         let relative = (end_offset - self.base_offset).clamp(0, i64::from(u32::MAX)) as u32;
         indexes.time_index.truncate_to_offset(relative);
         // Every remaining time index entry holds the largest timestamp of a prefix of the
@@ -347,11 +354,13 @@ impl LogSegment {
         let (index_path, time_path) = (self.index_path(), self.time_index_path());
         indexes.offset_index.persist(&index_path)?;
         indexes.time_index.persist(&time_path)?;
+        indexes.txn_index.persist(&self.txn_index_path())?;
         Ok(())
     }
 
-    /// Fsyncs the data and writes both indexes to `<base>.index<suffix>` and
-    /// `<base>.timeindex<suffix>`: the cleaner's output before its swap. Once written, a
+    /// Fsyncs the data and writes the indexes to `<base>.index<suffix>`,
+    /// `<base>.timeindex<suffix>` (and `<base>.txnindex<suffix>` when it has entries): the
+    /// cleaner's output before its swap. Once written, a
     /// later [`flush`](Self::flush) finds the indexes unchanged and writes nothing.
     pub(crate) fn flush_with_suffix(&self, suffix: &str) -> Result<(), StorageError> {
         self.dirty.store(false, Ordering::Release);
@@ -364,6 +373,9 @@ impl LogSegment {
         indexes
             .time_index
             .persist(&with_suffix(self.time_index_path()))?;
+        indexes
+            .txn_index
+            .persist(&with_suffix(self.txn_index_path()))?;
         Ok(())
     }
 
@@ -371,7 +383,12 @@ impl LogSegment {
     pub(crate) fn delete_files(&self) -> Result<(), StorageError> {
         let _indexes = self.indexes.lock();
         self.deleted.store(true, Ordering::Release);
-        for path in [self.log_path(), self.index_path(), self.time_index_path()] {
+        for path in [
+            self.log_path(),
+            self.index_path(),
+            self.time_index_path(),
+            self.txn_index_path(),
+        ] {
             match std::fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -41,6 +41,16 @@ use crate::Broker;
 const FETCH_MAX_WAIT_MS_MAX: i32 = 5 * 60 * 1000;
 const READ_COMMITTED: i8 = 1;
 
+/// Who reads, which decides how far: a follower replicates to the log end, a consumer
+/// reads below the high watermark, a read_committed consumer below the last stable offset
+/// (and gets the aborted transactions of what it reads).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reader {
+    Follower,
+    Consumer,
+    CommittedConsumer,
+}
+
 /// A requested topic, resolved.
 struct TopicRequest {
     name: String,
@@ -54,8 +64,7 @@ struct PartitionRequest {
     target: Result<Arc<Partition>, i16>,
     /// The partition's leader and leader epoch as this broker knows them (-1 when unknown).
     leader: (i32, i32),
-    /// A follower's fetch: read up to the log end.
-    replica: bool,
+    reader: Reader,
     /// The follower's log diverges from ours: (epoch, end offset) to truncate to.
     diverging: Option<(i32, i64)>,
 }
@@ -69,7 +78,11 @@ pub(crate) struct PartitionRead {
     /// Sent as DivergingEpoch (v12+) to a follower that must truncate.
     pub(crate) diverging: Option<(i32, i64)>,
     pub(crate) high_watermark: i64,
+    pub(crate) last_stable_offset: i64,
     pub(crate) log_start_offset: i64,
+    /// For read_committed consumers: (producer id, first offset) of the aborted
+    /// transactions in what they read.
+    aborted: Vec<(i64, i64)>,
     pub(crate) slice: Option<FileSlice>,
 }
 
@@ -234,7 +247,11 @@ fn resolve(
                         leader: topic
                             .as_ref()
                             .map_or((-1, -1), |t| t.leader_of(p.partition)),
-                        replica: replica_id >= 0,
+                        reader: match (replica_id >= 0, req.isolation_level) {
+                            (true, _) => Reader::Follower,
+                            (false, READ_COMMITTED) => Reader::CommittedConsumer,
+                            (false, _) => Reader::Consumer,
+                        },
                         diverging,
                     }
                 })
@@ -337,7 +354,7 @@ fn read_all(topics: &[TopicRequest], max_bytes: usize) -> Vec<Vec<PartitionRead>
                         partition,
                         p.index,
                         &p.fetch,
-                        p.replica,
+                        p.reader,
                         p.diverging,
                         limit,
                         min_one_batch,
@@ -355,13 +372,14 @@ fn read_all(topics: &[TopicRequest], max_bytes: usize) -> Vec<Vec<PartitionRead>
 
 /// One led partition's part of the answer: for a follower whose log diverges, the epoch
 /// and end offset to truncate to; else the records from the fetch offset (up to the log end
-/// for a follower, the high watermark for a consumer), at most `max_bytes` (or one batch
-/// when `min_one_batch`), or the read's error.
+/// for a follower, the high watermark for a consumer, the last stable offset for a
+/// read_committed one), at most `max_bytes` (or one batch when `min_one_batch`), or the
+/// read's error.
 pub(crate) fn read_partition(
     partition: &Partition,
     index: i32,
     fetch: &FetchPartition,
-    replica: bool,
+    reader: Reader,
     diverging: Option<(i32, i64)>,
     max_bytes: usize,
     min_one_batch: bool,
@@ -371,39 +389,47 @@ pub(crate) fn read_partition(
         return PartitionRead {
             diverging: Some(diverging),
             high_watermark: offsets.high_watermark,
+            last_stable_offset: offsets.last_stable_offset,
             log_start_offset: offsets.log_start_offset,
             ..empty(index, 0)
         };
     }
-    let read = if replica {
-        partition
-            .log
-            .read_to_log_end(fetch.fetch_offset, max_bytes, min_one_batch)
-    } else {
-        partition
-            .log
-            .read(fetch.fetch_offset, max_bytes, min_one_batch)
+    let log = &partition.log;
+    let (offset, bytes, one) = (fetch.fetch_offset, max_bytes, min_one_batch);
+    let read = match reader {
+        Reader::Follower => log.read_to_log_end(offset, bytes, one),
+        Reader::Consumer => log.read(offset, bytes, one),
+        Reader::CommittedConsumer => log.read_committed(offset, bytes, one),
     };
     match read {
-        Ok(read) => PartitionRead {
-            index,
-            error_code: 0,
-            current_leader: None,
-            diverging: None,
-            high_watermark: read.offsets.high_watermark,
-            log_start_offset: read.offsets.log_start_offset,
-            slice: read.slice,
-        },
-        Err(e) => {
-            let offsets = partition.log.offsets();
+        Ok(read) => {
+            let aborted = if reader == Reader::CommittedConsumer && read.slice.is_some() {
+                log.aborted_transactions(offset, read.offsets.last_stable_offset)
+                    .into_iter()
+                    .map(|t| (t.producer_id, t.first_offset))
+                    .collect()
+            } else {
+                Vec::new()
+            };
             PartitionRead {
                 index,
-                error_code: e.error_code(),
+                error_code: 0,
                 current_leader: None,
                 diverging: None,
+                high_watermark: read.offsets.high_watermark,
+                last_stable_offset: read.offsets.last_stable_offset,
+                log_start_offset: read.offsets.log_start_offset,
+                aborted,
+                slice: read.slice,
+            }
+        }
+        Err(e) => {
+            let offsets = log.offsets();
+            PartitionRead {
                 high_watermark: offsets.high_watermark,
+                last_stable_offset: offsets.last_stable_offset,
                 log_start_offset: offsets.log_start_offset,
-                slice: None,
+                ..empty(index, e.error_code())
             }
         }
     }
@@ -433,7 +459,9 @@ fn empty(index: i32, error_code: i16) -> PartitionRead {
         current_leader: None,
         diverging: None,
         high_watermark: -1,
+        last_stable_offset: -1,
         log_start_offset: -1,
+        aborted: Vec::new(),
         slice: None,
     }
 }
@@ -511,12 +539,17 @@ fn encode(
             buf.put_i32(read.index);
             buf.put_i16(read.error_code);
             buf.put_i64(read.high_watermark);
-            buf.put_i64(read.high_watermark); // last_stable_offset: no transactions yet
+            buf.put_i64(read.last_stable_offset);
             if version >= 5 {
                 buf.put_i64(read.log_start_offset);
             }
-            let aborted = (isolation_level == READ_COMMITTED).then_some(0);
+            let aborted = (isolation_level == READ_COMMITTED).then_some(read.aborted.len());
             wire::put_nullable_array_len(&mut buf, aborted, flexible);
+            for (producer_id, first_offset) in &read.aborted {
+                buf.put_i64(*producer_id);
+                buf.put_i64(*first_offset);
+                wire::put_empty_tagged_fields(&mut buf, flexible);
+            }
             if version >= 11 {
                 buf.put_i32(-1); // preferred_read_replica
             }

@@ -1,5 +1,8 @@
-//! ListOffsets: earliest (-2), latest (-1, the high watermark), max timestamp (-3, KIP-734),
-//! earliest local (-4) and by timestamp (the first record at or after it).
+//! ListOffsets: earliest (-2), latest (-1), max timestamp (-3, KIP-734), earliest local (-4)
+//! and by timestamp (the first record at or after it). As in Kafka, what a consumer may
+//! fetch bounds the answers: the high watermark, or for `isolation_level` read_committed
+//! (v2+) the last stable offset — latest is that offset, and a timestamp lookup finding a
+//! record at or past it finds nothing.
 
 use kafka_protocol::messages::list_offsets_request::ListOffsetsPartition;
 use kafka_protocol::messages::list_offsets_response::{
@@ -18,6 +21,7 @@ const EARLIEST_LOCAL: i64 = -4;
 const EARLIEST_PENDING_UPLOAD: i64 = -5;
 
 pub fn handle(broker: &Broker, req: ListOffsetsRequest, version: i16) -> ListOffsetsResponse {
+    let read_committed = version >= 2 && req.isolation_level == 1;
     let topics = req
         .topics
         .into_iter()
@@ -32,7 +36,7 @@ pub fn handle(broker: &Broker, req: ListOffsetsRequest, version: i16) -> ListOff
                             p.partition_index,
                             ResponseError::UnknownTopicOrPartition.code(),
                         ),
-                        Some(topic) => list_partition(topic, p, version),
+                        Some(topic) => list_partition(topic, p, version, read_committed),
                     };
                     if version < 4 {
                         response.leader_epoch = -1;
@@ -60,6 +64,7 @@ fn list_partition(
     topic: &Topic,
     p: &ListOffsetsPartition,
     version: i16,
+    read_committed: bool,
 ) -> ListOffsetsPartitionResponse {
     let partition = match topic.led(p.partition_index) {
         Ok(partition) => partition,
@@ -85,8 +90,13 @@ fn list_partition(
             .with_timestamp(timestamp)
             .with_leader_epoch(leader_epoch)
     };
+    let fetchable_end = if read_committed {
+        offsets.last_stable_offset
+    } else {
+        offsets.high_watermark
+    };
     let lookup = match p.timestamp {
-        LATEST => return found(offsets.high_watermark, -1, partition.leader_epoch()),
+        LATEST => return found(fetchable_end, -1, partition.leader_epoch()),
         EARLIEST | EARLIEST_LOCAL => {
             return found(offsets.log_start_offset, -1, partition.leader_epoch())
         }
@@ -97,8 +107,8 @@ fn list_partition(
         _ => return error(p.partition_index, ResponseError::InvalidRequest.code()),
     };
     match lookup {
-        Ok(Some(t)) => found(t.offset, t.timestamp, t.leader_epoch),
-        Ok(None) => found(-1, -1, -1),
+        Ok(Some(t)) if t.offset < fetchable_end => found(t.offset, t.timestamp, t.leader_epoch),
+        Ok(_) => found(-1, -1, -1),
         Err(e) => error(p.partition_index, e.error_code()),
     }
 }

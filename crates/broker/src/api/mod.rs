@@ -21,6 +21,7 @@ mod elect_leaders;
 pub(crate) mod fetch;
 mod find_coordinator;
 mod groups;
+mod init_producer_id;
 mod list_config_resources;
 mod list_offsets;
 mod metadata;
@@ -29,7 +30,7 @@ mod offsets;
 mod produce;
 mod reassignments;
 pub(crate) mod txn;
-pub(crate) mod write_txn_markers;
+pub mod write_txn_markers;
 
 use bytes::Bytes;
 use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind};
@@ -141,6 +142,12 @@ pub async fn handle(
         RequestKind::OffsetCommit(req) => ctx.respond(&offsets::commit(broker, req, &ctx).await),
         RequestKind::OffsetFetch(req) => ctx.respond(&offsets::fetch(broker, req, &ctx)),
         RequestKind::OffsetDelete(req) => ctx.respond(&offsets::delete(broker, req)),
+        RequestKind::WriteTxnMarkers(req) => {
+            ctx.respond(&write_txn_markers::handle(broker, req).await)
+        }
+        RequestKind::TxnOffsetCommit(req) => {
+            ctx.respond(&offsets::txn_commit(broker, req, &ctx).await)
+        }
         RequestKind::ConsumerGroupHeartbeat(req) => {
             ctx.respond(&consumer_groups::consumer_heartbeat(broker, req, &ctx))
         }
@@ -150,7 +157,6 @@ pub async fn handle(
         RequestKind::FindCoordinator(req) => {
             ctx.respond(&find_coordinator::handle(broker, req, version).await)
         }
-        RequestKind::InitProducerId(req) => ctx.respond(&init_producer_id(broker, req, &ctx).await),
         RequestKind::AddPartitionsToTxn(req) => {
             ctx.respond(&txn::add_partitions_to_txn(broker, req, &ctx).await)
         }
@@ -173,6 +179,9 @@ pub async fn handle(
         RequestKind::DescribeTopicPartitions(req) => {
             ctx.respond(&describe_topic_partitions::handle(broker, req))
         }
+        RequestKind::InitProducerId(req) => {
+            ctx.respond(&init_producer_id::handle(broker, req, &ctx).await)
+        }
         RequestKind::AlterConfigs(req) => ctx.respond(&alter_configs::alter(broker, req).await),
         RequestKind::IncrementalAlterConfigs(req) => {
             ctx.respond(&alter_configs::incremental(broker, req).await)
@@ -185,30 +194,6 @@ pub async fn handle(
     Handled {
         outcome,
         throttle_ms: ctx.throttle_ms.load(Ordering::Relaxed),
-    }
-}
-
-/// InitProducerId: with a transactional id it goes to the transaction coordinator
-/// ([`txn::init_producer_id`]); without one (an idempotent producer) it gets a new producer
-/// id at epoch 0, as Kafka's coordinator answers. (Minimal dispatch of this branch: the
-/// idempotent path is `api/init_producer_id.rs` of the producer id work.)
-async fn init_producer_id(
-    broker: &Broker,
-    req: kafka_protocol::messages::InitProducerIdRequest,
-    ctx: &Ctx,
-) -> kafka_protocol::messages::InitProducerIdResponse {
-    use kafka_protocol::messages::{InitProducerIdResponse, ProducerId};
-    if req.transactional_id.is_some() {
-        return txn::init_producer_id(broker, req, ctx).await;
-    }
-    match broker.producer_ids.generate().await {
-        Ok(id) => InitProducerIdResponse::default()
-            .with_producer_id(ProducerId(id))
-            .with_producer_epoch(0),
-        Err(code) => InitProducerIdResponse::default()
-            .with_error_code(code)
-            .with_producer_id(ProducerId(-1))
-            .with_producer_epoch(-1),
     }
 }
 

@@ -126,11 +126,108 @@ pub async fn commit(broker: &Broker, req: OffsetCommitRequest, ctx: &Ctx) -> Off
     OffsetCommitResponse::default().with_topics(topics)
 }
 
-type Wanted = Option<Vec<(String, Vec<i32>)>>;
-/// Committed offsets of one group by topic: (topic, [(partition, offset if any)]).
-type TopicOffsets = Vec<(String, Vec<(i32, Option<CommittedOffset>)>)>;
+/// TxnOffsetCommit (v0–v4): offsets committed as part of a producer's transaction, pending
+/// in the coordinator until the transaction's marker reaches the group's offsets partition
+/// (see `strom_coordinator::txn_offsets`). Answered, like OffsetCommit, once the write is on
+/// every in-sync replica.
+pub async fn txn_commit(
+    broker: &Broker,
+    req: TxnOffsetCommitRequest,
+    ctx: &Ctx,
+) -> TxnOffsetCommitResponse {
+    use kafka_protocol::messages::txn_offset_commit_response::{
+        TxnOffsetCommitResponsePartition, TxnOffsetCommitResponseTopic,
+    };
+    let mut offsets = Vec::new();
+    for topic in &req.topics {
+        for p in &topic.partitions {
+            if partition_exists(broker, &topic.name, p.partition_index) {
+                let offset = CommittedOffset {
+                    offset: p.committed_offset,
+                    leader_epoch: if ctx.version >= 2 {
+                        p.committed_leader_epoch
+                    } else {
+                        -1
+                    },
+                    metadata: p
+                        .committed_metadata
+                        .as_ref()
+                        .map(|m| m.to_string())
+                        .unwrap_or_default(),
+                };
+                offsets.push((topic.name.to_string(), p.partition_index, offset));
+            }
+        }
+    }
+    let keys: Vec<(String, i32)> = offsets.iter().map(|(t, p, _)| (t.clone(), *p)).collect();
+    let mut codes = match super::groups::check_coordinator(broker, &req.group_id) {
+        Err(code) => vec![code; offsets.len()],
+        Ok(()) => broker
+            .groups
+            .txn_commit_offsets(strom_coordinator::TxnOffsetCommit {
+                group_id: req.group_id.to_string(),
+                producer_id: req.producer_id.0,
+                producer_epoch: req.producer_epoch,
+                generation_id: if ctx.version >= 3 {
+                    req.generation_id
+                } else {
+                    -1
+                },
+                member_id: if ctx.version >= 3 {
+                    req.member_id.to_string()
+                } else {
+                    String::new()
+                },
+                group_instance_id: req.group_instance_id.as_ref().map(|i| i.to_string()),
+                offsets,
+            }),
+    };
+    if codes.contains(&0) {
+        if let Err(code) = wait_commit_replicated(broker, &req.group_id).await {
+            for c in codes.iter_mut().filter(|c| **c == 0) {
+                *c = code;
+            }
+        }
+    }
+    let code_of = |topic: &str, partition: i32| {
+        keys.iter()
+            .position(|(t, p)| t == topic && *p == partition)
+            .map_or(E::UnknownTopicOrPartition.code(), |i| codes[i])
+    };
+    let topics = req
+        .topics
+        .iter()
+        .map(|t| {
+            let partitions = t
+                .partitions
+                .iter()
+                .map(|p| {
+                    TxnOffsetCommitResponsePartition::default()
+                        .with_partition_index(p.partition_index)
+                        .with_error_code(code_of(&t.name, p.partition_index))
+                })
+                .collect();
+            TxnOffsetCommitResponseTopic::default()
+                .with_name(t.name.clone())
+                .with_partitions(partitions)
+        })
+        .collect();
+    TxnOffsetCommitResponse::default().with_topics(topics)
+}
 
-fn fetch_group(broker: &Broker, group_id: &str, wanted: Wanted) -> TopicOffsets {
+type Wanted = Option<Vec<(String, Vec<i32>)>>;
+/// Committed offsets of one group by topic: (topic, [(partition, offset if any, error)]).
+type TopicOffsets = Vec<(String, Vec<(i32, Option<CommittedOffset>, i16)>)>;
+
+/// The group's committed offsets. With `require_stable` (v7+, KIP-447), a partition with
+/// offsets of an open transaction is UNSTABLE_OFFSET_COMMIT: the consumer retries until the
+/// transaction ends rather than start from an offset about to change.
+fn fetch_group(
+    broker: &Broker,
+    group_id: &str,
+    wanted: Wanted,
+    require_stable: bool,
+) -> TopicOffsets {
     let keys: Option<Vec<(String, i32)>> = wanted.as_ref().map(|w| {
         w.iter()
             .flat_map(|(t, ps)| ps.iter().map(move |p| (t.clone(), *p)))
@@ -139,9 +236,18 @@ fn fetch_group(broker: &Broker, group_id: &str, wanted: Wanted) -> TopicOffsets 
     let found = broker.groups.fetch_offsets(group_id, keys.as_deref());
     let mut topics: TopicOffsets = Vec::new();
     for (topic, partition, offset) in found {
+        let entry = if require_stable
+            && broker
+                .groups
+                .has_pending_offsets(group_id, &topic, partition)
+        {
+            (partition, None, E::UnstableOffsetCommit.code())
+        } else {
+            (partition, offset, 0)
+        };
         match topics.iter_mut().find(|(t, _)| *t == topic) {
-            Some((_, partitions)) => partitions.push((partition, offset)),
-            None => topics.push((topic, vec![(partition, offset)])),
+            Some((_, partitions)) => partitions.push(entry),
+            None => topics.push((topic, vec![entry])),
         }
     }
     topics
@@ -171,14 +277,15 @@ pub fn fetch(broker: &Broker, req: OffsetFetchRequest, ctx: &Ctx) -> OffsetFetch
                         .map(|t| (t.name.to_string(), t.partition_indexes))
                         .collect()
                 });
-                let topics = fetch_group(broker, &g.group_id, wanted)
+                let topics = fetch_group(broker, &g.group_id, wanted, req.require_stable)
                     .into_iter()
                     .map(|(topic, partitions)| {
                         let partitions = partitions
                             .into_iter()
-                            .map(|(p, o)| {
+                            .map(|(p, o, code)| {
                                 OffsetFetchResponsePartitions::default()
                                     .with_partition_index(p)
+                                    .with_error_code(code)
                                     .with_committed_offset(o.as_ref().map_or(-1, |o| o.offset))
                                     .with_committed_leader_epoch(leader_epoch(&o))
                                     .with_metadata(Some(StrBytes::from_string(
@@ -206,14 +313,16 @@ pub fn fetch(broker: &Broker, req: OffsetFetchRequest, ctx: &Ctx) -> OffsetFetch
             .map(|t| (t.name.to_string(), t.partition_indexes))
             .collect()
     });
-    let topics = fetch_group(broker, &req.group_id, wanted)
+    let require_stable = version >= 7 && req.require_stable;
+    let topics = fetch_group(broker, &req.group_id, wanted, require_stable)
         .into_iter()
         .map(|(topic, partitions)| {
             let partitions = partitions
                 .into_iter()
-                .map(|(p, o)| {
+                .map(|(p, o, code)| {
                     OffsetFetchResponsePartition::default()
                         .with_partition_index(p)
+                        .with_error_code(code)
                         .with_committed_offset(o.as_ref().map_or(-1, |o| o.offset))
                         .with_committed_leader_epoch(leader_epoch(&o))
                         .with_metadata(Some(StrBytes::from_string(

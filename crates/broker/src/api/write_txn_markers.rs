@@ -1,58 +1,157 @@
-//! WriteTxnMarkers, the leader side (Kafka's `handleWriteTxnMarkersRequest`): for each
-//! marker, one control batch (commit or abort, with the coordinator epoch) in each of its
-//! partitions this broker leads, and the group coordinator told about `__consumer_offsets`
-//! partitions; an error code per partition.
+//! WriteTxnMarkers (v1): a transaction coordinator asks the leaders of a transaction's
+//! partitions to write its COMMIT or ABORT marker. Each marker is a control batch appended
+//! as Kafka's `AppendOrigin.COORDINATOR` with acks=all: the answer waits until the marker
+//! is on every in-sync replica (NOT_ENOUGH_REPLICAS below `min.insync.replicas`), because
+//! the coordinator completes the transaction only once every marker is durable. A marker
+//! for a `__consumer_offsets` partition also ends the producer's pending transactional
+//! offsets in the group coordinator (Kafka's `onTransactionCompleted`).
 //!
-//! Boundary: the transaction marker sender ([`crate::txn_markers`]) calls [`handle`]
-//! directly, without the network, for the partitions this broker leads itself; requests
-//! from other brokers' coordinators are served by the same function.
-//!
-//! Placeholder body until the leader side lands with the storage's `append_control`: it
-//! checks what needs no storage (UNKNOWN_TOPIC_OR_PARTITION, NOT_LEADER_OR_FOLLOWER) and
-//! answers UNSUPPORTED_FOR_MESSAGE_FORMAT for partitions it leads, which the coordinator
-//! takes (as Kafka does) as a partition that needs no marker. No marker is written.
+//! The coordinator of this same broker calls [`write_marker`] directly instead of sending
+//! itself a request.
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use kafka_protocol::messages::write_txn_markers_response::{
     WritableTxnMarkerPartitionResult, WritableTxnMarkerResult, WritableTxnMarkerTopicResult,
 };
 use kafka_protocol::messages::{WriteTxnMarkersRequest, WriteTxnMarkersResponse};
 use kafka_protocol::ResponseError as E;
+use strom_storage::producer_state::ControlType;
+use tracing::debug;
 
+use crate::replication::Replicated;
+use crate::topics::now_ms;
 use crate::Broker;
 
-pub async fn handle(broker: &Broker, request: WriteTxnMarkersRequest) -> WriteTxnMarkersResponse {
-    let markers = request
-        .markers
-        .iter()
-        .map(|marker| {
-            let topics = marker
+/// Longest a marker waits for the in-sync replicas (Kafka uses `request.timeout.ms`).
+const MARKER_REPLICATION_TIMEOUT_MS: u64 = 30_000;
+
+/// One transaction marker to write to some partitions.
+#[derive(Debug, Clone)]
+pub struct TxnMarker {
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub commit: bool,
+    pub coordinator_epoch: i32,
+    /// (topic, partition) pairs.
+    pub partitions: Vec<(String, i32)>,
+}
+
+pub async fn handle(broker: &Broker, req: WriteTxnMarkersRequest) -> WriteTxnMarkersResponse {
+    let mut results = Vec::with_capacity(req.markers.len());
+    for m in req.markers {
+        let marker = TxnMarker {
+            producer_id: m.producer_id.0,
+            producer_epoch: m.producer_epoch,
+            commit: m.transaction_result,
+            coordinator_epoch: m.coordinator_epoch,
+            partitions: m
                 .topics
                 .iter()
-                .map(|t| {
-                    let topic = broker.topics.get(t.name.as_str());
-                    let partitions = t
-                        .partition_indexes
+                .flat_map(|t| {
+                    t.partition_indexes
                         .iter()
-                        .map(|p| {
-                            let code = match topic.as_ref().map(|topic| topic.led(*p)) {
-                                None => E::UnknownTopicOrPartition.code(),
-                                Some(Err(code)) => code,
-                                Some(Ok(_)) => E::UnsupportedForMessageFormat.code(),
-                            };
-                            WritableTxnMarkerPartitionResult::default()
-                                .with_partition_index(*p)
-                                .with_error_code(code)
-                        })
-                        .collect();
-                    WritableTxnMarkerTopicResult::default()
-                        .with_name(t.name.clone())
-                        .with_partitions(partitions)
+                        .map(move |p| (t.name.to_string(), *p))
                 })
-                .collect();
+                .collect(),
+        };
+        let codes = write_marker(broker, &marker).await;
+        let topics = m
+            .topics
+            .into_iter()
+            .map(|t| {
+                let partitions = t
+                    .partition_indexes
+                    .iter()
+                    .map(|&p| {
+                        let code = marker
+                            .partitions
+                            .iter()
+                            .position(|(name, index)| {
+                                name.as_str() == t.name.as_str() && *index == p
+                            })
+                            .map_or(E::UnknownServerError.code(), |i| codes[i]);
+                        WritableTxnMarkerPartitionResult::default()
+                            .with_partition_index(p)
+                            .with_error_code(code)
+                    })
+                    .collect();
+                WritableTxnMarkerTopicResult::default()
+                    .with_name(t.name)
+                    .with_partitions(partitions)
+            })
+            .collect();
+        results.push(
             WritableTxnMarkerResult::default()
-                .with_producer_id(marker.producer_id)
-                .with_topics(topics)
-        })
-        .collect();
-    WriteTxnMarkersResponse::default().with_markers(markers)
+                .with_producer_id(m.producer_id)
+                .with_topics(topics),
+        );
+    }
+    WriteTxnMarkersResponse::default().with_markers(results)
+}
+
+/// Writes `marker` to each of its partitions that this broker leads and waits for the
+/// in-sync replicas: one Kafka error code per partition, in order.
+pub async fn write_marker(broker: &Broker, marker: &TxnMarker) -> Vec<i16> {
+    let control = if marker.commit {
+        ControlType::Commit
+    } else {
+        ControlType::Abort
+    };
+    let mut codes = Vec::with_capacity(marker.partitions.len());
+    let mut waiting = Vec::new();
+    for (i, (topic_name, index)) in marker.partitions.iter().enumerate() {
+        let Some(topic) = broker.topics.get(topic_name) else {
+            codes.push(E::UnknownTopicOrPartition.code());
+            continue;
+        };
+        let partition = match topic.led(*index) {
+            Ok(partition) => Arc::clone(partition),
+            Err(code) => {
+                codes.push(code);
+                continue;
+            }
+        };
+        let appended = partition.append_control(
+            marker.producer_id,
+            marker.producer_epoch,
+            control,
+            marker.coordinator_epoch,
+            topic.settings.min_insync_replicas,
+            now_ms(),
+        );
+        match appended {
+            Ok((info, leader_epoch)) => {
+                codes.push(0);
+                waiting.push((i, partition, leader_epoch, info.last_offset + 1));
+            }
+            Err(e) => {
+                debug!(topic = %topic_name, partition = index, producer_id = marker.producer_id, error = ?e, "transaction marker refused");
+                codes.push(e.error_code());
+            }
+        }
+    }
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_millis(MARKER_REPLICATION_TIMEOUT_MS);
+    let mut shutdown = broker.shutdown.clone();
+    for (i, partition, leader_epoch, end_offset) in waiting {
+        codes[i] = match partition
+            .wait_replicated(leader_epoch, end_offset, deadline, &mut shutdown)
+            .await
+        {
+            Replicated::Yes { .. } => {
+                let (topic, index) = &marker.partitions[i];
+                if topic == crate::consumer_offsets::TOPIC {
+                    broker
+                        .groups
+                        .complete_transaction(*index, marker.producer_id, marker.commit);
+                }
+                0
+            }
+            Replicated::NotLeader => E::NotLeaderOrFollower.code(),
+            Replicated::TimedOut => E::RequestTimedOut.code(),
+        };
+    }
+    codes
 }

@@ -14,12 +14,14 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+use super::producers::aborted_in;
 use super::{seal, FilePosition, PartitionLog};
 use crate::cleaner::{
-    self, group_by_size, map_segment, rename_suffix, sync_dir, CleanOutcome, Cleanable,
-    CleanedWriter, CleanerProgress, CleanerStats, CompactionConfig, Filter, Filtered, OffsetMap,
-    Retention, SwapStep, CLEANED_SUFFIX, SWAP_SUFFIX,
+    self, group_by_size, map_segment, rename_suffix, sync_dir, AbortedRanges, CleanOutcome,
+    Cleanable, CleanedWriter, CleanerProgress, CleanerStats, CompactionConfig, Filter, Filtered,
+    OffsetMap, Retention, SwapStep, CLEANED_SUFFIX, SWAP_SUFFIX,
 };
+use crate::index::{TxnEntry, TxnIndex};
 use crate::segment::LogSegment;
 use crate::{LogConfig, StorageError};
 use strom_protocol::records::BatchHeader;
@@ -122,8 +124,10 @@ impl PartitionLog {
                 checkpoint
             };
         let active_base = segments.last().map_or(0, |s| s.base_offset());
+        // Open or unreplicated transactions stay dirty (Kafka cleans below the last stable
+        // offset): their markers decide what of them stays.
         let mut uncleanable = upper_bound_offset
-            .min(offsets.high_watermark)
+            .min(offsets.last_stable_offset)
             .min(active_base);
         if config.min_compaction_lag_ms > 0 {
             let lag_bound = now_ms.saturating_sub(config.min_compaction_lag_ms);
@@ -209,10 +213,12 @@ impl PartitionLog {
             log_config.segment_index_bytes,
             upper_bound,
         );
+        let last_batches = self.writer.lock().producers.last_data_offsets();
         let rules = Retention {
             map,
             now_ms,
             delete_retention_ms: config.delete_retention_ms,
+            last_batches: &last_batches,
         };
         let round = Round {
             rules: &rules,
@@ -338,6 +344,15 @@ impl PartitionLog {
             cleaner::remove_cleaned(&self.dir, base_offset)?;
             return Ok(GroupOutcome::Done);
         }
+        // Markers are never removed: the aborted transactions of the old segments are
+        // those of the cleaned one.
+        let aborted: Vec<TxnEntry> = old
+            .iter()
+            .flat_map(|s| s.indexes.lock().txn_index.entries().to_vec())
+            .collect();
+        if !aborted.is_empty() {
+            writer.segment.indexes.lock().txn_index = TxnIndex::with_entries(aborted);
+        }
         seal(&writer.segment);
         writer.segment.flush_with_suffix(CLEANED_SUFFIX)?;
         crash_point(*progress, SwapStep::Written)?;
@@ -382,7 +397,7 @@ impl PartitionLog {
             return Ok(Replaced::Gone);
         };
         let base_offset = cleaned.base_offset();
-        for extension in ["index", "timeindex"] {
+        for extension in ["index", "timeindex", "txnindex"] {
             rename_suffix(
                 &self.dir,
                 base_offset,
@@ -420,6 +435,10 @@ impl PartitionLog {
         if replaced(&view.log_end_position) {
             view.log_end_position = end;
         }
+        // Cleaned segments lie below the last stable offset, so a position in one is its end.
+        if replaced(&view.last_stable_position) {
+            view.last_stable_position = end;
+        }
         view.segments = Arc::new(segments);
     }
 
@@ -437,7 +456,7 @@ impl PartitionLog {
         }
         rename_suffix(&self.dir, base_offset, "log", SWAP_SUFFIX, "")?;
         crash_point(progress, SwapStep::LogRenamed)?;
-        for extension in ["index", "timeindex"] {
+        for extension in ["index", "timeindex", "txnindex"] {
             rename_suffix(&self.dir, base_offset, extension, SWAP_SUFFIX, "")?;
         }
         sync_dir(&self.dir)?;
@@ -470,8 +489,8 @@ fn crash_point(_: &mut dyn CleanerProgress, _: SwapStep) -> Result<(), StorageEr
 }
 
 /// Maps the keys of the dirty segments (from the one holding `start` to those below
-/// `upper_bound`) until the map is full. Returns the end of what was mapped (`None`: the
-/// caller stopped the cleaning).
+/// `upper_bound`) until the map is full, leaving out aborted transactions. Returns the end
+/// of what was mapped (`None`: the caller stopped the cleaning).
 fn build_offset_map(
     segments: &[Arc<LogSegment>],
     start: i64,
@@ -481,13 +500,14 @@ fn build_offset_map(
     stats: &mut CleanerStats,
 ) -> Result<Option<i64>, StorageError> {
     let first = segment_index(segments, start);
+    let aborted = AbortedRanges::new(&aborted_in(&segments[first..], start, upper_bound));
     let dirty: Vec<&Arc<LogSegment>> = segments[first..]
         .iter()
         .take_while(|s| s.base_offset() < upper_bound)
         .collect();
     for (i, segment) in dirty.iter().enumerate() {
         let next_start = dirty.get(i + 1).map_or(upper_bound, |s| s.base_offset());
-        match map_segment(segment, start, map, progress, stats)? {
+        match map_segment(segment, start, map, &aborted, progress, stats)? {
             None => return Ok(None),
             Some(false) => break,
             // Offsets missing at the end of a segment are covered too.

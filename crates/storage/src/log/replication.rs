@@ -11,7 +11,7 @@ use std::sync::Arc;
 use strom_protocol::batch::{self, BatchError, BATCH_HEADER_BYTES, LOG_OVERHEAD_BYTES};
 use tracing::info;
 
-use super::{boundary_at_or_below, FilePosition, PartitionLog, Writer};
+use super::{boundary_at_or_below, producers, FilePosition, PartitionLog, Writer};
 use crate::checkpoint::LEADER_EPOCH_FILE;
 use crate::epoch::LeaderEpochCache;
 use crate::segment::{max_timestamp_of, BatchHeader, LogSegment};
@@ -25,7 +25,8 @@ impl PartitionLog {
     /// log end, each next one after the previous (a compacted leader's log has gaps between
     /// batches); otherwise nothing is written. Newer leader
     /// epochs enter the epoch cache. The high watermark does not move. `None` when
-    /// `records` holds no complete batch.
+    /// `records` holds no complete batch. The producer state takes the batches and markers
+    /// as they come, refusing nothing (the leader checked them).
     pub fn append_as_follower(
         &self,
         records: &[u8],
@@ -71,6 +72,18 @@ impl PartitionLog {
         let start_position = active.size_bytes();
         let mut slices = [IoSlice::new(&records[..complete_bytes])];
         let end_position = active.append_vectored(&mut slices, start_position)?;
+        let mut position = 0;
+        for b in &batches {
+            let at = FilePosition {
+                segment_base: active.base_offset(),
+                bytes: start_position + position as u64,
+            };
+            let bytes = &records[position..position + b.offsets.size_bytes];
+            if batch::has_producer_id(bytes) {
+                producers::replay_batch(&mut writer, &active, bytes, at);
+            }
+            position += b.offsets.size_bytes;
+        }
         let written = batches.iter().map(|b| (b.offsets, b.max_timestamp));
         let log_start_offset = self.complete_append(
             &mut writer,
@@ -84,6 +97,7 @@ impl PartitionLog {
             first_offset,
             last_offset: next - 1,
             log_start_offset,
+            duplicate: false,
         }))
     }
 
@@ -91,7 +105,9 @@ impl PartitionLog {
     /// batch removes that batch. A no-op at or past the log end; below the log start it
     /// empties the log, keeping the log start offset. The high watermark and the recovery
     /// point move back to the new log end if they were past it; epoch cache entries from it
-    /// on are dropped. An I/O error part way closes the log (its files no longer match it).
+    /// on are dropped, and so are the snapshots past it and the aborted transactions whose
+    /// markers go; the producer state is rebuilt from the latest snapshot left. An I/O
+    /// error part way closes the log (its files no longer match it).
     pub fn truncate_to(&self, offset: i64) -> Result<(), StorageError> {
         let mut writer = self.writer.lock();
         if writer.closed {
@@ -112,6 +128,8 @@ impl PartitionLog {
         let leader_epochs = self
             .trim_leader_epochs(&view.leader_epochs, new_end)
             .inspect_err(|_| writer.closed = true)?;
+        self.reload_producer_state(&mut writer, &kept, new_end)
+            .inspect_err(|_| writer.closed = true)?;
         writer.next_offset = new_end;
         let high_watermark_moves = view.offsets.high_watermark > new_end;
         if high_watermark_moves {
@@ -131,6 +149,10 @@ impl PartitionLog {
                 next.offsets.high_watermark = new_end;
                 next.high_watermark_position = cut;
             }
+            writer
+                .producers
+                .on_high_watermark(next.offsets.high_watermark);
+            producers::publish_last_stable(&writer.producers, &mut next);
             if let Some(leader_epochs) = leader_epochs {
                 next.leader_epochs = leader_epochs;
             }
@@ -187,7 +209,8 @@ impl PartitionLog {
     }
 
     /// Deletes every segment and starts an empty log at `offset`: log start, log end, high
-    /// watermark and recovery point all become `offset`, and the epoch cache is cleared.
+    /// watermark, last stable offset and recovery point all become `offset`, and the epoch
+    /// cache, the producer state and its snapshots are cleared.
     /// For a follower whose log end is below the leader's log start. An I/O error part way
     /// closes the log.
     pub fn truncate_fully_and_start_at(&self, offset: i64) -> Result<(), StorageError> {
@@ -203,6 +226,7 @@ impl PartitionLog {
         writer.above_high_watermark.clear();
         writer.above_high_watermark_complete = true;
         writer.unflushed_messages = 0;
+        writer.producers.clear();
         let position = FilePosition {
             segment_base: offset,
             bytes: 0,
@@ -213,8 +237,10 @@ impl PartitionLog {
             view.offsets.log_start_offset = offset;
             view.offsets.log_end_offset = offset;
             view.offsets.high_watermark = offset;
+            view.offsets.last_stable_offset = offset;
             view.high_watermark_position = position;
             view.log_end_position = position;
+            view.last_stable_position = position;
             view.leader_epochs = Arc::new(LeaderEpochCache::default());
             view.truncations += 1;
             self.recovery_point.store(offset, Ordering::Release);
@@ -241,6 +267,7 @@ impl PartitionLog {
         for segment in segments.iter().rev() {
             segment.delete_files()?;
         }
+        producers::delete_all_snapshots(&self.dir)?;
         let active = Arc::new(LogSegment::create(&self.dir, offset, writer.clock_ms)?);
         sync_dir(&self.dir)?;
         writer.active = Arc::clone(&active);

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use tracing::info;
 
-use super::{PartitionLog, View, Writer};
+use super::{producers, PartitionLog, View, Writer};
 use crate::checkpoint::LEADER_EPOCH_FILE;
 use crate::segment::LogSegment;
 use crate::StorageError;
@@ -112,7 +112,8 @@ impl PartitionLog {
 
     /// Publishes the log without its first `count` segments and with `log_start_offset`,
     /// then deletes their files, oldest first. The epoch cache drops what is below the new
-    /// start.
+    /// start; so does the producer state (Kafka's `truncateHead`), and the snapshots of the
+    /// deleted segments go (the newest snapshot stays).
     fn remove_prefix(
         &self,
         writer: &mut Writer,
@@ -127,18 +128,24 @@ impl PartitionLog {
             leader_epochs.write(&self.dir.join(LEADER_EPOCH_FILE))?;
         }
         let removed: Vec<Arc<LogSegment>> = view.segments[..count].to_vec();
+        let kept: Arc<Vec<Arc<LogSegment>>> = Arc::new(view.segments[count..].to_vec());
+        writer.producers.truncate_head(log_start_offset, || {
+            producers::txn_position(&kept, log_start_offset)
+        });
         {
             let mut published = self.view.write();
-            published.segments = Arc::new(published.segments[count..].to_vec());
+            published.segments = Arc::clone(&kept);
             published.offsets.log_start_offset = log_start_offset;
             if epochs_changed {
                 published.leader_epochs = Arc::new(leader_epochs);
             }
+            producers::publish_last_stable(&writer.producers, &mut published);
         }
         debug_assert!(!removed.iter().any(|s| Arc::ptr_eq(s, &writer.active)));
         for segment in &removed {
             segment.delete_files()?;
         }
+        producers::delete_snapshots_below(&self.dir, kept[0].base_offset())?;
         info!(
             topic = %self.topic,
             partition = self.partition,
@@ -359,7 +366,8 @@ mod tests {
             LogOffsets {
                 log_start_offset: end,
                 log_end_offset: end,
-                high_watermark: end
+                high_watermark: end,
+                last_stable_offset: end,
             }
         );
         assert_eq!(bases(&log), vec![end]);

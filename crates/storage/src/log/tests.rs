@@ -417,7 +417,8 @@ fn truncation_keeps_reads_and_the_high_watermark_consistent() {
         LogOffsets {
             log_start_offset: 0,
             log_end_offset: 16,
-            high_watermark: 14
+            high_watermark: 14,
+            last_stable_offset: 14,
         }
     );
     assert!(log.recovery_point() <= 16);
@@ -431,7 +432,8 @@ fn truncation_keeps_reads_and_the_high_watermark_consistent() {
         LogOffsets {
             log_start_offset: 0,
             log_end_offset: 8,
-            high_watermark: 8
+            high_watermark: 8,
+            last_stable_offset: 8,
         },
         "the high watermark moves back with the log end"
     );
@@ -593,6 +595,7 @@ fn truncate_fully_and_start_at_empties_the_log_at_a_new_start() {
             log_start_offset: start,
             log_end_offset: start,
             high_watermark: start,
+            last_stable_offset: start,
         };
         assert_eq!(log.offsets(), all);
         assert_eq!(log.recovery_point(), start);
@@ -619,6 +622,7 @@ fn truncate_fully_and_start_at_empties_the_log_at_a_new_start() {
             LogOffsets {
                 log_end_offset: start + 2,
                 high_watermark: start + 2,
+                last_stable_offset: start + 2,
                 ..all
             }
         );
@@ -955,6 +959,7 @@ fn check(log: &PartitionLog, model: &Model) -> Result<(), TestCaseError> {
             log_start_offset: model.log_start_offset,
             log_end_offset: model.log_end_offset(),
             high_watermark: model.high_watermark,
+            last_stable_offset: model.high_watermark,
         }
     );
     let expected: Vec<Vec<u8>> = model.batches.iter().map(|(_, _, b)| b.clone()).collect();
