@@ -2,8 +2,8 @@
 //! leaders from this broker: the leader and its endpoint come from the applied metadata; a
 //! WriteTxnMarkers (v1) goes to each other broker over one connection per broker (Kafka's
 //! `TransactionMarkerChannelManager` network client), and partitions this broker leads
-//! itself are written locally through [`crate::api::write_txn_markers::handle`] — the same
-//! function the leader side of the API serves remote requests with — without the network.
+//! itself are written locally through [`crate::api::write_txn_markers::write_marker`] —
+//! what the leader side of the API serves remote requests with — without the network.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -172,6 +172,26 @@ pub fn results(response: &WriteTxnMarkersResponse) -> MarkerResults {
         .collect()
 }
 
+/// Writes markers to partitions this broker leads, as a WriteTxnMarkers from itself would.
+async fn write_locally(broker: &Broker, markers: Vec<TxnMarker>) -> MarkerResults {
+    let mut results = Vec::with_capacity(markers.len());
+    for m in markers {
+        let marker = crate::api::write_txn_markers::TxnMarker {
+            producer_id: m.producer_id,
+            producer_epoch: m.producer_epoch,
+            commit: m.commit,
+            coordinator_epoch: m.coordinator_epoch,
+            partitions: m.partitions,
+        };
+        let codes = crate::api::write_txn_markers::write_marker(broker, &marker).await;
+        results.push((
+            marker.producer_id,
+            marker.partitions.into_iter().zip(codes).collect(),
+        ));
+    }
+    results
+}
+
 impl MarkerTransport for BrokerMarkerTransport {
     fn destination(&self, topic: &str, partition: i32) -> MarkerDestination {
         let Some(t) = self.broker.topics.get(topic) else {
@@ -199,12 +219,10 @@ impl MarkerTransport for BrokerMarkerTransport {
         markers: Vec<TxnMarker>,
     ) -> BoxFuture<'_, Result<MarkerResults, String>> {
         Box::pin(async move {
-            let request = request(markers);
-            let response = if broker_id == self.broker.node_id {
-                crate::api::write_txn_markers::handle(&self.broker, request).await
-            } else {
-                self.send_remote(broker_id, &request).await?
-            };
+            if broker_id == self.broker.node_id {
+                return Ok(write_locally(&self.broker, markers).await);
+            }
+            let response = self.send_remote(broker_id, &request(markers)).await?;
             Ok(results(&response))
         })
     }

@@ -1,18 +1,17 @@
-//! The transaction coordinator through the raw protocol, against a real broker process:
-//! FindCoordinator for transactional ids, InitProducerId, AddPartitionsToTxn (client and
-//! batched verify-only forms), AddOffsetsToTxn, EndTxn, DescribeTransactions and
-//! ListTransactions with Kafka's error codes, state kept across a restart, and timed-out
-//! transactions aborted with the producer fenced.
-//!
-//! Markers: each transaction here completes once the marker sender has had an answer for
-//! every partition; what the partition leader writes is the WriteTxnMarkers handler's
-//! business, checked with real clients once it lands.
+//! Transactions against real broker processes. Through the raw protocol: FindCoordinator
+//! for transactional ids, InitProducerId, AddPartitionsToTxn (client and batched
+//! verify-only forms), AddOffsetsToTxn, EndTxn, DescribeTransactions and ListTransactions
+//! with Kafka's error codes, state kept across a restart and a coordinator failover, and
+//! timed-out transactions aborted with the producer fenced. With librdkafka: a transactional
+//! producer's committed records reach read_committed consumers and aborted ones never do,
+//! offsets sent to a transaction commit with it, and markers reach partition leaders on
+//! other brokers.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
-use common::clients::create_topic;
+use common::clients::{create_topic, create_topic_with};
 use common::cluster::Cluster;
 use common::{Broker, RawClient};
 use kafka_protocol::messages::add_partitions_to_txn_request::{
@@ -22,7 +21,10 @@ use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError as E;
 use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
 
 fn s(v: &str) -> StrBytes {
     StrBytes::from_string(v.to_string())
@@ -513,4 +515,187 @@ fn librdkafkas_transactional_producer_initializes_commits_and_aborts_through_the
     let _ = producer.flush(Duration::from_secs(5));
     let fenced = producer.commit_transaction(timeout);
     assert!(fenced.is_err(), "the first instance is fenced: {fenced:?}");
+}
+
+fn transactional_producer(bootstrap: &str, id: &str) -> BaseProducer {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("transactional.id", id)
+        .set("linger.ms", "5")
+        .create()
+        .expect("transactional producer");
+    producer
+        .init_transactions(Duration::from_secs(60))
+        .expect("init_transactions");
+    producer
+}
+
+/// One transaction of `count` records keyed `<prefix>-<i>`, committed or aborted.
+fn transaction(producer: &BaseProducer, topic: &str, prefix: &str, count: usize, commit: bool) {
+    let timeout = Duration::from_secs(60);
+    producer.begin_transaction().expect("begin_transaction");
+    for i in 0..count {
+        let key = format!("{prefix}-{i}");
+        producer
+            .send(BaseRecord::to(topic).key(&key).payload("value"))
+            .expect("enqueue");
+    }
+    producer.flush(timeout).expect("flush");
+    if commit {
+        producer
+            .commit_transaction(timeout)
+            .expect("commit_transaction");
+    } else {
+        producer
+            .abort_transaction(timeout)
+            .expect("abort_transaction");
+    }
+}
+
+/// Every key of `topic` (all `partitions`) a consumer at `isolation` reads: waits for
+/// `expected` records, then a moment longer for any that should not be there.
+fn read_keys(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    isolation: &str,
+    expected: usize,
+) -> Vec<String> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "reader")
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", isolation)
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).expect("assign");
+    let mut keys = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut settle: Option<Instant> = None;
+    loop {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            keys.push(String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned());
+        }
+        if keys.len() >= expected && settle.is_none() {
+            settle = Some(Instant::now() + Duration::from_secs(1));
+        }
+        if settle.is_some_and(|at| Instant::now() > at) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{isolation}: read {} of {expected}",
+            keys.len()
+        );
+    }
+    keys.sort();
+    keys
+}
+
+fn keys(prefixes: &[&str], count: usize) -> Vec<String> {
+    let mut keys: Vec<String> = prefixes
+        .iter()
+        .flat_map(|p| (0..count).map(move |i| format!("{p}-{i}")))
+        .collect();
+    keys.sort();
+    keys
+}
+
+#[test]
+fn read_committed_consumers_see_committed_transactions_only_and_offsets_commit_with_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    create_topic(&broker.addr, "out", 3);
+    create_topic(&broker.addr, "in", 1);
+    let producer = transactional_producer(&broker.addr, "e2e");
+    let group: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .set("group.id", "g-tx")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let metadata = group.group_metadata().expect("group metadata");
+    let timeout = Duration::from_secs(60);
+    let offsets = |offset: i64| {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset("in", 0, Offset::Offset(offset))
+            .unwrap();
+        tpl
+    };
+    // Commit, abort, commit; the first two also move the group's offset.
+    producer.begin_transaction().unwrap();
+    for i in 0..30 {
+        let key = format!("c1-{i}");
+        producer
+            .send(BaseRecord::to("out").key(&key).payload("v"))
+            .unwrap();
+    }
+    producer.flush(timeout).expect("flush");
+    producer
+        .send_offsets_to_transaction(&offsets(10), &metadata, timeout)
+        .expect("send_offsets_to_transaction");
+    producer.commit_transaction(timeout).expect("commit");
+    producer.begin_transaction().unwrap();
+    for i in 0..30 {
+        let key = format!("a2-{i}");
+        producer
+            .send(BaseRecord::to("out").key(&key).payload("v"))
+            .unwrap();
+    }
+    producer.flush(timeout).expect("flush");
+    producer
+        .send_offsets_to_transaction(&offsets(20), &metadata, timeout)
+        .expect("send_offsets_to_transaction");
+    producer.abort_transaction(timeout).expect("abort");
+    transaction(&producer, "out", "c3", 30, true);
+
+    assert_eq!(
+        read_keys(&broker.addr, "out", 3, "read_committed", 60),
+        keys(&["c1", "c3"], 30)
+    );
+    assert_eq!(
+        read_keys(&broker.addr, "out", 3, "read_uncommitted", 90),
+        keys(&["a2", "c1", "c3"], 30)
+    );
+    let mut asked = TopicPartitionList::new();
+    asked.add_partition("in", 0);
+    let committed = group
+        .committed_offsets(asked, timeout)
+        .expect("committed offsets");
+    assert_eq!(
+        committed.find_partition("in", 0).map(|e| e.offset()),
+        Some(Offset::Offset(10)),
+        "the aborted transaction's offsets were not committed"
+    );
+    let mut c = RawClient::connect(&broker.addr);
+    wait_for_state(&mut c, "e2e", "CompleteCommit");
+}
+
+#[test]
+fn markers_reach_partition_leaders_on_every_broker_of_a_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::combined(dir.path(), 3);
+    create_topic_with(&cluster.bootstrap(), "spread", 6, 3, &[]);
+    let producer = transactional_producer(&cluster.bootstrap(), "spread-tx");
+    transaction(&producer, "spread", "c1", 120, true);
+    transaction(&producer, "spread", "a2", 120, false);
+    transaction(&producer, "spread", "c3", 120, true);
+    assert_eq!(
+        read_keys(&cluster.bootstrap(), "spread", 6, "read_committed", 240),
+        keys(&["c1", "c3"], 120)
+    );
+    // Leaders of the six partitions are spread over the brokers: markers went to each.
+    let metadata = cluster.metadata(1);
+    let leaders: std::collections::BTreeSet<i32> = metadata
+        .topics
+        .iter()
+        .filter(|t| t.name.as_ref().is_some_and(|n| n.as_str() == "spread"))
+        .flat_map(|t| t.partitions.iter().map(|p| p.leader_id.0))
+        .collect();
+    assert!(leaders.len() > 1, "leaders {leaders:?}");
 }
