@@ -91,6 +91,8 @@ static KEYS: &[KeyDef] = &[
     key("transaction.remove.expired.transaction.cleanup.interval.ms", "3600000", I, Check::AtLeast(1), "How often expired transactional ids are removed."),
     key("quota.window.num", "11", I, Check::AtLeast(1), "Windows a client quota's rate is measured over."),
     key("quota.window.size.seconds", "1", I, Check::AtLeast(1), "Length of one client quota window."),
+    key("producer.id.expiration.ms", "86400000", I, Check::AtLeast(1), "The time in ms that a topic partition leader will wait before expiring producer IDs."),
+    key("producer.id.expiration.check.interval.ms", "600000", I, Check::AtLeast(1), "The interval at which to remove producer IDs that have expired due to producer.id.expiration.ms passing."),
     key(
         "node.id",
         "1",
@@ -533,8 +535,6 @@ static KNOWN_UNIMPLEMENTED: &[&str] = &[
     "offsets.topic.segment.bytes",
     "password.encoder.secret",
     "principal.builder.class",
-    "producer.id.expiration.check.interval.ms",
-    "producer.id.expiration.ms",
     "producer.purgatory.purge.interval.requests",
     "queued.max.requests",
     "queued.max.requests.bytes",
@@ -663,6 +663,10 @@ pub struct BrokerConfig {
     pub transactional_id_expiration_ms: i32,
     pub transaction_abort_timed_out_transaction_cleanup_interval_ms: i32,
     pub transaction_remove_expired_transaction_cleanup_interval_ms: i32,
+    /// `producer.id.expiration.ms` as `server.properties` sets it (a dynamic broker config:
+    /// read it through [`crate::dynamic_config::BrokerDefaults`]).
+    pub producer_id_expiration_ms: i32,
+    pub producer_id_expiration_check_interval_ms: i32,
     /// `queued.max.request.bytes`: -1 for no limit.
     pub queued_max_request_bytes: i64,
     /// Not a Kafka key: whether unformatted log dirs are formatted at start (the embedded
@@ -859,6 +863,10 @@ impl BrokerConfig {
             ) as i32,
             transaction_remove_expired_transaction_cleanup_interval_ms: int(
                 "transaction.remove.expired.transaction.cleanup.interval.ms",
+            ) as i32,
+            producer_id_expiration_ms: int("producer.id.expiration.ms") as i32,
+            producer_id_expiration_check_interval_ms: int(
+                "producer.id.expiration.check.interval.ms",
             ) as i32,
             format_on_start: true,
             broker_heartbeat_interval_ms: int("broker.heartbeat.interval.ms") as i32,

@@ -21,6 +21,7 @@ mod fetcher;
 mod legacy;
 pub mod log_cleaner;
 mod peer;
+pub mod producer_expiration;
 pub mod producer_ids;
 pub mod quotas;
 pub mod replication;

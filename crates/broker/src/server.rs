@@ -190,6 +190,9 @@ pub async fn run(
     ];
     let flusher = tokio::spawn(flush_loop(Arc::clone(&broker)));
     let retention = tokio::spawn(crate::retention::retention_loop(Arc::clone(&broker)));
+    let producer_expiration = tokio::spawn(crate::producer_expiration::expiration_loop(
+        Arc::clone(&broker),
+    ));
     let log_cleaner = crate::log_cleaner::LogCleaner::start(&config, Arc::clone(&broker.topics))?;
     let group_timer = tokio::spawn(group_timer_loop(Arc::clone(&broker)));
     let txn_timer = tokio::spawn(txn_timer_loop(Arc::clone(&broker)));
@@ -218,6 +221,7 @@ pub async fn run(
     }
     flusher.abort();
     retention.abort();
+    producer_expiration.abort();
     if let Some(log_cleaner) = log_cleaner {
         tokio::task::spawn_blocking(move || log_cleaner.shutdown())
             .await

@@ -72,6 +72,7 @@ pub const SUPPORTED: &[ApiSupport] = &[
     api(ApiKey::DescribeTransactions, 0, 0, 0),
     // v2 adds a transactional id pattern filter.
     api(ApiKey::ListTransactions, 0, 0, 1),
+    api(ApiKey::DescribeProducers, 0, 0, 0),
 ];
 
 const fn api(key: ApiKey, advertised_min: i16, served_min: i16, max: i16) -> ApiSupport {

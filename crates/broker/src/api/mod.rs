@@ -15,6 +15,7 @@ mod delete_topics;
 mod describe_cluster;
 mod describe_configs;
 mod describe_log_dirs;
+mod describe_producers;
 mod describe_quorum;
 mod describe_topic_partitions;
 mod elect_leaders;
@@ -178,6 +179,9 @@ pub async fn handle(
         }
         RequestKind::DescribeTopicPartitions(req) => {
             ctx.respond(&describe_topic_partitions::handle(broker, req))
+        }
+        RequestKind::DescribeProducers(req) => {
+            ctx.respond(&describe_producers::handle(broker, req))
         }
         RequestKind::InitProducerId(req) => {
             ctx.respond(&init_producer_id::handle(broker, req, &ctx).await)
