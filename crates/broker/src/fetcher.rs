@@ -238,7 +238,11 @@ async fn fetch_loop(
             Ok(Ok(response)) => response,
             other => {
                 if !failing {
-                    warn!(leader, %host, port, error = ?other.map(|r| r.err()), "fetching from the leader failed; reconnecting");
+                    let error = match other {
+                        Ok(Err(e)) => format!("{e:#}"),
+                        _ => "no answer in time".to_string(),
+                    };
+                    warn!(leader, %host, port, %error, "fetching from the leader failed; reconnecting");
                     failing = true;
                 }
                 connection = None;
