@@ -33,6 +33,8 @@ mod producers;
 mod replication;
 mod retention;
 #[cfg(test)]
+mod test_support;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod transaction_tests;

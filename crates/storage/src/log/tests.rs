@@ -9,6 +9,7 @@ use proptest::prelude::*;
 use strom_protocol::batch::{patched_prefix, testing, validate_produce, BatchOffsets};
 use strom_protocol::ResponseError;
 
+use super::test_support::{open_log, reopen_log, replicate};
 use super::ABOVE_HIGH_WATERMARK_ENTRIES_MAX;
 use crate::checkpoint::LEADER_EPOCH_FILE;
 use crate::{AppendInfo, LogConfig, LogOffsets, PartitionLog, StorageError};
@@ -16,18 +17,11 @@ use crate::{AppendInfo, LogConfig, LogOffsets, PartitionLog, StorageError};
 const NOW_MS: i64 = 1_000;
 
 fn open(dir: &Path, config: LogConfig, clean: bool) -> PartitionLog {
-    PartitionLog::open(dir, "t", 0, config, 0, clean, NOW_MS).expect("open log")
+    open_log(dir, config, clean, NOW_MS)
 }
 
-/// Closes the log (clean) or just drops it (as a crash that kept the page cache), then
-/// opens it again.
 fn reopen(log: PartitionLog, config: LogConfig, clean: bool) -> PartitionLog {
-    let dir = log.dir().to_path_buf();
-    if clean {
-        log.close().expect("close");
-    }
-    drop(log);
-    open(&dir, config, clean)
+    reopen_log(log, config, clean, NOW_MS)
 }
 
 fn small_segments() -> LogConfig {
@@ -116,25 +110,6 @@ fn ranges(batches: &[Vec<u8>]) -> Vec<(i64, i64)> {
         .collect()
 }
 
-/// Copies the leader's log to the follower the way a replica fetcher does: fetches from
-/// the follower's log end with a small `max_bytes`, so responses end with partial batches.
-fn replicate(leader: &PartitionLog, follower: &PartitionLog, max_bytes: usize) {
-    loop {
-        let offset = follower.offsets().log_end_offset;
-        let result = leader
-            .read_to_log_end(offset, max_bytes, true)
-            .expect("leader read");
-        let Some(slice) = result.slice else {
-            break;
-        };
-        let bytes = slice.read_to_vec().expect("slice bytes");
-        follower
-            .append_as_follower(&bytes, NOW_MS)
-            .expect("follower append")
-            .expect("at least one complete batch");
-    }
-}
-
 fn log_files(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
@@ -155,7 +130,7 @@ fn a_follower_append_reproduces_the_leaders_bytes_offsets_and_epochs_across_reop
             leader_append(&leader, 1 + i % 3, *epoch, 100 + i as i64);
         }
         let follower = open(follower_dir.path(), small_segments(), false);
-        replicate(&leader, &follower, 150);
+        replicate(&leader, &follower, 150, NOW_MS);
         let expected = batches_to_log_end(&leader, 0);
         assert_eq!(batches_to_log_end(&follower, 0), expected);
         assert_eq!(
@@ -182,7 +157,7 @@ fn a_follower_append_reproduces_the_leaders_bytes_offsets_and_epochs_across_reop
         assert_eq!(follower.epoch_entries(), leader.epoch_entries());
         // The reopened follower keeps replicating.
         leader_append(&leader, 2, 8, 500);
-        replicate(&leader, &follower, 1 << 20);
+        replicate(&leader, &follower, 1 << 20, NOW_MS);
         assert_eq!(
             batches_to_log_end(&follower, 0),
             batches_to_log_end(&leader, 0)
