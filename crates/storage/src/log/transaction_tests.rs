@@ -11,7 +11,8 @@ use strom_protocol::ResponseError;
 use super::test_support::{open_log, reopen_log, replicate, CrashAfter};
 use crate::producer_state::{list_snapshots, snapshot_path};
 use crate::{
-    AbortedTxn, AppendInfo, ControlType, LogConfig, PartitionLog, ProducerSummary, StorageError,
+    AbortedTxn, AppendInfo, ControlType, LogConfig, PartitionLog, ProducerSummary, ReadBound,
+    StorageError,
 };
 
 const NOW_MS: i64 = 1_000_000;
@@ -486,7 +487,11 @@ fn a_follower_replicates_producer_state_without_refusing_anything() {
 /// The ranges of the batches a read_committed reader gets from `offset` on.
 fn committed_ranges(log: &PartitionLog, mut offset: i64) -> Vec<(i64, i64)> {
     let mut out = Vec::new();
-    while let Some(slice) = log.read_committed(offset, 1 << 20, true).unwrap().slice {
+    while let Some(slice) = log
+        .read_up_to(offset, 1 << 20, true, ReadBound::LastStable)
+        .unwrap()
+        .slice
+    {
         let bytes = slice.read_to_vec().unwrap();
         let mut at = 0;
         while let Some(b) = BatchOffsets::parse(&bytes[at..]) {
@@ -514,7 +519,9 @@ fn last_stable(log: &PartitionLog) -> i64 {
         .map_or(offsets.log_start_offset, |&(base, count)| base + count);
     assert_eq!(end, lso, "read_committed stops at the last stable offset");
     assert_eq!(
-        log.read_committed(lso, 1 << 20, true).unwrap().offsets,
+        log.read_up_to(lso, 1 << 20, true, ReadBound::LastStable)
+            .unwrap()
+            .offsets,
         offsets
     );
     lso
