@@ -1,11 +1,13 @@
 //! Helpers the log's test modules share: opening and reopening a log on a test clock,
-//! replicating a leader's log the way a replica fetcher does, and crashing a cleaning at a
-//! chosen step of its swap.
+//! reading its batches, replicating a leader's log the way a replica fetcher does, and
+//! crashing a cleaning at a chosen step of its swap.
 
 use std::path::Path;
 
+use strom_protocol::batch::BatchOffsets;
+
 use crate::cleaner::{CleanerProgress, SwapStep};
-use crate::{LogConfig, PartitionLog};
+use crate::{LogConfig, PartitionLog, ReadBound};
 
 /// Opens the log of topic `t`, partition 0 in `dir` at `now_ms`.
 pub(super) fn open_log(dir: &Path, config: LogConfig, clean: bool, now_ms: i64) -> PartitionLog {
@@ -26,6 +28,41 @@ pub(super) fn reopen_log(
     }
     drop(log);
     open_log(&dir, config, clean, now_ms)
+}
+
+/// Every stored batch from `offset` up to `bound`, as bytes.
+pub(super) fn read_batches(log: &PartitionLog, mut offset: i64, bound: ReadBound) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let result = log.read_up_to(offset, 1 << 20, true, bound);
+        let Some(slice) = result.expect("read").slice else {
+            break;
+        };
+        let bytes = slice.read_to_vec().expect("slice bytes");
+        let mut at = 0;
+        while let Some(b) = BatchOffsets::parse(&bytes[at..]) {
+            if at + b.size_bytes > bytes.len() {
+                break;
+            }
+            if b.last_offset() >= offset {
+                out.push(bytes[at..at + b.size_bytes].to_vec());
+            }
+            offset = b.last_offset() + 1;
+            at += b.size_bytes;
+        }
+    }
+    out
+}
+
+/// (base offset, record count) of stored batches.
+pub(super) fn ranges(batches: &[Vec<u8>]) -> Vec<(i64, i64)> {
+    batches
+        .iter()
+        .map(|b| {
+            let o = BatchOffsets::parse(b).expect("batch header");
+            (o.base_offset, o.last_offset() - o.base_offset + 1)
+        })
+        .collect()
 }
 
 /// Copies the leader's log to the follower the way a replica fetcher does: fetches from

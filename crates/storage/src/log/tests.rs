@@ -9,10 +9,10 @@ use proptest::prelude::*;
 use strom_protocol::batch::{patched_prefix, testing, validate_produce, BatchOffsets};
 use strom_protocol::ResponseError;
 
-use super::test_support::{open_log, reopen_log, replicate};
+use super::test_support::{open_log, ranges, read_batches, reopen_log, replicate};
 use super::ABOVE_HIGH_WATERMARK_ENTRIES_MAX;
 use crate::checkpoint::LEADER_EPOCH_FILE;
-use crate::{AppendInfo, LogConfig, LogOffsets, PartitionLog, StorageError};
+use crate::{AppendInfo, LogConfig, LogOffsets, PartitionLog, ReadBound, StorageError};
 
 const NOW_MS: i64 = 1_000;
 
@@ -64,50 +64,12 @@ fn stored_batch(count: usize, base_offset: i64, leader_epoch: i32, ts: i64) -> V
 
 /// Every stored batch from `offset` to the log end, as bytes, via `read_to_log_end`.
 fn batches_to_log_end(log: &PartitionLog, offset: i64) -> Vec<Vec<u8>> {
-    read_batches(log, offset, true)
+    read_batches(log, offset, ReadBound::LogEnd)
 }
 
 /// Every stored batch from `offset` to the high watermark, via `read`.
 fn committed_batches(log: &PartitionLog, offset: i64) -> Vec<Vec<u8>> {
-    read_batches(log, offset, false)
-}
-
-fn read_batches(log: &PartitionLog, mut offset: i64, to_log_end: bool) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let result = if to_log_end {
-            log.read_to_log_end(offset, 1 << 20, true)
-        } else {
-            log.read(offset, 1 << 20, true)
-        };
-        let Some(slice) = result.expect("read").slice else {
-            break;
-        };
-        let bytes = slice.read_to_vec().expect("slice bytes");
-        let mut at = 0;
-        while let Some(b) = BatchOffsets::parse(&bytes[at..]) {
-            if at + b.size_bytes > bytes.len() {
-                break;
-            }
-            if b.last_offset() >= offset {
-                out.push(bytes[at..at + b.size_bytes].to_vec());
-            }
-            offset = b.last_offset() + 1;
-            at += b.size_bytes;
-        }
-    }
-    out
-}
-
-/// (base offset, record count) of stored batches.
-fn ranges(batches: &[Vec<u8>]) -> Vec<(i64, i64)> {
-    batches
-        .iter()
-        .map(|b| {
-            let o = BatchOffsets::parse(b).expect("batch header");
-            (o.base_offset, o.last_offset() - o.base_offset + 1)
-        })
-        .collect()
+    read_batches(log, offset, ReadBound::HighWatermark)
 }
 
 fn log_files(dir: &Path) -> Vec<String> {

@@ -8,7 +8,7 @@ use std::path::Path;
 use strom_protocol::batch::{testing, validate_produce, BatchOffsets};
 use strom_protocol::ResponseError;
 
-use super::test_support::{open_log, reopen_log, replicate, CrashAfter};
+use super::test_support::{open_log, ranges, read_batches, reopen_log, replicate, CrashAfter};
 use crate::producer_state::{list_snapshots, snapshot_path};
 use crate::{
     AbortedTxn, AppendInfo, ControlType, LogConfig, PartitionLog, ProducerSummary, ReadBound,
@@ -84,21 +84,8 @@ fn marker(log: &PartitionLog, producer_id: i64, epoch: i16, control: ControlType
 
 /// (base offset, record count) of every batch from the log start to the log end.
 fn stored_ranges(log: &PartitionLog) -> Vec<(i64, i64)> {
-    let mut out = Vec::new();
-    let mut offset = log.offsets().log_start_offset;
-    while let Some(slice) = log.read_to_log_end(offset, 1 << 20, true).unwrap().slice {
-        let bytes = slice.read_to_vec().unwrap();
-        let mut at = 0;
-        while let Some(b) = BatchOffsets::parse(&bytes[at..]) {
-            if at + b.size_bytes > bytes.len() {
-                break;
-            }
-            out.push((b.base_offset, i64::from(b.last_offset_delta) + 1));
-            offset = b.last_offset() + 1;
-            at += b.size_bytes;
-        }
-    }
-    out
+    let log_start_offset = log.offsets().log_start_offset;
+    ranges(&read_batches(log, log_start_offset, ReadBound::LogEnd))
 }
 
 fn summary(log: &PartitionLog, producer_id: i64) -> ProducerSummary {
@@ -485,25 +472,8 @@ fn a_follower_replicates_producer_state_without_refusing_anything() {
 }
 
 /// The ranges of the batches a read_committed reader gets from `offset` on.
-fn committed_ranges(log: &PartitionLog, mut offset: i64) -> Vec<(i64, i64)> {
-    let mut out = Vec::new();
-    while let Some(slice) = log
-        .read_up_to(offset, 1 << 20, true, ReadBound::LastStable)
-        .unwrap()
-        .slice
-    {
-        let bytes = slice.read_to_vec().unwrap();
-        let mut at = 0;
-        while let Some(b) = BatchOffsets::parse(&bytes[at..]) {
-            if at + b.size_bytes > bytes.len() {
-                break;
-            }
-            out.push((b.base_offset, i64::from(b.last_offset_delta) + 1));
-            offset = b.last_offset() + 1;
-            at += b.size_bytes;
-        }
-    }
-    out
+fn committed_ranges(log: &PartitionLog, offset: i64) -> Vec<(i64, i64)> {
+    ranges(&read_batches(log, offset, ReadBound::LastStable))
 }
 
 /// The last stable offset, checked against what read_committed returns: everything below
