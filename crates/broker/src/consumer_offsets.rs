@@ -6,13 +6,8 @@
 
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
 use kafka_protocol::ResponseError;
 use strom_coordinator::{GroupCoordinator, OffsetsLog};
-use strom_protocol::batch;
 use tracing::info;
 
 use crate::internal_topic::{self, PartitionLoad};
@@ -61,37 +56,8 @@ impl OffsetsTopic {
             )
         })?;
         let now = now_ms();
-        let (producer_id, producer_epoch) = producer.unwrap_or((-1, -1));
-        let records: Vec<Record> = records
-            .into_iter()
-            .enumerate()
-            .map(|(i, (key, value))| Record {
-                transactional: producer.is_some(),
-                control: false,
-                delete_horizon: false,
-                partition_leader_epoch: 0,
-                producer_id,
-                producer_epoch,
-                timestamp_type: TimestampType::Creation,
-                offset: i as i64,
-                // Kafka's coordinator writes sequence 0; the log does not check the
-                // sequences of its own coordinators' batches.
-                sequence: if producer.is_some() { i as i32 } else { -1 },
-                timestamp: now,
-                key: Some(Bytes::from(key)),
-                value: value.map(Bytes::from),
-                headers: Default::default(),
-            })
-            .collect();
-        let mut buf = BytesMut::new();
-        let options = RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        };
-        RecordBatchEncoder::encode(&mut buf, &records, &options)
-            .map_err(|e| (unknown, e.to_string()))?;
-        let batches =
-            batch::validate_produce(&buf, usize::MAX).map_err(|e| (unknown, e.to_string()))?;
+        let (buf, batches) = internal_topic::encode_batch(records, producer, now)
+            .map_err(|message| (unknown, message))?;
         target
             .append_as_coordinator(&buf, &batches, now)
             .map_err(|e| match e {

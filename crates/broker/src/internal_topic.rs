@@ -1,17 +1,20 @@
 //! What the coordinators' internal topics (`__consumer_offsets`, `__transaction_state`)
-//! share: their creation through the controller, the check that this broker coordinates a
-//! key's partition, and following this broker's leadership of their partitions — a
+//! share: their creation through the controller, the batches their coordinators write
+//! ([`encode_batch`]), the check that this broker coordinates a key's partition, and
+//! following this broker's leadership of their partitions — a
 //! partition led in a new leader epoch is replayed from its log into the coordinator
 //! ([`replay_partition`]), one no longer led is dropped — as Kafka's coordinators load and
 //! unload on leader changes.
 
 use std::collections::BTreeMap;
 
-use bytes::Bytes;
-use kafka_protocol::records::{Record, RecordBatchDecoder};
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
 use kafka_protocol::ResponseError as E;
 use strom_controller::service::{ControllerRequest, ControllerResponse, NewTopic};
-use strom_protocol::batch;
+use strom_protocol::batch::{self, BatchInfo};
 use tracing::warn;
 
 use crate::topics::{Partition, TopicManager};
@@ -53,6 +56,46 @@ pub async fn create(
         }
         other => warn!(answer = ?other, "creating {name} failed"),
     }
+}
+
+/// One uncompressed batch of `records` (key, value) timestamped `now_ms`, as a coordinator
+/// appends it, and its validation; with `producer` (id, epoch), a transactional batch of
+/// that producer.
+pub fn encode_batch(
+    records: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    producer: Option<(i64, i16)>,
+    now_ms: i64,
+) -> Result<(BytesMut, Vec<BatchInfo>), String> {
+    let (producer_id, producer_epoch) = producer.unwrap_or((-1, -1));
+    let records: Vec<Record> = records
+        .into_iter()
+        .enumerate()
+        .map(|(i, (key, value))| Record {
+            transactional: producer.is_some(),
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: 0,
+            producer_id,
+            producer_epoch,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            // Kafka's coordinator writes sequence 0; the log does not check the
+            // sequences of its own coordinators' batches.
+            sequence: if producer.is_some() { i as i32 } else { -1 },
+            timestamp: now_ms,
+            key: Some(Bytes::from(key)),
+            value: value.map(Bytes::from),
+            headers: Default::default(),
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    let options = RecordEncodeOptions {
+        version: 2,
+        compression: Compression::None,
+    };
+    RecordBatchEncoder::encode(&mut buf, &records, &options).map_err(|e| e.to_string())?;
+    let batches = batch::validate_produce(&buf, usize::MAX).map_err(|e| e.to_string())?;
+    Ok((buf, batches))
 }
 
 /// Reads a led partition of an internal topic from its log start to its log end (records

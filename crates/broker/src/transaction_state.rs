@@ -11,15 +11,10 @@
 
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
 use kafka_protocol::ResponseError as E;
 use strom_coordinator::transaction::{
     BoxFuture, ProducerIdGenerator, TransactionCoordinator, TxnLog,
 };
-use strom_protocol::batch;
 use tracing::info;
 
 use crate::config::BrokerConfig;
@@ -78,36 +73,6 @@ pub struct TxnStateLog {
 /// Kafka's `request.timeout.ms` default, the coordinator's replication wait.
 pub const REPLICATION_TIMEOUT_MS: u64 = 30_000;
 
-fn encode_batch(records: Vec<(Vec<u8>, Option<Vec<u8>>)>, now: i64) -> Result<BytesMut, i16> {
-    let records: Vec<Record> = records
-        .into_iter()
-        .enumerate()
-        .map(|(i, (key, value))| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: 0,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            sequence: -1,
-            timestamp: now,
-            key: Some(Bytes::from(key)),
-            value: value.map(Bytes::from),
-            headers: Default::default(),
-        })
-        .collect();
-    let mut buf = BytesMut::new();
-    let options = RecordEncodeOptions {
-        version: 2,
-        compression: Compression::None,
-    };
-    RecordBatchEncoder::encode(&mut buf, &records, &options)
-        .map_err(|_| E::UnknownServerError.code())?;
-    Ok(buf)
-}
-
 impl TxnStateLog {
     async fn append_records(
         &self,
@@ -121,9 +86,8 @@ impl TxnStateLog {
             .ok_or(E::UnknownTopicOrPartition.code())?;
         let target = Arc::clone(topic.led(partition)?);
         let now = now_ms();
-        let buf = encode_batch(records, now)?;
-        let batches =
-            batch::validate_produce(&buf, usize::MAX).map_err(|_| E::UnknownServerError.code())?;
+        let (buf, batches) = internal_topic::encode_batch(records, None, now)
+            .map_err(|_| E::UnknownServerError.code())?;
         let min_isr = topic.settings.min_insync_replicas;
         let (info, leader_epoch) = target
             .append_as_coordinator_in_epoch(coordinator_epoch, &buf, &batches, Some(min_isr), now)
