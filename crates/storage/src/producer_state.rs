@@ -428,11 +428,6 @@ impl ProducerStateManager {
         origin: Origin,
     ) -> Result<(), StorageError> {
         let producer_id = batch.producer_id;
-        let current = self
-            .producers
-            .get(&producer_id)
-            .copied()
-            .unwrap_or_else(ProducerEntry::empty);
         let mut updated = self.updated_entry(pending, producer_id);
         check_producer_epoch(
             &updated,
@@ -442,7 +437,11 @@ impl ProducerStateManager {
             origin,
         )?;
         if origin == Origin::Client {
-            check_sequence(&current, &updated, batch)?;
+            let committed_epoch = self
+                .producers
+                .get(&producer_id)
+                .map_or(NO_PRODUCER_EPOCH, |e| e.producer_epoch);
+            check_sequence(committed_epoch, &updated, batch)?;
         }
         updated.add_batch(
             batch.producer_epoch,
@@ -805,9 +804,10 @@ fn check_producer_epoch(
 
 /// Kafka's `checkSequence`: a new epoch starts at sequence 0 (unless the producer's epoch
 /// is unknown); within an epoch each batch continues the last one; a producer the log
-/// holds no state of (KIP-360: its records were deleted) may start anywhere.
+/// holds no state of (KIP-360: its records were deleted; `committed_epoch` is
+/// `NO_PRODUCER_EPOCH`) may start anywhere.
 fn check_sequence(
-    current: &ProducerEntry,
+    committed_epoch: i16,
     updated: &ProducerEntry,
     batch: &ProducerBatch,
 ) -> Result<(), StorageError> {
@@ -823,7 +823,7 @@ fn check_sequence(
         return Ok(());
     }
     let last_sequence = updated.last_sequence();
-    if current.producer_epoch == NO_PRODUCER_EPOCH || in_sequence(last_sequence, first_sequence) {
+    if committed_epoch == NO_PRODUCER_EPOCH || in_sequence(last_sequence, first_sequence) {
         return Ok(());
     }
     Err(StorageError::OutOfOrderSequence(format!(
