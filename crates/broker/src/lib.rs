@@ -18,6 +18,7 @@ mod consumer_offsets;
 pub mod dynamic_config;
 mod error;
 mod fetcher;
+mod internal_topic;
 mod legacy;
 pub mod log_cleaner;
 mod peer;

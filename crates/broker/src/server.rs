@@ -115,7 +115,9 @@ pub async fn run(
             topics: Arc::clone(&topics),
         }),
     ));
-    let offsets_loader = Arc::new(consumer_offsets::Loader::new(Arc::clone(&groups)));
+    let offsets_loader = Arc::new(consumer_offsets::Loader::new(consumer_offsets::GroupsLoad(
+        Arc::clone(&groups),
+    )));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let producer_ids = Arc::new(crate::producer_ids::ProducerIdManager::new(Box::new(
         crate::producer_ids::ControllerBlocks(Arc::clone(&cluster)),
@@ -131,8 +133,10 @@ pub async fn run(
         Arc::new(SystemClock),
     ));
     let txn_loader = Arc::new(transaction_state::Loader::new(
-        Arc::clone(&txns),
-        config.transaction_state_log_load_buffer_size.max(1) as usize,
+        transaction_state::TxnsLoad {
+            txns: Arc::clone(&txns),
+            read_bytes: config.transaction_state_log_load_buffer_size.max(1) as usize,
+        },
     ));
     {
         let offsets = Arc::clone(&offsets_loader);

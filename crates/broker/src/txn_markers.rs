@@ -175,14 +175,7 @@ pub fn results(response: &WriteTxnMarkersResponse) -> MarkerResults {
 /// Writes markers to partitions this broker leads, as a WriteTxnMarkers from itself would.
 async fn write_locally(broker: &Broker, markers: Vec<TxnMarker>) -> MarkerResults {
     let mut results = Vec::with_capacity(markers.len());
-    for m in markers {
-        let marker = crate::api::write_txn_markers::TxnMarker {
-            producer_id: m.producer_id,
-            producer_epoch: m.producer_epoch,
-            commit: m.commit,
-            coordinator_epoch: m.coordinator_epoch,
-            partitions: m.partitions,
-        };
+    for marker in markers {
         let codes = crate::api::write_txn_markers::write_marker(broker, &marker).await;
         results.push((
             marker.producer_id,

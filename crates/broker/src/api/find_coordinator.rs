@@ -9,7 +9,6 @@ use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::{BrokerId, FindCoordinatorRequest, FindCoordinatorResponse};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
-use strom_controller::service::{ControllerRequest, ControllerResponse, NewTopic};
 
 use crate::consumer_offsets::{self, TOPIC};
 use crate::transaction_state;
@@ -106,32 +105,12 @@ fn coordinator_for(broker: &Broker, key_type: i8, key: StrBytes) -> Coordinator 
 /// Creates `__consumer_offsets` with `offsets.topic.num.partitions` partitions (one that
 /// exists already is fine) and waits until this broker has applied it.
 async fn create_offsets_topic(broker: &Broker) {
-    // Kafka refuses to create it until that many brokers are up; Strom takes what is live,
-    // so that a single node works without configuration.
-    let live = broker.topics.image().image.live_brokers().count();
-    let replication_factor = broker
-        .config
-        .offsets_topic_replication_factor
-        .min(i16::try_from(live).unwrap_or(i16::MAX))
-        .max(1);
-    let request = ControllerRequest::CreateTopics {
-        topics: vec![NewTopic {
-            name: TOPIC.to_string(),
-            num_partitions: broker.config.offsets_topic_num_partitions,
-            replication_factor,
-            assignments: Vec::new(),
-            configs: consumer_offsets::topic_configs(),
-        }],
-        validate_only: false,
-    };
-    match broker.cluster.call(request).await {
-        ControllerResponse::Topics(results) => {
-            if let Some(r) = results.first() {
-                if r.error_code == 0 {
-                    crate::cluster::wait_for_applied(broker, r.index).await;
-                }
-            }
-        }
-        other => tracing::warn!(answer = ?other, "creating {TOPIC} failed"),
-    }
+    crate::internal_topic::create(
+        broker,
+        TOPIC,
+        broker.config.offsets_topic_num_partitions,
+        broker.config.offsets_topic_replication_factor,
+        |_| consumer_offsets::topic_configs(),
+    )
+    .await
 }

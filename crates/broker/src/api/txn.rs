@@ -42,13 +42,9 @@ fn for_version(code: i16, version: i16, fenced_since: i16) -> i16 {
 /// NOT_COORDINATOR unless this broker leads the id's `__transaction_state` partition, and
 /// COORDINATOR_LOAD_IN_PROGRESS until that partition is loaded in its current epoch.
 pub fn check_coordinator(broker: &Broker, transactional_id: &str) -> Result<(), i16> {
-    let topic = broker.topics.get(TOPIC).ok_or(E::NotCoordinator.code())?;
-    let partition = broker.txns.partition_for(transactional_id);
-    match topic.led(partition) {
-        Ok(p) if broker.txn_loader.is_loaded(partition, p.leader_epoch()) => Ok(()),
-        Ok(_) => Err(E::CoordinatorLoadInProgress.code()),
-        Err(_) => Err(E::NotCoordinator.code()),
-    }
+    broker
+        .txn_loader
+        .check_coordinator(&broker.topics, broker.txns.partition_for(transactional_id))
 }
 
 /// InitProducerId for a transactional id (requests without one are the idempotent
