@@ -15,6 +15,8 @@
 
 import java.time.Duration;
 import java.util.*;
+import org.apache.kafka.clients.admin.Admin;
+import org.apache.kafka.clients.admin.ListConsumerGroupOffsetsOptions;
 import org.apache.kafka.clients.consumer.*;
 import org.apache.kafka.clients.producer.*;
 import org.apache.kafka.common.KafkaException;
@@ -156,7 +158,16 @@ public class TxnCheck {
             p.beginTransaction();
             p.sendOffsetsToTransaction(Map.of(tp, new OffsetAndMetadata(9)), meta);
             p.abortTransaction();
-            Map<TopicPartition, OffsetAndMetadata> committed = c.committed(Set.of(tp));
+        }
+        // Read back with the admin client, asking for stable offsets (KIP-447): the
+        // consumer's own committed() may answer from an offset fetch it sent before the
+        // commit and still has in flight.
+        Properties a = new Properties();
+        a.put("bootstrap.servers", bootstrap);
+        try (Admin admin = Admin.create(a)) {
+            Map<TopicPartition, OffsetAndMetadata> committed = admin
+                .listConsumerGroupOffsets(group, new ListConsumerGroupOffsetsOptions().requireStable(true))
+                .partitionsToOffsetAndMetadata().get();
             expect(committed.get(tp) != null && committed.get(tp).offset() == 7,
                 "the committed transaction's offset 7 is the group's, not the aborted 9: " + committed);
         }
