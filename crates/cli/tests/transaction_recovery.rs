@@ -3,7 +3,9 @@
 //! (RF=3 topic, `min.insync.replicas=2`) runs librdkafka transactional producers, each
 //! writing to several partitions per transaction and committing or aborting by a seeded
 //! choice, while the test kill -9s and restarts brokers in turn — transaction coordinators
-//! (FindCoordinator key type 1), partition leaders and any broker, at seeded moments. The
+//! (FindCoordinator key type 1), some caught with a transaction prepared and its markers in
+//! flight, partition leaders, some while such markers are due to them, and any broker, at
+//! seeded moments, sometimes before the restarted one is back in sync. The
 //! producers then stop, each abandoning an open transaction, and the coordinators' timeout
 //! (`transaction.timeout.ms` 5000 on the producers) aborts what is left. After recovery:
 //!
@@ -43,8 +45,8 @@ use rdkafka::{Offset, TopicPartitionList};
 
 const TOPIC: &str = "txn-recovery";
 const PARTITIONS: i32 = 6;
-const PRODUCERS: usize = 3;
-const ROUNDS_DEFAULT: usize = 6;
+const PRODUCERS: usize = 4;
+const ROUNDS_DEFAULT: usize = 10;
 /// The producers' `transaction.timeout.ms`: what an abandoned transaction waits before the
 /// coordinator aborts it.
 const TXN_TIMEOUT_MS: u64 = 5_000;
@@ -345,27 +347,117 @@ fn transaction_coordinator(cluster: &Cluster, via: i32, id: &str) -> i32 {
     }
 }
 
-/// Who the next kill round takes down, and why.
+/// Who the next kill round takes down, and why. Rounds cycle through a transaction
+/// coordinator, a partition leader, a coordinator caught while one of its transactions is
+/// prepared (its markers in flight), the leader of a partition such a transaction is
+/// writing markers to, and any broker.
 fn choose_victim(cluster: &Cluster, round: usize, rng: &mut StdRng) -> (i32, String) {
     let brokers = cluster.broker_ids();
     let via = *brokers.choose(rng).unwrap();
-    match round % 3 {
-        0 => {
-            let id = transactional_id(rng.gen_range(0..PRODUCERS));
-            let coordinator = transaction_coordinator(cluster, via, &id);
-            (coordinator, format!("the coordinator of {id}"))
-        }
-        1 => {
-            let partition = rng.gen_range(0..PARTITIONS);
-            let leader = partitions_of(cluster, via, TOPIC)
-                .get(&partition)
-                .map(|(leader, _)| *leader)
-                .filter(|l| *l >= 0)
-                .unwrap_or(via);
-            (leader, format!("the leader of {TOPIC}-{partition}"))
-        }
+    let budget = Duration::from_millis(rng.gen_range(500..3000));
+    let coordinator = |rng: &mut StdRng| {
+        let id = transactional_id(rng.gen_range(0..PRODUCERS));
+        let coordinator = transaction_coordinator(cluster, via, &id);
+        (coordinator, format!("the coordinator of {id}"))
+    };
+    let leader = |rng: &mut StdRng| {
+        let partition = rng.gen_range(0..PARTITIONS);
+        (
+            leader_of(cluster, via, partition),
+            format!("the leader of {TOPIC}-{partition}"),
+        )
+    };
+    match round % 5 {
+        0 => coordinator(rng),
+        1 => leader(rng),
+        2 => match catch_prepared(cluster, budget) {
+            Some(prepared) => (
+                prepared.coordinator,
+                format!(
+                    "the coordinator of {}, caught in {}",
+                    prepared.id, prepared.state
+                ),
+            ),
+            None => coordinator(rng),
+        },
+        3 => match catch_prepared(cluster, budget) {
+            Some(prepared) if !prepared.partitions.is_empty() => {
+                let partition = *prepared.partitions.choose(rng).unwrap();
+                (
+                    leader_of(cluster, via, partition),
+                    format!(
+                        "the leader of {TOPIC}-{partition}, with {} in {}",
+                        prepared.id, prepared.state
+                    ),
+                )
+            }
+            _ => leader(rng),
+        },
         _ => (*brokers.choose(rng).unwrap(), "a broker".to_string()),
     }
+}
+
+/// The leader of `partition` of the test topic as broker `via` says (`via` if there is none).
+fn leader_of(cluster: &Cluster, via: i32, partition: i32) -> i32 {
+    partitions_of(cluster, via, TOPIC)
+        .get(&partition)
+        .map(|(leader, _)| *leader)
+        .filter(|l| *l >= 0)
+        .unwrap_or(via)
+}
+
+/// A transaction seen in PrepareCommit or PrepareAbort.
+struct Prepared {
+    coordinator: i32,
+    id: String,
+    state: String,
+    /// Its partitions of the test topic, as its coordinator described them right after.
+    partitions: Vec<i32>,
+}
+
+/// Polls every broker's ListTransactions for a prepared transaction (markers being written)
+/// for up to `budget`.
+fn catch_prepared(cluster: &Cluster, budget: Duration) -> Option<Prepared> {
+    let mut clients: Vec<(i32, RawClient)> = cluster
+        .broker_ids()
+        .into_iter()
+        .map(|b| (b, RawClient::connect(&cluster.addr(b))))
+        .collect();
+    let request = ListTransactionsRequest::default()
+        .with_state_filters(vec![s("PrepareCommit"), s("PrepareAbort")])
+        .with_duration_filter(-1);
+    let deadline = Instant::now() + budget;
+    while Instant::now() < deadline {
+        for (broker, client) in &mut clients {
+            client.send(ApiKey::ListTransactions, 1, &request);
+            let listed: ListTransactionsResponse = client.recv(1);
+            let Some(found) = listed.transaction_states.first() else {
+                continue;
+            };
+            let id = found.transactional_id.to_string();
+            client.send(
+                ApiKey::DescribeTransactions,
+                0,
+                &DescribeTransactionsRequest::default()
+                    .with_transactional_ids(vec![TransactionalId(s(&id))]),
+            );
+            let described: DescribeTransactionsResponse = client.recv(0);
+            let partitions = described
+                .transaction_states
+                .iter()
+                .flat_map(|t| &t.topics)
+                .filter(|t| t.topic.as_str() == TOPIC)
+                .flat_map(|t| t.partitions.iter().copied())
+                .collect();
+            return Some(Prepared {
+                coordinator: *broker,
+                id,
+                state: found.transaction_state.to_string(),
+                partitions,
+            });
+        }
+    }
+    None
 }
 
 /// ListTransactions on broker `id`: (transactional id, state) of each it coordinates.
@@ -628,7 +720,7 @@ fn transactions_are_committed_or_aborted_whole_through_kill_9s_of_coordinators_a
     wait_committed(&cluster, &progress, PRODUCERS, seed);
 
     for round in 0..rounds {
-        std::thread::sleep(Duration::from_millis(rng.gen_range(0..1500)));
+        std::thread::sleep(Duration::from_millis(rng.gen_range(0..1000)));
         let (victim, why) = choose_victim(&cluster, round, &mut rng);
         let down_ms = rng.gen_range(200..3000);
         let settle = rng.gen_bool(0.7);
