@@ -1,12 +1,13 @@
 //! Issue 7's crash guarantee with real processes and real clients: "a crash at any step
 //! leaves every transaction either committed or aborted after recovery". A 3-node cluster
 //! (RF=3 topic, `min.insync.replicas=2`) runs librdkafka transactional producers, each
-//! writing to several partitions per transaction and committing or aborting by a seeded
+//! writing to several partitions per transaction, in some also committing an offset for its
+//! consumer group (`send_offsets_to_transaction`), and committing or aborting by a seeded
 //! choice, while the test kill -9s and restarts brokers in turn — transaction coordinators
 //! (FindCoordinator key type 1), some caught with a transaction prepared and its markers in
 //! flight, partition leaders, some while such markers are due to them, and any broker, at
-//! seeded moments, sometimes before the restarted one is back in sync. The
-//! producers then stop, each abandoning an open transaction, and the coordinators' timeout
+//! seeded moments, sometimes before the restarted one is back in sync. The producers then
+//! stop, each abandoning an open transaction, and the coordinators' timeout
 //! (`transaction.timeout.ms` 5000 on the producers) aborts what is left. After recovery:
 //!
 //! - ListTransactions and DescribeTransactions on every broker: every transactional id is
@@ -15,6 +16,8 @@
 //!   read_uncommitted (high watermark);
 //! - a read_committed consumer sees each transaction whole or not at all, every commit the
 //!   client saw succeed whole, and nothing of a transaction never asked to commit;
+//! - each group's committed offset is the one sent by the last visible transaction that
+//!   sent offsets: offsets commit and abort with the records;
 //! - every replica of every partition holds the same bytes.
 //!
 //! The seed drives the kill schedule and the producers' choices; it is printed, and
@@ -37,7 +40,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerGroupMetadata};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
@@ -52,10 +55,15 @@ const ROUNDS_DEFAULT: usize = 10;
 const TXN_TIMEOUT_MS: u64 = 5_000;
 /// How long one librdkafka transactional call may take before it reports a timeout.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `send_offsets_to_transaction`, asked to give up after [`CALL_TIMEOUT`], may take
+/// before the test stops waiting for it (see [`send_offsets`]).
+const SEND_OFFSETS_DEADLINE: Duration = Duration::from_secs(30);
 /// Failure deadline for anything the cluster must reach (leaders, ISRs, recovery).
 const WAIT: Duration = Duration::from_secs(60);
 const TRANSACTION_STATE: &str = "__transaction_state";
 const TRANSACTION_STATE_PARTITIONS: i32 = 5;
+const CONSUMER_OFFSETS: &str = "__consumer_offsets";
+const CONSUMER_OFFSETS_PARTITIONS: i32 = 5;
 /// States in which a transaction is not finished.
 const UNFINISHED: [&str; 4] = [
     "Ongoing",
@@ -73,6 +81,11 @@ fn s(v: &str) -> StrBytes {
 
 fn transactional_id(producer: usize) -> String {
     format!("recovery-{producer}")
+}
+
+/// The consumer group whose offsets producer `producer`'s transactions commit.
+fn group_id(producer: usize) -> String {
+    format!("recovery-group-{producer}")
 }
 
 fn seed() -> u64 {
@@ -105,6 +118,8 @@ struct Txn {
     producer: usize,
     number: u64,
     count: usize,
+    /// Whether it also committed the offset `number + 1` for its producer's group.
+    offsets: bool,
     outcome: Outcome,
 }
 
@@ -140,6 +155,7 @@ fn new_producer(bootstrap: &str, id: &str) -> Result<TxnProducer, KafkaError> {
 struct Plan {
     count: usize,
     partitions: Vec<i32>,
+    offsets: bool,
     commit: bool,
 }
 
@@ -150,6 +166,7 @@ fn plan(rng: &mut StdRng) -> Plan {
     Plan {
         count: rng.gen_range(spread..=12),
         partitions: all[..spread].to_vec(),
+        offsets: rng.gen_bool(0.5),
         commit: rng.gen_bool(0.6),
     }
 }
@@ -168,15 +185,23 @@ fn produce(bootstrap: &str, producer: usize, seed: u64, progress: &Progress) -> 
     let mut rng =
         StdRng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15_u64.wrapping_mul(producer as u64 + 1));
     let id = transactional_id(producer);
+    // A consumer that never joins: only its group's metadata, for the offsets transactions
+    // commit.
+    let group: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group_id(producer))
+        .create()
+        .expect("group consumer");
+    let group = Arc::new(group.group_metadata().expect("group metadata"));
     let mut txns = Vec::new();
-    let mut client: Option<TxnProducer> = None;
+    let mut client: Option<Arc<TxnProducer>> = None;
     let mut number = 0;
     loop {
         let stopping = progress.stop.load(Ordering::Acquire);
         let p = match client.take() {
             Some(p) => p,
             None => match new_producer(bootstrap, &id) {
-                Ok(p) => p,
+                Ok(p) => Arc::new(p),
                 Err(e) if stopping => {
                     eprintln!("{id}: no producer to abandon a transaction with: {e}");
                     return txns;
@@ -191,7 +216,7 @@ fn produce(bootstrap: &str, producer: usize, seed: u64, progress: &Progress) -> 
         let plan = plan(&mut rng);
         let txn_number = number;
         number += 1;
-        let (outcome, healthy) = run_transaction(&p, producer, txn_number, &plan, stopping);
+        let (outcome, healthy) = run_transaction(&p, &group, producer, txn_number, &plan, stopping);
         if outcome == Outcome::Committed {
             progress.committed.fetch_add(1, Ordering::AcqRel);
         }
@@ -199,6 +224,7 @@ fn produce(bootstrap: &str, producer: usize, seed: u64, progress: &Progress) -> 
             producer,
             number: txn_number,
             count: plan.count,
+            offsets: plan.offsets,
             outcome,
         });
         if stopping {
@@ -212,10 +238,12 @@ fn produce(bootstrap: &str, producer: usize, seed: u64, progress: &Progress) -> 
     }
 }
 
-/// One transaction: begin, send, then commit, abort or (`abandon`) leave it open. Returns
-/// what the client knows of its outcome and whether the producer can go on.
+/// One transaction: begin, send (and, as planned, the offset `number + 1` of partition 0 for
+/// the producer's group), then commit, abort or (`abandon`) leave it open. Returns what the
+/// client knows of its outcome and whether the producer can go on.
 fn run_transaction(
-    p: &TxnProducer,
+    p: &Arc<TxnProducer>,
+    group: &Arc<ConsumerGroupMetadata>,
     producer: usize,
     number: u64,
     plan: &Plan,
@@ -236,6 +264,22 @@ fn run_transaction(
             return (Outcome::NeverCommitted, abort(p, producer, number));
         }
     }
+    if plan.offsets {
+        match send_offsets(p, group, number) {
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
+                eprintln!("producer {producer}: send_offsets_to_transaction in {number}: {e}");
+                return (Outcome::NeverCommitted, abort(p, producer, number));
+            }
+            None => {
+                eprintln!(
+                    "producer {producer}: send_offsets_to_transaction in {number} never \
+                     returned (librdkafka#5456); giving this instance up"
+                );
+                return (Outcome::NeverCommitted, false);
+            }
+        }
+    }
     if abandon {
         let _ = p.flush(CALL_TIMEOUT);
         return (Outcome::NeverCommitted, false);
@@ -247,6 +291,31 @@ fn run_transaction(
         let _ = p.flush(CALL_TIMEOUT);
         (Outcome::NeverCommitted, abort(p, producer, number))
     }
+}
+
+/// `send_offsets_to_transaction` of the offset `number + 1` of partition 0, on a helper
+/// thread: librdkafka's request to the group coordinator has no timeout (its
+/// `creq_ts_timeout` is never checked, confluentinc/librdkafka#5456, and a coordinator it
+/// dropped from its metadata is waited for until some broker changes state, #5511), so
+/// after a kill the call can block for good. `None`: no answer within
+/// `SEND_OFFSETS_DEADLINE`; the helper thread keeps the instance, which the caller gives up
+/// (a new instance fences it). The transaction then never asked to commit, which the checks
+/// hold it to.
+fn send_offsets(
+    p: &Arc<TxnProducer>,
+    group: &Arc<ConsumerGroupMetadata>,
+    number: u64,
+) -> Option<Result<(), KafkaError>> {
+    let mut offsets = TopicPartitionList::new();
+    offsets
+        .add_partition_offset(TOPIC, 0, Offset::Offset(number as i64 + 1))
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (p, group) = (Arc::clone(p), Arc::clone(group));
+    std::thread::spawn(move || {
+        let _ = tx.send(p.send_offsets_to_transaction(&offsets, &group, CALL_TIMEOUT));
+    });
+    rx.recv_timeout(SEND_OFFSETS_DEADLINE).ok()
 }
 
 /// `commit_transaction`, retried while librdkafka says the call may be retried; an abortable
@@ -320,6 +389,7 @@ fn wait_fully_replicated(cluster: &Cluster, seed: u64) {
                 TRANSACTION_STATE,
                 TRANSACTION_STATE_PARTITIONS,
             )
+            && fully_replicated(cluster, via, CONSUMER_OFFSETS, CONSUMER_OFFSETS_PARTITIONS)
     });
 }
 
@@ -334,6 +404,28 @@ fn transaction_coordinator(cluster: &Cluster, via: i32, id: &str) -> i32 {
             &FindCoordinatorRequest::default()
                 .with_key(s(id))
                 .with_key_type(1),
+        );
+        let found: FindCoordinatorResponse = client.recv(3);
+        if found.error_code == 0 {
+            return found.node_id.0;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no coordinator for {id}: {found:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The coordinator of group `id` as broker `via` answers.
+fn group_coordinator(cluster: &Cluster, via: i32, id: &str) -> i32 {
+    let mut client = RawClient::connect(&cluster.addr(via));
+    let deadline = Instant::now() + WAIT;
+    loop {
+        client.send(
+            ApiKey::FindCoordinator,
+            3,
+            &FindCoordinatorRequest::default().with_key(s(id)),
         );
         let found: FindCoordinatorResponse = client.recv(3);
         if found.error_code == 0 {
@@ -664,6 +756,46 @@ fn check_all_or_nothing(txns: &[Txn], values: &[String], seed: u64) -> (usize, u
     (visible, invisible)
 }
 
+/// Each group's committed offset is the one sent by the last of its producer's transactions
+/// that sent offsets and is visible: the offsets commit went with the records, whole.
+fn check_group_offsets(bootstrap: &str, txns: &[Txn], values: &[String], seed: u64) {
+    let visible: BTreeSet<(usize, u64)> = values
+        .iter()
+        .map(|v| {
+            let (producer, number, _, _) = parse_tag(v);
+            (producer, number)
+        })
+        .collect();
+    for producer in 0..PRODUCERS {
+        let expected = txns
+            .iter()
+            .filter(|t| {
+                t.producer == producer && t.offsets && visible.contains(&(producer, t.number))
+            })
+            .map(|t| Offset::Offset(t.number as i64 + 1))
+            .last()
+            .unwrap_or(Offset::Invalid);
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", group_id(producer))
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer");
+        let mut asked = TopicPartitionList::new();
+        asked.add_partition(TOPIC, 0);
+        let committed = consumer
+            .committed_offsets(asked, WAIT)
+            .expect("committed offsets");
+        let got = committed.find_partition(TOPIC, 0).map(|e| e.offset());
+        assert_eq!(
+            got,
+            Some(expected),
+            "seed {seed}: the committed offset of {} against the transactions seen",
+            group_id(producer)
+        );
+    }
+}
+
 /// Waits until the producers have seen `n` commits succeed in all.
 fn wait_committed(cluster: &Cluster, progress: &Progress, n: usize, seed: u64) {
     cluster.wait_for(
@@ -685,12 +817,15 @@ fn transactions_are_committed_or_aborted_whole_through_kill_9s_of_coordinators_a
     let dir = tempfile::tempdir().unwrap();
     let partitions_setting =
         format!("transaction.state.log.num.partitions={TRANSACTION_STATE_PARTITIONS}");
+    let offsets_partitions_setting =
+        format!("offsets.topic.num.partitions={CONSUMER_OFFSETS_PARTITIONS}");
     let mut cluster = Cluster::combined_with(
         dir.path(),
         3,
         &[
             "transaction.abort.timed.out.transaction.cleanup.interval.ms=500",
             &partitions_setting,
+            &offsets_partitions_setting,
         ],
     );
     let bootstrap = cluster.bootstrap();
@@ -702,8 +837,10 @@ fn transactions_are_committed_or_aborted_whole_through_kill_9s_of_coordinators_a
         &[("min.insync.replicas", "2")],
     );
     // The first FindCoordinator creates __transaction_state while all three brokers live.
+    // Likewise __consumer_offsets with the first FindCoordinator for a group.
     for producer in 0..PRODUCERS {
         transaction_coordinator(&cluster, 1, &transactional_id(producer));
+        group_coordinator(&cluster, 1, &group_id(producer));
     }
     wait_fully_replicated(&cluster, seed);
 
@@ -775,6 +912,7 @@ fn transactions_are_committed_or_aborted_whole_through_kill_9s_of_coordinators_a
     let ends: BTreeMap<i32, i64> = offsets.iter().map(|(p, (_, high))| (*p, *high)).collect();
     let values = read_committed(&bootstrap, &ends, seed);
     let (visible, invisible) = check_all_or_nothing(&txns, &values, seed);
+    check_group_offsets(&bootstrap, &txns, &values, seed);
 
     let brokers = cluster.broker_ids();
     for partition in 0..PARTITIONS {
