@@ -772,9 +772,9 @@ fn check_group_offsets(bootstrap: &str, txns: &[Txn], values: &[String], seed: u
             .filter(|t| {
                 t.producer == producer && t.offsets && visible.contains(&(producer, t.number))
             })
-            .map(|t| Offset::Offset(t.number as i64 + 1))
-            .last()
-            .unwrap_or(Offset::Invalid);
+            .map(|t| t.number)
+            .max()
+            .map_or(Offset::Invalid, |n| Offset::Offset(n as i64 + 1));
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", bootstrap)
             .set("group.id", group_id(producer))
