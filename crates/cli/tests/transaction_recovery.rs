@@ -11,7 +11,8 @@
 //! (`transaction.timeout.ms` 5000 on the producers) aborts what is left. After recovery:
 //!
 //! - ListTransactions and DescribeTransactions on every broker: every transactional id is
-//!   coordinated by exactly one broker and none is Ongoing or Prepare*;
+//!   coordinated by exactly one broker and none is Ongoing or Prepare*; those whose last
+//!   transaction was abandoned with its records delivered are CompleteAbort;
 //! - every partition: ListOffsets read_committed (last stable offset) equals
 //!   read_uncommitted (high watermark);
 //! - a read_committed consumer sees each transaction whole or not at all, every commit the
@@ -107,9 +108,13 @@ enum Outcome {
     Committed,
     /// `commit_transaction` was called but did not succeed: all or nothing.
     CommitUnknown,
-    /// Never asked to commit (aborted, failed before the commit, or abandoned): nothing
-    /// may be visible.
+    /// Never asked to commit (aborted, failed before the commit, or abandoned before its
+    /// records were all delivered): nothing may be visible.
     NeverCommitted,
+    /// Left open with every record delivered (so in the coordinator's Ongoing transaction)
+    /// when the producer stopped: nothing may be visible, and the coordinator's timeout
+    /// must have aborted it.
+    Abandoned,
 }
 
 /// One transaction as its producer thread ran it.
@@ -281,8 +286,10 @@ fn run_transaction(
         }
     }
     if abandon {
-        let _ = p.flush(CALL_TIMEOUT);
-        return (Outcome::NeverCommitted, false);
+        return match p.flush(CALL_TIMEOUT) {
+            Ok(()) => (Outcome::Abandoned, false),
+            Err(_) => (Outcome::NeverCommitted, false),
+        };
     }
     if plan.commit {
         commit(p, producer, number)
@@ -640,6 +647,27 @@ fn transactions_finished(cluster: &Cluster) -> Result<(), String> {
     Ok(())
 }
 
+/// The producers' last transactions, left open with their records delivered, were aborted
+/// by the coordinators' timeout: their ids end in CompleteAbort (no later transaction ran).
+fn check_abandoned_aborted(cluster: &Cluster, txns: &[Txn], seed: u64) -> usize {
+    let abandoned: BTreeSet<String> = txns
+        .iter()
+        .filter(|t| t.outcome == Outcome::Abandoned)
+        .map(|t| transactional_id(t.producer))
+        .collect();
+    for broker in cluster.broker_ids() {
+        for (id, error, state) in describe_transactions(cluster, broker) {
+            if error == 0 && abandoned.contains(&id) {
+                assert_eq!(
+                    state, "CompleteAbort",
+                    "seed {seed}: {id} abandoned an open transaction"
+                );
+            }
+        }
+    }
+    abandoned.len()
+}
+
 /// ListOffsets latest on `leader` for `partition` at `isolation_level`.
 fn latest_offset(cluster: &Cluster, leader: i32, partition: i32, isolation_level: i8) -> i64 {
     let mut client = RawClient::connect(&cluster.addr(leader));
@@ -742,7 +770,9 @@ fn check_all_or_nothing(txns: &[Txn], values: &[String], seed: u64) -> (usize, u
         );
         match txn.outcome {
             Outcome::Committed => assert_eq!(indexes, whole, "{what}"),
-            Outcome::NeverCommitted => assert!(indexes.is_empty(), "{what}"),
+            Outcome::NeverCommitted | Outcome::Abandoned => {
+                assert!(indexes.is_empty(), "{what}")
+            }
             Outcome::CommitUnknown => {
                 assert!(indexes.is_empty() || indexes == whole, "{what}")
             }
@@ -898,6 +928,7 @@ fn transactions_are_committed_or_aborted_whole_through_kill_9s_of_coordinators_a
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+    let abandoned = check_abandoned_aborted(&cluster, &txns, seed);
     let mut offsets = stable_and_high(&cluster);
     let deadline = Instant::now() + WAIT;
     while offsets.values().any(|(stable, high)| stable != high) {
@@ -929,7 +960,8 @@ fn transactions_are_committed_or_aborted_whole_through_kill_9s_of_coordinators_a
     }
     let count = |o: Outcome| txns.iter().filter(|t| t.outcome == o).count();
     eprintln!(
-        "seed {seed}: {} transactions ({} committed, {} commit unknown, {} never committed), \
+        "seed {seed}: {} transactions ({} committed, {} commit unknown, {} never committed, \
+         {abandoned} abandoned and aborted by the timeout), \
          {visible} visible and {invisible} invisible after recovery, {} records read committed, \
          offsets {offsets:?}",
         txns.len(),
