@@ -383,3 +383,131 @@ fn kafka_streams_exactly_once_v2_word_count_is_exact() {
     );
     assert!(out.contains("COUNT alpha"), "{out}");
 }
+
+/// Fetch v11 from offset 0 of `topic`-0 with `isolation_level`: (high watermark, last stable
+/// offset, aborted transactions as (producer id, first offset), offsets of the records read).
+fn raw_fetch(
+    addr: &str,
+    topic: &str,
+    isolation_level: i8,
+) -> (i64, i64, Vec<(i64, i64)>, Vec<i64>) {
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::{FetchRequest, FetchResponse, TopicName};
+    use kafka_protocol::records::RecordBatchDecoder;
+    let mut client = RawClient::connect(addr);
+    let request = FetchRequest::default()
+        .with_max_bytes(1 << 20)
+        .with_isolation_level(isolation_level)
+        .with_session_epoch(-1)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(TopicName(StrBytes::from_string(topic.to_string())))
+            .with_partitions(vec![FetchPartition::default()
+                .with_partition(0)
+                .with_fetch_offset(0)
+                .with_partition_max_bytes(1 << 20)])]);
+    client.send(ApiKey::Fetch, 11, &request);
+    let response: FetchResponse = client.recv(11);
+    let p = &response.responses[0].partitions[0];
+    assert_eq!(p.error_code, 0, "{p:?}");
+    let aborted = p
+        .aborted_transactions
+        .iter()
+        .flatten()
+        .map(|t| (t.producer_id.0, t.first_offset))
+        .collect();
+    let mut offsets = Vec::new();
+    if let Some(mut records) = p.records.clone() {
+        for set in RecordBatchDecoder::decode_all(&mut records).expect("batches") {
+            offsets.extend(set.records.iter().filter(|r| !r.control).map(|r| r.offset));
+        }
+    }
+    (p.high_watermark, p.last_stable_offset, aborted, offsets)
+}
+
+/// ListOffsets v5 latest of `topic`-0 with `isolation_level`.
+fn raw_latest(addr: &str, topic: &str, isolation_level: i8) -> i64 {
+    use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+    use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse, TopicName};
+    let mut client = RawClient::connect(addr);
+    let request = ListOffsetsRequest::default()
+        .with_isolation_level(isolation_level)
+        .with_topics(vec![ListOffsetsTopic::default()
+            .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+            .with_partitions(vec![ListOffsetsPartition::default()
+                .with_partition_index(0)
+                .with_timestamp(-1)])]);
+    client.send(ApiKey::ListOffsets, 5, &request);
+    let response: ListOffsetsResponse = client.recv(5);
+    let p = &response.topics[0].partitions[0];
+    assert_eq!(p.error_code, 0, "{p:?}");
+    p.offset
+}
+
+#[test]
+fn an_open_transaction_holds_back_the_last_stable_offset_and_an_aborted_one_is_listed() {
+    const READ_UNCOMMITTED: i8 = 0;
+    const READ_COMMITTED: i8 = 1;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    let topic = "txn-lso";
+    common::clients::create_topic(&broker.addr, topic, 1);
+    let plain: Vec<common::clients::Rec> = (0..5)
+        .map(|i| common::clients::Rec {
+            key: b"k".to_vec(),
+            value: format!("plain-{i}").into_bytes(),
+            headers: Vec::new(),
+        })
+        .collect();
+    common::clients::produce_all(&broker.addr, topic, "none", &plain, "all");
+
+    // Offsets 5..8 in an open transaction: read_committed readers stop at 5.
+    let producer = transactional_producer(&broker.addr, "lso");
+    producer.begin_transaction().expect("begin");
+    send_values(&producer, topic, "open", 3);
+    assert_eq!(raw_latest(&broker.addr, topic, READ_UNCOMMITTED), 8);
+    assert_eq!(raw_latest(&broker.addr, topic, READ_COMMITTED), 5);
+    let (high_watermark, last_stable, aborted, offsets) =
+        raw_fetch(&broker.addr, topic, READ_COMMITTED);
+    assert_eq!((high_watermark, last_stable), (8, 5));
+    assert!(aborted.is_empty(), "{aborted:?}");
+    assert_eq!(
+        offsets,
+        (0..5).collect::<Vec<_>>(),
+        "only below the last stable offset"
+    );
+    let (_, _, _, offsets) = raw_fetch(&broker.addr, topic, READ_UNCOMMITTED);
+    assert_eq!(offsets, (0..8).collect::<Vec<_>>());
+
+    // Aborted (marker at 8), then one committed (9, 10; marker at 11).
+    producer.abort_transaction(TXN_TIMEOUT).expect("abort");
+    producer.begin_transaction().expect("begin");
+    send_values(&producer, topic, "committed", 2);
+    producer.commit_transaction(TXN_TIMEOUT).expect("commit");
+    let deadline = Instant::now() + WAIT;
+    while raw_latest(&broker.addr, topic, READ_COMMITTED) != 12 {
+        assert!(
+            Instant::now() < deadline,
+            "the last stable offset reaches 12"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(raw_latest(&broker.addr, topic, READ_UNCOMMITTED), 12);
+    let (high_watermark, last_stable, aborted, offsets) =
+        raw_fetch(&broker.addr, topic, READ_COMMITTED);
+    assert_eq!((high_watermark, last_stable), (12, 12));
+    assert_eq!(
+        aborted.len(),
+        1,
+        "the aborted transaction is listed: {aborted:?}"
+    );
+    assert_eq!(aborted[0].1, 5, "from its first offset");
+    assert_eq!(
+        offsets,
+        vec![0, 1, 2, 3, 4, 5, 6, 7, 9, 10],
+        "records; the client drops 5..8"
+    );
+    let committed = read_all(&broker.addr, topic, "read_committed");
+    let values: Vec<&String> = committed.values().flatten().collect();
+    assert_eq!(values.len(), 7, "5 plain and 2 committed: {values:?}");
+    assert!(values.iter().all(|v| !v.starts_with("open-")), "{values:?}");
+}
