@@ -262,19 +262,36 @@ fn produce(a: ProduceArgs) -> anyhow::Result<()> {
         1, 60_000_000, 3,
     )?));
     let producers = a.producers.max(1);
+    // Producers are created and ready before the clock starts: an idempotent librdkafka
+    // producer asks for its producer id only on a 500 ms retry timer when no connection is
+    // up yet, which would otherwise show as a half-second stall at the start of every run.
+    let ready: Vec<_> = (0..producers)
+        .map(|n| {
+            let context = LatencyContext {
+                histogram: Arc::clone(&histogram),
+                failures: Arc::clone(&failures),
+            };
+            ready_producer(&a, n, context)
+        })
+        .collect::<anyhow::Result<_>>()?;
+    if failures.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+        bail!("a warm-up record was not delivered");
+    }
+    histogram
+        .lock()
+        .map_err(|_| anyhow::anyhow!("histogram poisoned"))?
+        .reset();
     let cpu_before = a.common.broker_pid.and_then(process_cpu_seconds);
     let started = Instant::now();
     std::thread::scope(|scope| -> anyhow::Result<()> {
-        let workers: Vec<_> = (0..producers)
-            .map(|n| {
+        let workers: Vec<_> = ready
+            .into_iter()
+            .zip(0..producers)
+            .map(|(producer, n)| {
                 let records = a.records / producers + u64::from(n < a.records % producers);
-                let context = LatencyContext {
-                    histogram: Arc::clone(&histogram),
-                    failures: Arc::clone(&failures),
-                };
                 let a = &a;
                 let commits = Arc::clone(&commits);
-                scope.spawn(move || produce_share(a, n, context, records, started, &commits))
+                scope.spawn(move || produce_share(a, &producer, records, started, &commits))
             })
             .collect();
         for w in workers {
@@ -328,16 +345,17 @@ fn produce(a: ProduceArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One producer's share: `records` records at `rate / producers` per second; producer `n`
-/// of the run, which names its transactional id. Transaction commit times go to `commits`.
-fn produce_share(
+const TXN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Producer `n` of the run (which names its transactional id), ready to send: a
+/// transactional one has its producer id from `init_transactions`, any other has delivered
+/// one warm-up record to the topic (so its connection, metadata and, when idempotent, its
+/// producer id are in place). The warm-up record is not among the `--records` measured.
+fn ready_producer(
     a: &ProduceArgs,
     n: u64,
     context: LatencyContext,
-    records: u64,
-    started: Instant,
-    commits: &Mutex<Histogram<u64>>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<ThreadedProducer<LatencyContext>> {
     let transactional = a.transaction_records > 0;
     let mut config = ClientConfig::new();
     config
@@ -358,9 +376,34 @@ fn produce_share(
     let producer: ThreadedProducer<LatencyContext> = config
         .create_with_context(context)
         .context("creating producer")?;
-    const TXN_TIMEOUT: Duration = Duration::from_secs(60);
     if transactional {
         producer.init_transactions(TXN_TIMEOUT)?;
+        return Ok(producer);
+    }
+    let key = n.to_be_bytes();
+    producer
+        .send(
+            BaseRecord::with_opaque_to(&a.common.topic, Box::new(Instant::now()))
+                .payload(&b"warm-up"[..])
+                .key(&key[..]),
+        )
+        .map_err(|(e, _)| anyhow::anyhow!("warm-up record: {e}"))?;
+    producer.flush(TXN_TIMEOUT)?;
+    Ok(producer)
+}
+
+/// One producer's share: `records` records at `rate / producers` per second, a transaction
+/// committed every `--transaction-records` when the producer is transactional; commit times
+/// go to `commits`.
+fn produce_share(
+    a: &ProduceArgs,
+    producer: &ThreadedProducer<LatencyContext>,
+    records: u64,
+    started: Instant,
+    commits: &Mutex<Histogram<u64>>,
+) -> anyhow::Result<()> {
+    let transactional = a.transaction_records > 0;
+    if transactional {
         producer.begin_transaction()?;
     }
     let commit = |producer: &ThreadedProducer<LatencyContext>| -> anyhow::Result<()> {
@@ -399,14 +442,14 @@ fn produce_share(
             }
         }
         if transactional && (i + 1).is_multiple_of(a.transaction_records) {
-            commit(&producer)?;
+            commit(producer)?;
             if i + 1 < records {
                 producer.begin_transaction()?;
             }
         }
     }
     if transactional && !records.is_multiple_of(a.transaction_records) {
-        commit(&producer)?;
+        commit(producer)?;
     }
     producer.flush(Duration::from_secs(300))?;
     Ok(())
