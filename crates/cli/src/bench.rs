@@ -477,6 +477,7 @@ fn produce_share(
     if transactional && !records.is_multiple_of(a.transaction_records) {
         commit(producer)?;
     }
+    wait_delivered(producer, Duration::from_secs(300))?;
     producer.flush(Duration::from_secs(300))?;
     Ok(())
 }
@@ -485,7 +486,8 @@ fn produce_share(
 /// `flush`, which `commit_transaction` calls first, polls for up to 100 ms whenever a record
 /// is still outstanding, and on a `ThreadedProducer` the reports are served by the
 /// producer's own thread, so that poll sleeps the whole 100 ms: every commit would take
-/// 100 ms more on any broker. With nothing outstanding its flush returns at once.
+/// 100 ms more on any broker (and every run's end up to 100 ms late). With nothing
+/// outstanding its flush returns at once.
 fn wait_delivered(
     producer: &ThreadedProducer<LatencyContext>,
     timeout: Duration,
