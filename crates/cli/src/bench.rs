@@ -288,7 +288,10 @@ fn produce(a: ProduceArgs) -> anyhow::Result<()> {
         .reset();
     let cpu_before = a.common.broker_pid.and_then(process_cpu_seconds);
     let started = Instant::now();
-    std::thread::scope(|scope| -> anyhow::Result<()> {
+    // The producers come back from their threads and are dropped only after the clock
+    // stops: dropping a ThreadedProducer joins its polling thread, which can take up to
+    // the 100 ms of that thread's poll.
+    let finished = std::thread::scope(|scope| -> anyhow::Result<Vec<_>> {
         let workers: Vec<_> = ready
             .into_iter()
             .zip(0..producers)
@@ -296,16 +299,21 @@ fn produce(a: ProduceArgs) -> anyhow::Result<()> {
                 let records = a.records / producers + u64::from(n < a.records % producers);
                 let a = &a;
                 let commits = Arc::clone(&commits);
-                scope.spawn(move || produce_share(a, &producer, records, started, &commits))
+                scope.spawn(move || {
+                    produce_share(a, &producer, records, started, &commits).map(|()| producer)
+                })
             })
             .collect();
-        for w in workers {
-            w.join()
-                .map_err(|_| anyhow::anyhow!("producer thread panicked"))??;
-        }
-        Ok(())
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join()
+                    .map_err(|_| anyhow::anyhow!("producer thread panicked"))?
+            })
+            .collect()
     })?;
     let elapsed = started.elapsed().as_secs_f64();
+    drop(finished);
     let cpu = cpu_used(a.common.broker_pid, cpu_before, elapsed);
     let h = histogram
         .lock()
