@@ -80,8 +80,19 @@ static KEYS: &[KeyDef] = &[
     key("log.cleaner.min.cleanable.ratio", "0.5", ConfigType::Double, Check::Ratio(0.0, 1.0), "Default min.cleanable.dirty.ratio of topics."),
     key("log.cleaner.min.compaction.lag.ms", "0", Lg, Check::AtLeast(0), "Default min.compaction.lag.ms of topics."),
     key("log.cleaner.max.compaction.lag.ms", "9223372036854775807", Lg, Check::AtLeast(1), "Default max.compaction.lag.ms of topics."),
+    key("transaction.state.log.num.partitions", "50", I, Check::AtLeast(1), "Partitions of __transaction_state (fixed once it exists)."),
+    key("transaction.state.log.replication.factor", "3", S, Check::AtLeast(1), "Replicas of __transaction_state (at most the live brokers when it is created)."),
+    key("transaction.state.log.min.isr", "2", I, Check::AtLeast(1), "min.insync.replicas of __transaction_state (at most its replication factor)."),
+    key("transaction.state.log.segment.bytes", "104857600", I, Check::AtLeast(1), "segment.bytes of __transaction_state."),
+    key("transaction.state.log.load.buffer.size", "5242880", I, Check::AtLeast(1), "Bytes read at a time while a __transaction_state partition loads."),
+    key("transaction.max.timeout.ms", "900000", I, Check::AtLeast(1), "Longest transaction timeout a producer may ask for."),
+    key("transactional.id.expiration.ms", "604800000", I, Check::AtLeast(1), "How long a transactional id without transactions is kept."),
+    key("transaction.abort.timed.out.transaction.cleanup.interval.ms", "10000", I, Check::AtLeast(1), "How often transactions past their timeout are aborted."),
+    key("transaction.remove.expired.transaction.cleanup.interval.ms", "3600000", I, Check::AtLeast(1), "How often expired transactional ids are removed."),
     key("quota.window.num", "11", I, Check::AtLeast(1), "Windows a client quota's rate is measured over."),
     key("quota.window.size.seconds", "1", I, Check::AtLeast(1), "Length of one client quota window."),
+    key("producer.id.expiration.ms", "86400000", I, Check::AtLeast(1), "The time in ms that a topic partition leader will wait before expiring producer IDs."),
+    key("producer.id.expiration.check.interval.ms", "600000", I, Check::AtLeast(1), "The interval at which to remove producer IDs that have expired due to producer.id.expiration.ms passing."),
     key(
         "node.id",
         "1",
@@ -524,8 +535,6 @@ static KNOWN_UNIMPLEMENTED: &[&str] = &[
     "offsets.topic.segment.bytes",
     "password.encoder.secret",
     "principal.builder.class",
-    "producer.id.expiration.check.interval.ms",
-    "producer.id.expiration.ms",
     "producer.purgatory.purge.interval.requests",
     "queued.max.requests",
     "queued.max.requests.bytes",
@@ -567,15 +576,6 @@ static KNOWN_UNIMPLEMENTED: &[&str] = &[
     "ssl.truststore.password",
     "ssl.truststore.type",
     "super.users",
-    "transaction.abort.timed.out.transaction.cleanup.interval.ms",
-    "transaction.max.timeout.ms",
-    "transaction.remove.expired.transaction.cleanup.interval.ms",
-    "transaction.state.log.load.buffer.size",
-    "transaction.state.log.min.isr",
-    "transaction.state.log.num.partitions",
-    "transaction.state.log.replication.factor",
-    "transaction.state.log.segment.bytes",
-    "transactional.id.expiration.ms",
     "unclean.leader.election.enable",
     "unstable.api.versions.enable",
     "unstable.feature.versions.enable",
@@ -653,6 +653,20 @@ pub struct BrokerConfig {
     pub offset_metadata_max_bytes: i32,
     pub offsets_retention_minutes: i32,
     pub offsets_retention_check_interval_ms: i64,
+    /// The transaction coordinator's settings (`transaction.*`, `transactional.id.*`).
+    pub transaction_state_log_num_partitions: i32,
+    pub transaction_state_log_replication_factor: i16,
+    pub transaction_state_log_min_isr: i32,
+    pub transaction_state_log_segment_bytes: i32,
+    pub transaction_state_log_load_buffer_size: i32,
+    pub transaction_max_timeout_ms: i32,
+    pub transactional_id_expiration_ms: i32,
+    pub transaction_abort_timed_out_transaction_cleanup_interval_ms: i32,
+    pub transaction_remove_expired_transaction_cleanup_interval_ms: i32,
+    /// `producer.id.expiration.ms` as `server.properties` sets it (a dynamic broker config:
+    /// read it through [`crate::dynamic_config::BrokerDefaults`]).
+    pub producer_id_expiration_ms: i32,
+    pub producer_id_expiration_check_interval_ms: i32,
     /// `queued.max.request.bytes`: -1 for no limit.
     pub queued_max_request_bytes: i64,
     /// Not a Kafka key: whether unformatted log dirs are formatted at start (the embedded
@@ -833,6 +847,27 @@ impl BrokerConfig {
             offset_metadata_max_bytes: int("offset.metadata.max.bytes") as i32,
             offsets_retention_minutes: int("offsets.retention.minutes") as i32,
             offsets_retention_check_interval_ms: int("offsets.retention.check.interval.ms"),
+            transaction_state_log_num_partitions: int("transaction.state.log.num.partitions")
+                as i32,
+            transaction_state_log_replication_factor: int(
+                "transaction.state.log.replication.factor",
+            ) as i16,
+            transaction_state_log_min_isr: int("transaction.state.log.min.isr") as i32,
+            transaction_state_log_segment_bytes: int("transaction.state.log.segment.bytes") as i32,
+            transaction_state_log_load_buffer_size: int("transaction.state.log.load.buffer.size")
+                as i32,
+            transaction_max_timeout_ms: int("transaction.max.timeout.ms") as i32,
+            transactional_id_expiration_ms: int("transactional.id.expiration.ms") as i32,
+            transaction_abort_timed_out_transaction_cleanup_interval_ms: int(
+                "transaction.abort.timed.out.transaction.cleanup.interval.ms",
+            ) as i32,
+            transaction_remove_expired_transaction_cleanup_interval_ms: int(
+                "transaction.remove.expired.transaction.cleanup.interval.ms",
+            ) as i32,
+            producer_id_expiration_ms: int("producer.id.expiration.ms") as i32,
+            producer_id_expiration_check_interval_ms: int(
+                "producer.id.expiration.check.interval.ms",
+            ) as i32,
             format_on_start: true,
             broker_heartbeat_interval_ms: int("broker.heartbeat.interval.ms") as i32,
             broker_session_timeout_ms: int("broker.session.timeout.ms") as i32,
@@ -1235,7 +1270,12 @@ log.retention.check.interval.ms=300000
         assert!(warnings.iter().any(|w| w.contains("'num.io.threads'")));
         assert!(warnings
             .iter()
+            .any(|w| w.contains("'share.coordinator.state.topic.min.isr'")));
+        assert!(!warnings
+            .iter()
             .any(|w| w.contains("'transaction.state.log.min.isr'")));
+        assert_eq!(config.transaction_state_log_min_isr, 1);
+        assert_eq!(config.transaction_state_log_replication_factor, 1);
         assert!(!warnings.iter().any(|w| w.contains("log.dirs")));
         assert_eq!(config.get("num.partitions"), Some(("1".into(), true)));
         assert_eq!(

@@ -1,21 +1,17 @@
 //! `__consumer_offsets`: the internal topic the group coordinator writes through
 //! [`OffsetsTopic`] (its [`OffsetsLog`]). The coordinator serves the groups of the
-//! partitions this broker leads: [`follow_leadership`] replays a partition's log into it
-//! when this broker becomes its leader (in a new leader epoch) and drops its groups when
-//! leadership moves away, as Kafka's coordinator loads and unloads on leader changes.
+//! partitions this broker leads: its [`Loader`] replays a partition's log into it when this
+//! broker becomes its leader (in a new leader epoch) and drops its groups when leadership
+//! moves away, as Kafka's coordinator loads and unloads on leader changes.
 
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
 use kafka_protocol::ResponseError;
 use strom_coordinator::{GroupCoordinator, OffsetsLog};
-use strom_protocol::batch;
 use tracing::info;
 
-use crate::topics::{now_ms, TopicManager};
+use crate::internal_topic::{self, PartitionLoad};
+use crate::topics::{now_ms, Partition, TopicManager};
 use crate::BrokerError;
 
 /// The internal topic's name.
@@ -60,37 +56,8 @@ impl OffsetsTopic {
             )
         })?;
         let now = now_ms();
-        let (producer_id, producer_epoch) = producer.unwrap_or((-1, -1));
-        let records: Vec<Record> = records
-            .into_iter()
-            .enumerate()
-            .map(|(i, (key, value))| Record {
-                transactional: producer.is_some(),
-                control: false,
-                delete_horizon: false,
-                partition_leader_epoch: 0,
-                producer_id,
-                producer_epoch,
-                timestamp_type: TimestampType::Creation,
-                offset: i as i64,
-                // Kafka's coordinator writes sequence 0; the log does not check the
-                // sequences of its own coordinators' batches.
-                sequence: if producer.is_some() { i as i32 } else { -1 },
-                timestamp: now,
-                key: Some(Bytes::from(key)),
-                value: value.map(Bytes::from),
-                headers: Default::default(),
-            })
-            .collect();
-        let mut buf = BytesMut::new();
-        let options = RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        };
-        RecordBatchEncoder::encode(&mut buf, &records, &options)
-            .map_err(|e| (unknown, e.to_string()))?;
-        let batches =
-            batch::validate_produce(&buf, usize::MAX).map_err(|e| (unknown, e.to_string()))?;
+        let (buf, batches) = internal_topic::encode_batch(records, producer, now)
+            .map_err(|message| (unknown, message))?;
         target
             .append_as_coordinator(&buf, &batches, now)
             .map_err(|e| match e {
@@ -129,103 +96,23 @@ impl OffsetsLog for OffsetsTopic {
     }
 }
 
-/// The offsets-topic partitions whose groups the coordinator holds, with the leader epoch
-/// they were loaded in.
-pub type Loaded = std::collections::BTreeMap<i32, i32>;
+/// Keeps the group coordinator in step with this broker's leadership of the offsets topic.
+pub type Loader = internal_topic::Loader<GroupsLoad>;
 
-/// Keeps the coordinator in step with this broker's leadership of the offsets topic. Runs
-/// inside each metadata apply (before the applied index is published), so an admin request
-/// that waited for its change never races a later load.
-pub struct Loader {
-    groups: Arc<GroupCoordinator>,
-    loaded: parking_lot::Mutex<Loaded>,
-}
+/// The group coordinator as [`Loader`] loads and unloads it.
+pub struct GroupsLoad(pub Arc<GroupCoordinator>);
 
-impl Loader {
-    pub fn new(groups: Arc<GroupCoordinator>) -> Loader {
-        Loader {
-            groups,
-            loaded: parking_lot::Mutex::new(Loaded::new()),
-        }
-    }
+impl PartitionLoad for GroupsLoad {
+    const TOPIC: &'static str = TOPIC;
 
-    /// Whether the groups of `partition` are loaded for its current leader epoch; until
-    /// then group requests get COORDINATOR_LOAD_IN_PROGRESS.
-    pub fn is_loaded(&self, partition: i32, leader_epoch: i32) -> bool {
-        self.loaded.lock().get(&partition) == Some(&leader_epoch)
-    }
-
-    /// Replays partitions newly led (or led in a new epoch), drops those no longer led.
-    pub fn sync(&self, topics: &TopicManager) -> Result<(), BrokerError> {
-        let mut loaded = self.loaded.lock();
-        let led: Loaded = topics
-            .get(TOPIC)
-            .map(|topic| {
-                topic
-                    .local_partitions()
-                    .filter(|p| topic.led(p.index).is_ok())
-                    .map(|p| (p.index, p.leader_epoch()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        for (partition, _) in loaded.iter().filter(|(p, _)| !led.contains_key(p)) {
-            let dropped = self.groups.unload_partition(*partition);
-            info!(
-                partition,
-                groups = dropped,
-                "unloaded {TOPIC} partition: leadership moved"
-            );
-        }
-        loaded.retain(|p, _| led.contains_key(p));
-        let Some(topic) = topics.get(TOPIC) else {
-            return Ok(());
-        };
-        for (index, epoch) in led {
-            if loaded.get(&index) == Some(&epoch) {
-                continue;
-            }
-            let Some(partition) = topic.local.get(index as usize).cloned().flatten() else {
-                continue;
-            };
-            self.groups.unload_partition(index);
-            load_partition(&partition, &self.groups)?;
-            loaded.insert(index, epoch);
-        }
-        Ok(())
-    }
-}
-
-/// Replays one partition of the offsets topic into the coordinator, to its log end (records
-/// above the high watermark are the new leader's and will be committed).
-fn load_partition(
-    partition: &crate::topics::Partition,
-    groups: &GroupCoordinator,
-) -> Result<(), BrokerError> {
-    let started = std::time::Instant::now();
-    let mut loaded = 0usize;
-    {
-        let mut offset = partition.log.offsets().log_start_offset;
-        loop {
-            let read = partition
-                .log
-                .read_to_log_end(offset, LOAD_READ_BYTES, true)?;
-            let Some(slice) = read.slice else { break };
-            let bytes = slice.read_to_vec()?;
-            let mut complete = 0;
-            while let Some(b) = batch::BatchOffsets::parse(&bytes[complete..]) {
-                if complete + b.size_bytes > bytes.len() {
-                    break;
-                }
-                complete += b.size_bytes;
-                offset = b.last_offset() + 1;
-            }
-            let mut buf = Bytes::from(bytes).slice(..complete);
-            let sets =
-                RecordBatchDecoder::decode_all(&mut buf).map_err(|e| BrokerError::LogDir {
-                    path: partition.log.dir().display().to_string(),
-                    reason: format!("undecodable batch in {TOPIC}: {e}"),
-                })?;
-            for record in sets.iter().flat_map(|s| s.records.iter()) {
+    /// Replays one partition of the offsets topic into the coordinator, to its log end.
+    fn load(&self, partition: &Partition, _leader_epoch: i32) -> Result<(), BrokerError> {
+        let groups = &self.0;
+        groups.unload_partition(partition.index);
+        let started = std::time::Instant::now();
+        let mut loaded = 0usize;
+        internal_topic::replay_partition(partition, LOAD_READ_BYTES, |records| {
+            for record in records {
                 let Some(key) = &record.key else { continue };
                 if record.control {
                     if let Some(commit) = control_is_commit(key) {
@@ -238,18 +125,24 @@ fn load_partition(
                 }
                 loaded += 1;
             }
-            if complete == 0 {
-                break;
-            }
-        }
+        })?;
+        info!(
+            partition = partition.index,
+            records = loaded,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "loaded consumer groups from {TOPIC}"
+        );
+        Ok(())
     }
-    info!(
-        partition = partition.index,
-        records = loaded,
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "loaded consumer groups from {TOPIC}"
-    );
-    Ok(())
+
+    fn unload(&self, partition: i32) {
+        let dropped = self.0.unload_partition(partition);
+        info!(
+            partition,
+            groups = dropped,
+            "unloaded {TOPIC} partition: leadership moved"
+        );
+    }
 }
 
 /// A control record's key (version i16, type i16): `Some(true)` for a commit marker,

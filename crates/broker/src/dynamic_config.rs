@@ -118,12 +118,16 @@ fn synonym_def(name: &'static str, topic_def: &topic_config::TopicConfigDef) -> 
     }
 }
 
+/// Dynamic broker configs that are not topic synonyms and that Strom follows at runtime.
+const ENFORCED_OTHER: &[&str] = &["producer.id.expiration.ms"];
+
 /// Whether a dynamic broker config changes behaviour today (through the topic config it is
-/// the default of); the others are stored and described only.
+/// the default of, or read where it applies); the others are stored and described only.
 pub fn is_enforced(name: &str) -> bool {
-    topic_config::TOPIC_CONFIGS
-        .iter()
-        .any(|d| d.broker_synonym == Some(name) && topic_config::ENFORCED.contains(&d.name))
+    ENFORCED_OTHER.contains(&name)
+        || topic_config::TOPIC_CONFIGS
+            .iter()
+            .any(|d| d.broker_synonym == Some(name) && topic_config::ENFORCED.contains(&d.name))
 }
 
 /// Why a broker config cannot be set at runtime: Kafka's INVALID_REQUEST message (Kafka
@@ -401,5 +405,6 @@ mod tests {
             .contains("log.segment.bytes"));
         assert!(is_enforced("log.segment.bytes"));
         assert!(!is_enforced("num.io.threads"));
+        assert!(is_enforced("producer.id.expiration.ms"));
     }
 }

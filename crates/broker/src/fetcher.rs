@@ -17,16 +17,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::fetch_response::PartitionData;
-use kafka_protocol::messages::{
-    ApiKey, BrokerId, FetchRequest, FetchResponse, RequestHeader, ResponseHeader,
-};
-use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
+use kafka_protocol::messages::{ApiKey, BrokerId, FetchRequest, FetchResponse};
 use kafka_protocol::ResponseError;
 use parking_lot::Mutex;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -243,7 +238,11 @@ async fn fetch_loop(
             Ok(Ok(response)) => response,
             other => {
                 if !failing {
-                    warn!(leader, %host, port, error = ?other.map(|r| r.err()), "fetching from the leader failed; reconnecting");
+                    let error = match other {
+                        Ok(Err(e)) => format!("{e:#}"),
+                        _ => "no answer in time".to_string(),
+                    };
+                    warn!(leader, %host, port, %error, "fetching from the leader failed; reconnecting");
                     failing = true;
                 }
                 connection = None;
@@ -321,38 +320,23 @@ pub(crate) fn fetch_request(config: &BrokerConfig, targets: &[Target]) -> FetchR
         )
 }
 
-/// Sends one request and reads its response.
+/// Sends one fetch and reads its response.
 async fn exchange(
     stream: &mut TcpStream,
     client_id: &str,
     correlation_id: i32,
     request: &FetchRequest,
 ) -> anyhow::Result<FetchResponse> {
-    let header = RequestHeader::default()
-        .with_request_api_key(ApiKey::Fetch as i16)
-        .with_request_api_version(FETCH_VERSION)
-        .with_correlation_id(correlation_id)
-        .with_client_id(Some(StrBytes::from_string(client_id.to_string())));
-    let mut body = BytesMut::new();
-    header.encode(&mut body, FetchRequest::header_version(FETCH_VERSION))?;
-    request.encode(&mut body, FETCH_VERSION)?;
-    let mut frame = BytesMut::with_capacity(body.len() + 4);
-    frame.put_i32(body.len() as i32);
-    frame.extend_from_slice(&body);
-    stream.write_all(&frame).await?;
-    let size = stream.read_i32().await?;
-    let size = usize::try_from(size).map_err(|_| anyhow::anyhow!("negative frame size"))?;
-    anyhow::ensure!(size <= RESPONSE_BYTES_MAX, "fetch response of {size} bytes");
-    let mut buf = vec![0u8; size];
-    stream.read_exact(&mut buf).await?;
-    let mut buf = Bytes::from(buf);
-    let header = ResponseHeader::decode(&mut buf, FetchResponse::header_version(FETCH_VERSION))?;
-    anyhow::ensure!(
-        header.correlation_id == correlation_id,
-        "response to request {} while waiting for {correlation_id}",
-        header.correlation_id
-    );
-    let response = FetchResponse::decode(&mut buf, FETCH_VERSION)?;
+    let response: FetchResponse = crate::peer::exchange(
+        stream,
+        ApiKey::Fetch,
+        FETCH_VERSION,
+        client_id,
+        correlation_id,
+        request,
+        RESPONSE_BYTES_MAX,
+    )
+    .await?;
     anyhow::ensure!(
         response.error_code == 0,
         "fetch failed with error {}",

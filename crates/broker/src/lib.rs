@@ -18,8 +18,11 @@ mod consumer_offsets;
 pub mod dynamic_config;
 mod error;
 mod fetcher;
+mod internal_topic;
 mod legacy;
 pub mod log_cleaner;
+mod peer;
+pub mod producer_expiration;
 pub mod producer_ids;
 pub mod quotas;
 pub mod replication;
@@ -31,6 +34,8 @@ mod sim;
 pub mod storage_format;
 pub mod topic_config;
 pub mod topics;
+pub mod transaction_state;
+pub mod txn_markers;
 
 use std::sync::Arc;
 
@@ -54,6 +59,11 @@ pub struct Broker {
     pub request_memory: Option<Arc<tokio::sync::Semaphore>>,
     /// Which `__consumer_offsets` partitions the group coordinator has loaded.
     pub offsets_loader: Arc<consumer_offsets::Loader>,
+    /// The transaction coordinator for the transactional ids whose `__transaction_state`
+    /// partition this broker leads.
+    pub txns: Arc<strom_coordinator::transaction::TransactionCoordinator>,
+    /// Which `__transaction_state` partitions the transaction coordinator has loaded.
+    pub txn_loader: Arc<transaction_state::Loader>,
     /// Client quota usage ([`quotas`]).
     pub quotas: quotas::QuotaManager,
     /// ISR changes for the controller, from follower fetches ([`replication`]).

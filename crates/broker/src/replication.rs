@@ -180,7 +180,7 @@ impl Partition {
         min_insync_replicas: Option<i32>,
         now_ms: i64,
     ) -> Result<(AppendInfo, i32), LeaderAppendError> {
-        self.append_led(min_insync_replicas, |log, leader_epoch| {
+        self.append_led(None, min_insync_replicas, |log, leader_epoch| {
             log.append_as_leader(records, batches, leader_epoch, now_ms)
         })
     }
@@ -194,8 +194,25 @@ impl Partition {
         batches: &[strom_protocol::batch::BatchInfo],
         now_ms: i64,
     ) -> Result<(AppendInfo, i32), LeaderAppendError> {
-        self.append_led(None, |log, leader_epoch| {
+        self.append_led(None, None, |log, leader_epoch| {
             log.append_as_coordinator(records, batches, leader_epoch, now_ms)
+        })
+    }
+
+    /// [`Self::append_as_coordinator`] only while this broker leads in `leader_epoch` (a
+    /// coordinator's epoch: it must not write after leadership moved away and back, its
+    /// state would be stale); with `min_insync_replicas` (acks=all), refuses when the ISR is
+    /// smaller.
+    pub fn append_as_coordinator_in_epoch(
+        &self,
+        leader_epoch: i32,
+        records: &[u8],
+        batches: &[strom_protocol::batch::BatchInfo],
+        min_insync_replicas: Option<i32>,
+        now_ms: i64,
+    ) -> Result<(AppendInfo, i32), LeaderAppendError> {
+        self.append_led(Some(leader_epoch), min_insync_replicas, |log, epoch| {
+            log.append_as_coordinator(records, batches, epoch, now_ms)
         })
     }
 
@@ -211,7 +228,7 @@ impl Partition {
         min_insync_replicas: i32,
         now_ms: i64,
     ) -> Result<(AppendInfo, i32), LeaderAppendError> {
-        self.append_led(Some(min_insync_replicas), |log, leader_epoch| {
+        self.append_led(None, Some(min_insync_replicas), |log, leader_epoch| {
             log.append_control(
                 producer_id,
                 producer_epoch,
@@ -223,17 +240,18 @@ impl Partition {
         })
     }
 
-    /// Runs `append` on the log if this broker leads the partition (and the ISR has at
-    /// least `min_insync_replicas`), holding the replica state meanwhile; then moves the
-    /// high watermark and wakes waiting fetches. Returns what was appended and the leader
-    /// epoch it was stamped with.
+    /// Runs `append` on the log if this broker leads the partition (in `leader_epoch` when
+    /// given, and with an ISR of at least `min_insync_replicas`), holding the replica state
+    /// meanwhile; then moves the high watermark and wakes waiting fetches. Returns what was
+    /// appended and the leader epoch it was stamped with.
     fn append_led(
         &self,
+        leader_epoch: Option<i32>,
         min_insync_replicas: Option<i32>,
         append: impl FnOnce(&PartitionLog, i32) -> Result<AppendInfo, StorageError>,
     ) -> Result<(AppendInfo, i32), LeaderAppendError> {
         let r = self.replica.lock();
-        if r.leader != self.node_id {
+        if r.leader != self.node_id || leader_epoch.is_some_and(|e| e != r.leader_epoch) {
             return Err(LeaderAppendError::NotLeader);
         }
         if let Some(min) = min_insync_replicas {

@@ -16,7 +16,10 @@ use tracing::{error, info, warn};
 use crate::cluster::{self, Cluster};
 use crate::config::BrokerConfig;
 use crate::topics::TopicManager;
-use crate::{connection, consumer_offsets, storage_format, Broker, BrokerError};
+use crate::{connection, consumer_offsets, storage_format, transaction_state, Broker, BrokerError};
+use strom_coordinator::transaction::{
+    ProducerIdGenerator, SystemClock, TransactionCoordinator, TxnConfig,
+};
 use strom_coordinator::{CoordinatorConfig, GroupCoordinator};
 
 /// How long shutdown waits for in-flight requests before closing the logs anyway.
@@ -112,17 +115,43 @@ pub async fn run(
             topics: Arc::clone(&topics),
         }),
     ));
-    let offsets_loader = Arc::new(consumer_offsets::Loader::new(Arc::clone(&groups)));
+    let offsets_loader = Arc::new(consumer_offsets::Loader::new(consumer_offsets::GroupsLoad(
+        Arc::clone(&groups),
+    )));
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let producer_ids = Arc::new(crate::producer_ids::ProducerIdManager::new(Box::new(
+        crate::producer_ids::ControllerBlocks(Arc::clone(&cluster)),
+    )));
+    let txns = Arc::new(TransactionCoordinator::new(
+        txn_config(&config),
+        Arc::new(transaction_state::TxnStateLog {
+            topics: Arc::clone(&topics),
+            replication_timeout_ms: transaction_state::REPLICATION_TIMEOUT_MS,
+            shutdown: shutdown_rx.clone(),
+        }),
+        Arc::clone(&producer_ids) as Arc<dyn ProducerIdGenerator>,
+        Arc::new(SystemClock),
+    ));
+    let txn_loader = Arc::new(transaction_state::Loader::new(
+        transaction_state::TxnsLoad {
+            txns: Arc::clone(&txns),
+            read_bytes: config.transaction_state_log_load_buffer_size.max(1) as usize,
+        },
+    ));
     {
-        let loader = Arc::clone(&offsets_loader);
+        let offsets = Arc::clone(&offsets_loader);
+        let transactions = Arc::clone(&txn_loader);
         topics.set_on_applied(Arc::new(move |topics| {
-            if let Err(e) = loader.sync(topics) {
+            if let Err(e) = offsets.sync(topics) {
                 error!(error = %e, "loading {} failed", consumer_offsets::TOPIC);
+            }
+            if let Err(e) = transactions.sync(topics) {
+                error!(error = %e, "loading {} failed", transaction_state::TOPIC);
             }
         }));
     }
     tokio::task::block_in_place(|| offsets_loader.sync(&topics))?;
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    tokio::task::block_in_place(|| txn_loader.sync(&topics))?;
     let (isr_changes, isr_queue) = tokio::sync::mpsc::channel(crate::replication::ISR_CHANGES_MAX);
     let broker = Arc::new(Broker {
         isr_changes: isr_changes.clone(),
@@ -131,6 +160,9 @@ pub async fn run(
             window_ms: i64::from(config.quota_window_size_seconds) * 1000,
         }),
         offsets_loader,
+        txns,
+        txn_loader,
+        producer_ids,
         node_id: config.node_id,
         cluster_id: cluster_id.clone(),
         advertised_host,
@@ -138,9 +170,6 @@ pub async fn run(
         topics,
         groups,
         cluster: Arc::clone(&cluster),
-        producer_ids: Arc::new(crate::producer_ids::ProducerIdManager::new(Box::new(
-            crate::producer_ids::ControllerBlocks(Arc::clone(&cluster)),
-        ))),
         request_memory: u32::try_from(config.queued_max_request_bytes)
             .ok()
             .filter(|bytes| *bytes > 0)
@@ -165,8 +194,18 @@ pub async fn run(
     ];
     let flusher = tokio::spawn(flush_loop(Arc::clone(&broker)));
     let retention = tokio::spawn(crate::retention::retention_loop(Arc::clone(&broker)));
+    let producer_expiration = tokio::spawn(crate::producer_expiration::expiration_loop(
+        Arc::clone(&broker),
+    ));
     let log_cleaner = crate::log_cleaner::LogCleaner::start(&config, Arc::clone(&broker.topics))?;
     let group_timer = tokio::spawn(group_timer_loop(Arc::clone(&broker)));
+    let txn_timer = tokio::spawn(txn_timer_loop(Arc::clone(&broker)));
+    let marker_sender = tokio::spawn(Arc::clone(&broker.txns).run_marker_sender(
+        Arc::new(crate::txn_markers::BrokerMarkerTransport::new(Arc::clone(
+            &broker,
+        ))),
+        broker.shutdown.clone(),
+    ));
     info!(node_id = config.node_id, %cluster_id, %local_addr, "strom broker started");
     on_ready(&Running {
         local_addr,
@@ -186,12 +225,15 @@ pub async fn run(
     }
     flusher.abort();
     retention.abort();
+    producer_expiration.abort();
     if let Some(log_cleaner) = log_cleaner {
         tokio::task::spawn_blocking(move || log_cleaner.shutdown())
             .await
             .map_err(|e| BrokerError::Config(format!("log cleaner shutdown failed: {e}")))?;
     }
     group_timer.abort();
+    txn_timer.abort();
+    marker_sender.abort();
     applier.abort();
     let closing = Arc::clone(&broker);
     tokio::task::spawn_blocking(move || closing.topics.close_all())
@@ -332,6 +374,49 @@ fn coordinator_config(config: &BrokerConfig) -> CoordinatorConfig {
         consumer_session_timeout_ms: config.group_consumer_session_timeout_ms.max(1) as u64,
         consumer_heartbeat_interval_ms: config.group_consumer_heartbeat_interval_ms.max(1),
         consumer_max_size: config.group_consumer_max_size.max(1) as usize,
+    }
+}
+
+fn txn_config(config: &BrokerConfig) -> TxnConfig {
+    TxnConfig {
+        state_log_partitions: config.transaction_state_log_num_partitions,
+        max_timeout_ms: config.transaction_max_timeout_ms,
+        transactional_id_expiration_ms: i64::from(config.transactional_id_expiration_ms),
+        retry_backoff_ms: TxnConfig::default().retry_backoff_ms,
+    }
+}
+
+/// Every `transaction.abort.timed.out.transaction.cleanup.interval.ms`, aborts the
+/// transactions past their timeout; every
+/// `transaction.remove.expired.transaction.cleanup.interval.ms`, removes the transactional
+/// ids idle for `transactional.id.expiration.ms`.
+async fn txn_timer_loop(broker: Arc<Broker>) {
+    let every = |ms: i32| {
+        let mut ticker = tokio::time::interval(Duration::from_millis(ms.max(1) as u64));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker
+    };
+    let mut abort = every(
+        broker
+            .config
+            .transaction_abort_timed_out_transaction_cleanup_interval_ms,
+    );
+    let mut expire = every(
+        broker
+            .config
+            .transaction_remove_expired_transaction_cleanup_interval_ms,
+    );
+    abort.tick().await;
+    expire.tick().await;
+    loop {
+        tokio::select! {
+            _ = abort.tick() => {
+                broker.txns.abort_timed_out_transactions().await;
+            }
+            _ = expire.tick() => {
+                broker.txns.remove_expired_transactional_ids().await;
+            }
+        }
     }
 }
 

@@ -155,6 +155,21 @@ impl Topic {
         }
     }
 
+    /// The partition's replica on this broker, leader or follower: UNKNOWN_TOPIC_OR_PARTITION
+    /// for a partition the topic does not have, NOT_LEADER_OR_FOLLOWER when this broker holds
+    /// no replica of it.
+    pub fn replica(&self, index: i32) -> Result<&Arc<Partition>, kafka_protocol::ResponseError> {
+        use kafka_protocol::ResponseError as E;
+        let i = usize::try_from(index).map_err(|_| E::UnknownTopicOrPartition)?;
+        if i >= self.states.len() {
+            return Err(E::UnknownTopicOrPartition);
+        }
+        self.local
+            .get(i)
+            .and_then(Option::as_ref)
+            .ok_or(E::NotLeaderOrFollower)
+    }
+
     /// The leader of a partition and its epoch (-1 when unknown), for KIP-951 hints.
     pub fn leader_of(&self, index: i32) -> (i32, i32) {
         usize::try_from(index)

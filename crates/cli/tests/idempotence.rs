@@ -3,23 +3,48 @@
 //! three-node cluster, and the batches they write carry them. Ids come from blocks the
 //! active controller hands to each broker, so producers served by different brokers never
 //! share an id, and a restarted broker never hands out an id again.
+//!
+//! Exactly once: 100,000 records from an idempotent producer whose connections a test proxy
+//! cuts again and again (and, on a cluster, whose partition leader is killed) are each
+//! stored once, in order; so are the Java client's at its defaults. Hand-made batches get
+//! Kafka's errors for sequence gaps and old epochs; DescribeProducers shows each replica's
+//! producers until `producer.id.expiration.ms`, changed at runtime, expires them.
 
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use common::clients::create_topic_with;
-use common::cluster::Cluster;
+use bytes::{Bytes, BytesMut};
+use common::clients::{consume_all, create_topic_with, java_step};
+use common::cluster::{free_port, Cluster};
+use common::proxy::Proxy;
 use common::{Broker, RawClient};
+use kafka_protocol::messages::describe_producers_request::TopicRequest;
+use kafka_protocol::messages::incremental_alter_configs_request::{
+    AlterConfigsResource, AlterableConfig,
+};
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    ApiKey, InitProducerIdRequest, InitProducerIdResponse, ProducerId, TransactionalId,
+    ApiKey, BrokerId, DescribeProducersRequest, DescribeProducersResponse,
+    IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse, InitProducerIdRequest,
+    InitProducerIdResponse, ListOffsetsRequest, ListOffsetsResponse, ProduceRequest,
+    ProduceResponse, ProducerId, TopicName, TransactionalId,
 };
 use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
 use kafka_protocol::ResponseError as E;
 use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+
+const WAIT: Duration = Duration::from_secs(60);
 
 /// The producer fields of a stored record batch (magic v2 header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -277,4 +302,502 @@ fn producers_served_by_different_brokers_of_a_cluster_never_share_a_producer_id(
         blocks.values().all(|brokers| brokers.len() == 1),
         "{blocks:?}"
     );
+}
+
+/// Sends the values `0..count` to partition 0 of `topic` with an idempotent librdkafka
+/// producer (acks=all) on a thread of its own; `delivered` counts the acknowledgements. The
+/// thread returns the offset acknowledged for each value.
+fn produce_in_background(
+    bootstrap: &str,
+    topic: &str,
+    count: usize,
+    delivered: Arc<AtomicUsize>,
+) -> std::thread::JoinHandle<Vec<i64>> {
+    let (bootstrap, topic) = (bootstrap.to_string(), topic.to_string());
+    std::thread::spawn(move || {
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("batch.num.messages", "200")
+            // Reconnect at once after each cut (the default backoff grows to 10 s).
+            .set("reconnect.backoff.ms", "10")
+            .set("reconnect.backoff.max.ms", "100")
+            .set("queue.buffering.max.messages", (count + 1).to_string())
+            .set("message.timeout.ms", "240000")
+            .create()
+            .expect("producer");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let offsets = rt.block_on(async {
+            let mut pending = Vec::with_capacity(count);
+            for i in 0..count {
+                let value = i.to_string();
+                let future = producer
+                    .send_result(
+                        FutureRecord::<(), _>::to(&topic)
+                            .partition(0)
+                            .payload(&value),
+                    )
+                    .expect("enqueue");
+                pending.push(future);
+            }
+            let mut offsets = Vec::with_capacity(count);
+            for (i, future) in pending.into_iter().enumerate() {
+                let delivery = future.await.expect("delivery report");
+                let delivery =
+                    delivery.unwrap_or_else(|(e, _)| panic!("value {i} not delivered: {e}"));
+                assert_eq!(delivery.partition, 0);
+                offsets.push(delivery.offset);
+                delivered.fetch_add(1, Ordering::Relaxed);
+            }
+            offsets
+        });
+        producer.flush(Duration::from_secs(30)).expect("flush");
+        offsets
+    })
+}
+
+/// Every value was acknowledged at the offset equal to it, and partition 0 holds exactly
+/// the values `0..count` in order: nothing lost, nothing twice.
+fn assert_exactly_once_in_order(bootstrap: &str, topic: &str, acked_offsets: &[i64], count: usize) {
+    assert_eq!(acked_offsets.len(), count);
+    if let Some(i) = (0..count).find(|i| acked_offsets[*i] != *i as i64) {
+        panic!(
+            "value {i} acknowledged at offset {}: each value must be at its own offset",
+            acked_offsets[i]
+        );
+    }
+    let got = consume_all(bootstrap, topic, &BTreeMap::from([(0, count)]));
+    let read = &got[&0];
+    for (i, (offset, record)) in read.iter().enumerate() {
+        assert_eq!(
+            (*offset, String::from_utf8_lossy(&record.value).as_ref()),
+            (i as i64, i.to_string().as_str()),
+            "record {i}"
+        );
+    }
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("consumer");
+    let (_, high_watermark) = consumer
+        .fetch_watermarks(topic, 0, Duration::from_secs(10))
+        .expect("watermarks");
+    assert_eq!(high_watermark, count as i64, "nothing after the last value");
+}
+
+const STREAM_RECORDS: usize = 100_000;
+
+/// Until `done`, cuts every client connection through `proxy` each time `progress` has moved
+/// since the last cut, at most once per `interval`: each cut lands on a stream that is
+/// running (a client still setting up its connection is not cut again and again). Returns
+/// how many cuts closed a connection.
+fn cut_as_it_goes(
+    proxy: &Proxy,
+    interval: Duration,
+    mut progress: impl FnMut() -> i64,
+    done: impl Fn() -> bool,
+) -> usize {
+    let (mut cuts, mut at_last_cut) = (0, -1);
+    while !done() {
+        std::thread::sleep(interval);
+        let now = progress();
+        if now > at_last_cut {
+            at_last_cut = now;
+            cuts += usize::from(proxy.cut_clients() > 0);
+        }
+    }
+    cuts
+}
+
+/// The log end offset of partition 0 of `topic` (ListOffsets, latest).
+fn log_end(client: &mut RawClient, topic: &str) -> i64 {
+    let request = ListOffsetsRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_topics(vec![ListOffsetsTopic::default()
+            .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+            .with_partitions(vec![ListOffsetsPartition::default()
+                .with_partition_index(0)
+                .with_timestamp(-1)])]);
+    client.send(ApiKey::ListOffsets, 7, &request);
+    let response: ListOffsetsResponse = client.recv(7);
+    response.topics[0].partitions[0].offset
+}
+
+#[test]
+fn an_idempotent_stream_whose_connections_are_cut_again_and_again_is_stored_exactly_once_in_order()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let proxy = Proxy::start(port);
+    let broker = Broker::start(
+        dir.path(),
+        &[
+            &format!("listeners=PLAINTEXT://127.0.0.1:{port}"),
+            &format!("advertised.listeners=PLAINTEXT://127.0.0.1:{}", proxy.port),
+        ],
+    );
+    let bootstrap = format!("127.0.0.1:{}", proxy.port);
+    let topic = "cut-stream";
+    create_topic_with(&broker.addr, topic, 1, 1, &[]);
+    let delivered = Arc::new(AtomicUsize::new(0));
+    let producer = produce_in_background(&bootstrap, topic, STREAM_RECORDS, Arc::clone(&delivered));
+    let cuts = cut_as_it_goes(
+        &proxy,
+        Duration::from_millis(30),
+        || delivered.load(Ordering::Relaxed) as i64,
+        || producer.is_finished(),
+    );
+    let acked_offsets = producer.join().expect("producer thread");
+    assert!(cuts >= 20, "connections were cut only {cuts} times");
+    assert_exactly_once_in_order(&bootstrap, topic, &acked_offsets, STREAM_RECORDS);
+    eprintln!("{STREAM_RECORDS} records through {cuts} cuts");
+}
+
+#[test]
+fn an_idempotent_stream_through_cut_connections_and_a_killed_leader_is_stored_exactly_once_in_order(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::combined_proxied(dir.path(), 3, &[]);
+    let bootstrap = cluster
+        .proxies
+        .values()
+        .map(|p| format!("127.0.0.1:{}", p.port))
+        .collect::<Vec<_>>()
+        .join(",");
+    let topic = "cut-and-killed";
+    create_topic_with(&bootstrap, topic, 1, 3, &[("min.insync.replicas", "2")]);
+    cluster.wait_for("a full ISR", WAIT, || {
+        leader_and_isr(&cluster, 1, topic).is_some_and(|(l, isr)| l >= 0 && isr == 3)
+    });
+    let delivered = Arc::new(AtomicUsize::new(0));
+    let producer = produce_in_background(&bootstrap, topic, STREAM_RECORDS, Arc::clone(&delivered));
+    let (mut killed, mut restarted, mut cuts, mut at_last_cut) = (None, false, 0, 0);
+    while !producer.is_finished() {
+        std::thread::sleep(Duration::from_millis(50));
+        let done = delivered.load(Ordering::Relaxed);
+        if done > at_last_cut {
+            // As in `cut_as_it_goes`: only a stream that moved since the last cut.
+            at_last_cut = done;
+            for proxy in cluster.proxies.values() {
+                cuts += usize::from(proxy.cut_clients() > 0);
+            }
+        }
+        if killed.is_none() && done >= STREAM_RECORDS * 2 / 5 {
+            let (leader, _) = leader_and_isr(&cluster, 1, topic).expect("partition");
+            cluster.kill9(leader);
+            killed = Some(leader);
+        } else if let Some(leader) =
+            killed.filter(|_| !restarted && done >= STREAM_RECORDS * 7 / 10)
+        {
+            cluster.restart(leader);
+            restarted = true;
+        }
+    }
+    let acked_offsets = producer.join().expect("producer thread");
+    assert!(
+        killed.is_some() && restarted,
+        "the leader was killed and came back"
+    );
+    assert!(cuts >= 20, "connections were cut only {cuts} times");
+    assert_exactly_once_in_order(&bootstrap, topic, &acked_offsets, STREAM_RECORDS);
+    eprintln!("{STREAM_RECORDS} records through {cuts} cuts and leader {killed:?} killed");
+}
+
+/// The leader and the ISR size of partition 0 as broker `via` reports them.
+fn leader_and_isr(cluster: &Cluster, via: i32, topic: &str) -> Option<(i32, usize)> {
+    let metadata = cluster.metadata(via);
+    let t = metadata
+        .topics
+        .iter()
+        .find(|t| t.name.as_deref().map(|n| n.as_str()) == Some(topic))?;
+    let p = t.partitions.iter().find(|p| p.partition_index == 0)?;
+    Some((p.leader_id.0, p.isr_nodes.len()))
+}
+
+#[test]
+fn the_java_client_is_idempotent_by_default_and_its_cut_stream_is_stored_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let proxy = Proxy::start(port);
+    let broker = Broker::start(
+        dir.path(),
+        &[
+            &format!("listeners=PLAINTEXT://127.0.0.1:{port}"),
+            &format!("advertised.listeners=PLAINTEXT://127.0.0.1:{}", proxy.port),
+        ],
+    );
+    let bootstrap = format!("127.0.0.1:{}", proxy.port);
+    let topic = "java-default";
+    create_topic_with(&broker.addr, topic, 1, 1, &[]);
+    const COUNT: &str = "100000";
+    let producing = {
+        let bootstrap = bootstrap.clone();
+        std::thread::spawn(move || {
+            java_step(
+                "IdempotenceCheck",
+                "IDEMPOTENCE-CHECK-OK",
+                &bootstrap,
+                &["produce", topic, COUNT],
+            )
+        })
+    };
+    let mut direct = RawClient::connect(&broker.addr);
+    let cuts = cut_as_it_goes(
+        &proxy,
+        Duration::from_millis(100),
+        || log_end(&mut direct, topic),
+        || producing.is_finished(),
+    );
+    producing.join().expect("Java producer");
+    assert!(cuts >= 5, "connections were cut only {cuts} times");
+    java_step(
+        "IdempotenceCheck",
+        "IDEMPOTENCE-CHECK-OK",
+        &bootstrap,
+        &["consume", topic, COUNT],
+    );
+    // The batches carry producer ids the broker handed out: the client was idempotent.
+    let batches = stored_batches(&node_log(&broker.data_dir, topic, 0));
+    assert_eq!(
+        batches.iter().map(|b| i64::from(b.records)).sum::<i64>(),
+        COUNT.parse::<i64>().unwrap()
+    );
+    assert!(
+        batches.iter().all(|b| b.producer_id >= 0),
+        "every batch from an idempotent producer"
+    );
+    eprintln!("{COUNT} records from the Java client through {cuts} cuts");
+}
+
+/// One idempotent record batch: `values` from `base_sequence` on.
+fn idempotent_batch(
+    producer_id: i64,
+    producer_epoch: i16,
+    base_sequence: i32,
+    values: &[&str],
+) -> Bytes {
+    let records: Vec<Record> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| Record {
+            transactional: false,
+            control: false,
+            partition_leader_epoch: -1,
+            producer_id,
+            producer_epoch,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            sequence: base_sequence + i as i32,
+            timestamp: now_ms(),
+            key: None,
+            value: Some(Bytes::from(v.to_string())),
+            headers: Default::default(),
+            delete_horizon: false,
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .expect("encode batch");
+    buf.freeze()
+}
+
+/// Produces one batch (v11, acks=-1); the partition's error code, message and base offset.
+fn produce_batch(client: &mut RawClient, topic: &str, batch: Bytes) -> (i16, Option<String>, i64) {
+    let request = ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(5_000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(0)
+                .with_records(Some(batch))])]);
+    client.send(ApiKey::Produce, 11, &request);
+    let response: ProduceResponse = client.recv(11);
+    let p = &response.responses[0].partition_responses[0];
+    (
+        p.error_code,
+        p.error_message.as_ref().map(|m| m.to_string()),
+        p.base_offset,
+    )
+}
+
+#[test]
+fn retries_are_answered_with_the_original_offset_and_bad_sequences_or_epochs_get_kafkas_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    let topic = "hand-made";
+    create_topic_with(&broker.addr, topic, 1, 1, &[]);
+    let mut client = RawClient::connect(&broker.addr);
+    let (pid, _) = init_producer_id(&mut client, 4, (-1, -1));
+
+    assert_eq!(
+        produce_batch(&mut client, topic, idempotent_batch(pid, 0, 0, &["a", "b"])),
+        (0, None, 0)
+    );
+    assert_eq!(
+        produce_batch(&mut client, topic, idempotent_batch(pid, 0, 2, &["c"])),
+        (0, None, 2)
+    );
+    // A retry of an appended batch: no error, its original offset, nothing written.
+    assert_eq!(
+        produce_batch(&mut client, topic, idempotent_batch(pid, 0, 0, &["a", "b"])),
+        (0, None, 0)
+    );
+    // A gap in the sequence.
+    let (code, message, _) = produce_batch(&mut client, topic, idempotent_batch(pid, 0, 7, &["x"]));
+    assert_eq!(code, E::OutOfOrderSequenceNumber.code(), "{message:?}");
+    assert!(message.is_some_and(|m| !m.is_empty()), "a message says why");
+    // A new epoch starts at sequence 0; the old epoch is fenced from then on.
+    assert_eq!(
+        produce_batch(&mut client, topic, idempotent_batch(pid, 1, 0, &["d"])),
+        (0, None, 3)
+    );
+    let (code, message, _) = produce_batch(&mut client, topic, idempotent_batch(pid, 0, 3, &["y"]));
+    assert_eq!(code, E::InvalidProducerEpoch.code(), "{message:?}");
+    assert!(message.is_some_and(|m| !m.is_empty()), "a message says why");
+
+    let stored = stored_batches(&node_log(&broker.data_dir, topic, 0));
+    let offsets: Vec<(i64, i32)> = stored.iter().map(|b| (b.base_offset, b.records)).collect();
+    assert_eq!(
+        offsets,
+        vec![(0, 2), (2, 1), (3, 1)],
+        "only the good batches, once"
+    );
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as i64
+}
+
+/// A producer as DescribeProducers shows it: id, epoch, last sequence, coordinator epoch,
+/// the start of its open transaction.
+type Described = (i64, i32, i32, i32, i64);
+
+/// DescribeProducers v0 for partitions of `topic` on broker `addr`: per partition, the error
+/// code and the producers.
+fn describe_producers(addr: &str, topic: &str, partitions: &[i32]) -> Vec<(i16, Vec<Described>)> {
+    let mut client = RawClient::connect(addr);
+    let request = DescribeProducersRequest::default().with_topics(vec![TopicRequest::default()
+        .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+        .with_partition_indexes(partitions.to_vec())]);
+    client.send(ApiKey::DescribeProducers, 0, &request);
+    let response: DescribeProducersResponse = client.recv(0);
+    response.topics[0]
+        .partitions
+        .iter()
+        .map(|p| {
+            let producers = p
+                .active_producers
+                .iter()
+                .map(|s| {
+                    (
+                        s.producer_id.0,
+                        s.producer_epoch,
+                        s.last_sequence,
+                        s.coordinator_epoch,
+                        s.current_txn_start_offset,
+                    )
+                })
+                .collect();
+            (p.error_code, producers)
+        })
+        .collect()
+}
+
+#[test]
+fn describe_producers_shows_every_replicas_producers_until_the_dynamic_expiration_forgets_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::combined_with(
+        dir.path(),
+        3,
+        &["producer.id.expiration.check.interval.ms=200"],
+    );
+    let topic = "described";
+    create_topic_with(&cluster.bootstrap(), topic, 1, 2, &[]);
+    let (leader, replicas) = {
+        let metadata = cluster.metadata(1);
+        let t = metadata
+            .topics
+            .iter()
+            .find(|t| t.name.as_deref().map(|n| n.as_str()) == Some(topic))
+            .expect("topic");
+        let p = &t.partitions[0];
+        (
+            p.leader_id.0,
+            p.replica_nodes.iter().map(|b| b.0).collect::<Vec<_>>(),
+        )
+    };
+    let follower = *replicas.iter().find(|b| **b != leader).expect("a follower");
+    let outsider = *cluster
+        .broker_ids()
+        .iter()
+        .find(|b| !replicas.contains(b))
+        .expect("a broker without a replica");
+
+    let mut client = RawClient::connect(&cluster.addr(leader));
+    let (pid, _) = init_producer_id(&mut client, 4, (-1, -1));
+    assert_eq!(
+        produce_batch(
+            &mut client,
+            topic,
+            idempotent_batch(pid, 0, 0, &["a", "b", "c"])
+        ),
+        (0, None, 0)
+    );
+    let described = (0, vec![(pid, 0, 2, -1, -1)]);
+    assert_eq!(
+        describe_producers(&cluster.addr(leader), topic, &[0]),
+        vec![described.clone()]
+    );
+    // The follower keeps the same state from the batches it copied (acks=all: it has them).
+    assert_eq!(
+        describe_producers(&cluster.addr(follower), topic, &[0]),
+        vec![described]
+    );
+    assert_eq!(
+        describe_producers(&cluster.addr(outsider), topic, &[0, 1]),
+        vec![
+            (E::NotLeaderOrFollower.code(), vec![]),
+            (E::UnknownTopicOrPartition.code(), vec![])
+        ]
+    );
+    assert_eq!(
+        describe_producers(&cluster.addr(leader), "no-such-topic", &[0]),
+        vec![(E::UnknownTopicOrPartition.code(), vec![])]
+    );
+
+    // producer.id.expiration.ms, set for the whole cluster at runtime: both replicas forget
+    // the producer once it has been quiet that long.
+    let request = IncrementalAlterConfigsRequest::default().with_resources(vec![
+        AlterConfigsResource::default()
+            .with_resource_type(4)
+            .with_resource_name(StrBytes::from_static_str(""))
+            .with_configs(vec![AlterableConfig::default()
+                .with_name(StrBytes::from_static_str("producer.id.expiration.ms"))
+                .with_config_operation(0)
+                .with_value(Some(StrBytes::from_static_str("1000")))]),
+    ]);
+    client.send(ApiKey::IncrementalAlterConfigs, 1, &request);
+    let response: IncrementalAlterConfigsResponse = client.recv(1);
+    assert_eq!(response.responses[0].error_code, 0, "{response:?}");
+    for replica in [leader, follower] {
+        cluster.wait_for("the producer to expire", WAIT, || {
+            describe_producers(&cluster.addr(replica), topic, &[0]) == vec![(0, vec![])]
+        });
+    }
 }

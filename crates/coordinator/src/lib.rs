@@ -1,5 +1,7 @@
 //! The group coordinator: consumer groups with Kafka's classic protocol (JoinGroup,
-//! SyncGroup, Heartbeat, LeaveGroup) and committed offsets.
+//! SyncGroup, Heartbeat, LeaveGroup) and committed offsets; and the transaction coordinator
+//! ([`transaction`]: transactional ids, their `__transaction_state` records in
+//! [`txn_records`], the markers of completing transactions in [`txn_markers`]).
 //!
 //! Main types: [`GroupCoordinator`] (all groups this broker coordinates), [`OffsetsLog`] (the
 //! trait through which it writes `__consumer_offsets`; the broker implements it), and
@@ -8,12 +10,17 @@
 //! in memory or acknowledged; on start the broker replays the log into the coordinator with
 //! [`GroupCoordinator::replay`], the same path for live writes and for loading.
 //!
-//! The coordinator never opens sockets or files itself and never decides partition
+//! The coordinators never open sockets or files themselves: they write through traits the
+//! broker implements ([`OffsetsLog`], [`transaction::TxnLog`]) and reach other brokers
+//! through [`txn_markers::MarkerTransport`]. The group coordinator never decides partition
 //! assignment: the group leader's client does (client-side assignors pass through untouched).
 
 pub mod consumer_group;
 pub mod records;
+pub mod transaction;
+pub mod txn_markers;
 mod txn_offsets;
+pub mod txn_records;
 
 pub use txn_offsets::TxnOffsetCommit;
 
@@ -983,6 +990,38 @@ impl GroupCoordinator {
         }
     }
 
+    /// The records committing `offsets` to `group_id` at `now_ms`, and a code per offset in
+    /// order: OFFSET_METADATA_TOO_LARGE (and no record) for metadata longer than
+    /// `offset.metadata.max.bytes`, else 0. Plain and transactional commits write the same.
+    fn offset_records(
+        &self,
+        group_id: &str,
+        offsets: &[(String, i32, CommittedOffset)],
+        now_ms: i64,
+    ) -> (Vec<i16>, Vec<OffsetsRecord>) {
+        let mut codes = Vec::with_capacity(offsets.len());
+        let mut records = Vec::new();
+        for (topic, partition, offset) in offsets {
+            if offset.metadata.len() > self.config.offset_metadata_max_bytes {
+                codes.push(E::OffsetMetadataTooLarge.code());
+                continue;
+            }
+            codes.push(0);
+            records.push(OffsetsRecord::Offset {
+                group: group_id.to_string(),
+                topic: topic.clone(),
+                partition: *partition,
+                value: Some(OffsetValue {
+                    offset: offset.offset,
+                    leader_epoch: offset.leader_epoch,
+                    metadata: offset.metadata.clone(),
+                    commit_timestamp_ms: now_ms,
+                }),
+            });
+        }
+        (codes, records)
+    }
+
     /// OffsetCommit for a group member (or a simple consumer with generation -1): returns
     /// one code per (topic, partition) given, in order.
     pub fn commit_offsets(
@@ -1040,27 +1079,8 @@ impl GroupCoordinator {
                 return all(E::RebalanceInProgress);
             }
         }
-        let mut codes = Vec::with_capacity(offsets.len());
-        let mut records = Vec::new();
         let now_ms = wall_ms();
-        for (topic, partition, offset) in &offsets {
-            if offset.metadata.len() > self.config.offset_metadata_max_bytes {
-                codes.push(E::OffsetMetadataTooLarge.code());
-                continue;
-            }
-            codes.push(0);
-            records.push(OffsetsRecord::Offset {
-                group: group_id.to_string(),
-                topic: topic.clone(),
-                partition: *partition,
-                value: Some(OffsetValue {
-                    offset: offset.offset,
-                    leader_epoch: offset.leader_epoch,
-                    metadata: offset.metadata.clone(),
-                    commit_timestamp_ms: now_ms,
-                }),
-            });
-        }
+        let (codes, records) = self.offset_records(group_id, &offsets, now_ms);
         if !records.is_empty() {
             if let Err(code) = self.persist(group_id, records) {
                 return vec![code; offsets.len()];

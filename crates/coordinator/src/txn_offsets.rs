@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use kafka_protocol::ResponseError as E;
 use tracing::debug;
 
-use crate::records::{OffsetValue, OffsetsRecord};
+use crate::records::OffsetsRecord;
 use crate::{wall_ms, CommittedOffset, Group, GroupCoordinator, GroupState};
 
 /// An offset written by a transaction that has not ended yet.
@@ -122,36 +122,14 @@ impl GroupCoordinator {
             }
         }
         let now_ms = wall_ms();
-        let mut codes = Vec::with_capacity(req.offsets.len());
-        let mut records = Vec::new();
-        for (topic, partition, offset) in &req.offsets {
-            if offset.metadata.len() > self.config.offset_metadata_max_bytes {
-                codes.push(E::OffsetMetadataTooLarge.code());
-                continue;
-            }
-            codes.push(0);
-            records.push(
-                OffsetsRecord::Offset {
-                    group: req.group_id.clone(),
-                    topic: topic.clone(),
-                    partition: *partition,
-                    value: Some(OffsetValue {
-                        offset: offset.offset,
-                        leader_epoch: offset.leader_epoch,
-                        metadata: offset.metadata.clone(),
-                        commit_timestamp_ms: now_ms,
-                    }),
-                }
-                .encode(),
-            );
-        }
+        let (codes, records) = self.offset_records(&req.group_id, &req.offsets, now_ms);
         if !records.is_empty() {
             let partition = self.partition_for(&req.group_id);
             if let Err(code) = self.log.append_transactional(
                 partition,
                 req.producer_id,
                 req.producer_epoch,
-                records,
+                records.iter().map(OffsetsRecord::encode).collect(),
             ) {
                 debug!(group = %req.group_id, producer_id = req.producer_id, code, "transactional offset commit refused");
                 return vec![code; req.offsets.len()];

@@ -60,7 +60,19 @@ pub const SUPPORTED: &[ApiSupport] = &[
     api(ApiKey::WriteTxnMarkers, 1, 1, 1),
     api(ApiKey::ConsumerGroupHeartbeat, 0, 0, 1),
     api(ApiKey::ConsumerGroupDescribe, 0, 0, 1),
+    // InitProducerId v5: KIP-360 producer id and epoch from v3, TRANSACTION_ABORTABLE
+    // understood from v5 (v6 is KIP-939's two-phase commit).
     api(ApiKey::InitProducerId, 0, 0, 5),
+    // v0-v3 from clients, v4-v5 batched from partition leaders (verify_only, KIP-890 part 1).
+    api(ApiKey::AddPartitionsToTxn, 0, 0, 5),
+    api(ApiKey::AddOffsetsToTxn, 0, 0, 4),
+    // v5 bumps the epoch on every transaction (KIP-890 part 2, transaction.version 2),
+    // which Strom does not do.
+    api(ApiKey::EndTxn, 0, 0, 4),
+    api(ApiKey::DescribeTransactions, 0, 0, 0),
+    // v2 adds a transactional id pattern filter.
+    api(ApiKey::ListTransactions, 0, 0, 1),
+    api(ApiKey::DescribeProducers, 0, 0, 0),
 ];
 
 const fn api(key: ApiKey, advertised_min: i16, served_min: i16, max: i16) -> ApiSupport {

@@ -47,8 +47,8 @@ pub use cleaner::{
 };
 pub use error::StorageError;
 pub use log::{
-    AppendInfo, Deleted, LogConfig, LogOffsets, PartitionLog, ReadResult, RetentionPolicy,
-    TimestampOffset,
+    AppendInfo, Deleted, LogConfig, LogOffsets, PartitionLog, ReadBound, ReadResult,
+    RetentionPolicy, TimestampOffset,
 };
 pub use producer_state::{AbortedTxn, ControlType, ProducerSummary};
 pub use segment::{FileSlice, LogSegment};

@@ -33,6 +33,8 @@ mod producers;
 mod replication;
 mod retention;
 #[cfg(test)]
+mod test_support;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod transaction_tests;
@@ -148,9 +150,9 @@ struct View {
     truncations: u64,
 }
 
-/// Which offset bounds a read.
-#[derive(Debug, Clone, Copy)]
-enum ReadBound {
+/// Which offset bounds a read: what the reader may see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadBound {
     /// Consumers read committed records only.
     HighWatermark,
     /// read_committed consumers read only decided transactions.
@@ -725,7 +727,7 @@ impl PartitionLog {
         max_bytes: usize,
         min_one_batch: bool,
     ) -> Result<ReadResult, StorageError> {
-        self.read_below(
+        self.read_up_to(
             fetch_offset,
             max_bytes,
             min_one_batch,
@@ -740,10 +742,13 @@ impl PartitionLog {
         max_bytes: usize,
         min_one_batch: bool,
     ) -> Result<ReadResult, StorageError> {
-        self.read_below(fetch_offset, max_bytes, min_one_batch, ReadBound::LogEnd)
+        self.read_up_to(fetch_offset, max_bytes, min_one_batch, ReadBound::LogEnd)
     }
 
-    fn read_below(
+    /// Reads like [`read`](Self::read), up to `bound`: the high watermark, the last stable
+    /// offset (what a read_committed consumer may see; it skips the aborted transactions
+    /// below it, from [`aborted_transactions`](Self::aborted_transactions)) or the log end.
+    pub fn read_up_to(
         &self,
         fetch_offset: i64,
         max_bytes: usize,

@@ -24,8 +24,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use strom_protocol::batch::{BATCH_HEADER_BYTES, LOG_OVERHEAD_BYTES};
-use strom_protocol::records::{BatchHeader, RecordReader, RecordsError};
+use strom_protocol::batch::BATCH_HEADER_BYTES;
+use strom_protocol::records::{BatchBuilder, BatchHeader, Record, RecordReader, RecordsError};
 use tracing::{info, warn};
 
 use crate::index::TxnEntry;
@@ -428,11 +428,6 @@ impl ProducerStateManager {
         origin: Origin,
     ) -> Result<(), StorageError> {
         let producer_id = batch.producer_id;
-        let current = self
-            .producers
-            .get(&producer_id)
-            .copied()
-            .unwrap_or_else(ProducerEntry::empty);
         let mut updated = self.updated_entry(pending, producer_id);
         check_producer_epoch(
             &updated,
@@ -442,7 +437,11 @@ impl ProducerStateManager {
             origin,
         )?;
         if origin == Origin::Client {
-            check_sequence(&current, &updated, batch)?;
+            let committed_epoch = self
+                .producers
+                .get(&producer_id)
+                .map_or(NO_PRODUCER_EPOCH, |e| e.producer_epoch);
+            check_sequence(committed_epoch, &updated, batch)?;
         }
         updated.add_batch(
             batch.producer_epoch,
@@ -805,9 +804,10 @@ fn check_producer_epoch(
 
 /// Kafka's `checkSequence`: a new epoch starts at sequence 0 (unless the producer's epoch
 /// is unknown); within an epoch each batch continues the last one; a producer the log
-/// holds no state of (KIP-360: its records were deleted) may start anywhere.
+/// holds no state of (KIP-360: its records were deleted; `committed_epoch` is
+/// `NO_PRODUCER_EPOCH`) may start anywhere.
 fn check_sequence(
-    current: &ProducerEntry,
+    committed_epoch: i16,
     updated: &ProducerEntry,
     batch: &ProducerBatch,
 ) -> Result<(), StorageError> {
@@ -823,7 +823,7 @@ fn check_sequence(
         return Ok(());
     }
     let last_sequence = updated.last_sequence();
-    if current.producer_epoch == NO_PRODUCER_EPOCH || in_sequence(last_sequence, first_sequence) {
+    if committed_epoch == NO_PRODUCER_EPOCH || in_sequence(last_sequence, first_sequence) {
         return Ok(());
     }
     Err(StorageError::OutOfOrderSequence(format!(
@@ -959,47 +959,35 @@ pub(crate) fn end_txn_marker_batch(
     let mut value = [0u8; 6];
     value[..2].copy_from_slice(&END_TXN_MARKER_VERSION.to_be_bytes());
     value[2..].copy_from_slice(&marker.coordinator_epoch.to_be_bytes());
-    // attributes, timestamp delta 0, offset delta 0, key, value, no headers.
-    let mut record = vec![0u8, 0, 0];
-    put_varint(&mut record, key.len() as i64);
-    record.extend_from_slice(&key);
-    put_varint(&mut record, value.len() as i64);
-    record.extend_from_slice(&value);
-    put_varint(&mut record, 0);
-    let mut records = Vec::with_capacity(record.len() + 1);
-    put_varint(&mut records, record.len() as i64);
-    records.extend_from_slice(&record);
-
-    let mut out = Vec::with_capacity(BATCH_HEADER_BYTES + records.len());
-    out.extend_from_slice(&0i64.to_be_bytes());
-    out.extend_from_slice(
-        &((BATCH_HEADER_BYTES - LOG_OVERHEAD_BYTES + records.len()) as i32).to_be_bytes(),
-    );
-    out.extend_from_slice(&(-1i32).to_be_bytes());
-    out.push(2);
-    out.extend_from_slice(&[0; 4]);
-    out.extend_from_slice(&CONTROL_BATCH_ATTRIBUTES.to_be_bytes());
-    out.extend_from_slice(&0i32.to_be_bytes());
-    out.extend_from_slice(&timestamp_ms.to_be_bytes());
-    out.extend_from_slice(&timestamp_ms.to_be_bytes());
-    out.extend_from_slice(&producer_id.to_be_bytes());
-    out.extend_from_slice(&producer_epoch.to_be_bytes());
-    out.extend_from_slice(&NO_SEQUENCE.to_be_bytes());
-    out.extend_from_slice(&1i32.to_be_bytes());
-    out.extend_from_slice(&records);
-    // The CRC32C covers everything from the attributes (offset 21) on.
-    let crc = crc32c::crc32c(&out[21..]);
-    out[17..21].copy_from_slice(&crc.to_be_bytes());
+    let header = BatchHeader {
+        base_offset: 0,
+        partition_leader_epoch: -1,
+        attributes: CONTROL_BATCH_ATTRIBUTES,
+        last_offset_delta: 0,
+        base_timestamp: timestamp_ms,
+        max_timestamp: timestamp_ms,
+        producer_id,
+        producer_epoch,
+        base_sequence: NO_SEQUENCE,
+        records_count: 1,
+    };
+    let record = Record {
+        offset: 0,
+        timestamp: timestamp_ms,
+        attributes: 0,
+        key: Some(&key),
+        value: Some(&value),
+        headers: &[0], // no headers
+    };
+    let mut builder = BatchBuilder::default();
+    builder.start(&header, None);
+    let mut out = Vec::with_capacity(BATCH_HEADER_BYTES + 32);
+    // One record at the header's base offset, uncompressed: neither step can fail.
+    builder
+        .append(&record)
+        .and_then(|()| builder.finish(&mut out))
+        .expect("a one-record uncompressed batch builds");
     out
-}
-
-fn put_varint(out: &mut Vec<u8>, value: i64) {
-    let mut raw = ((value << 1) ^ (value >> 63)) as u64;
-    while raw >= 0x80 {
-        out.push((raw as u8 & 0x7f) | 0x80);
-        raw >>= 7;
-    }
-    out.push(raw as u8);
 }
 
 /// The marker of a control batch (exactly one stored batch) and its record's timestamp;

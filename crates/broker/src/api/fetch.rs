@@ -26,7 +26,7 @@ use kafka_protocol::messages::FetchRequest;
 use kafka_protocol::ResponseError;
 use strom_metadata::image::BrokerImage;
 use strom_protocol::wire;
-use strom_storage::FileSlice;
+use strom_storage::{AbortedTxn, FileSlice, ReadBound};
 use tokio::time::Instant;
 use uuid::Uuid;
 
@@ -49,6 +49,17 @@ pub(crate) enum Reader {
     Follower,
     Consumer,
     CommittedConsumer,
+}
+
+impl Reader {
+    /// How far the log is read for this reader.
+    fn bound(self) -> ReadBound {
+        match self {
+            Reader::Follower => ReadBound::LogEnd,
+            Reader::Consumer => ReadBound::HighWatermark,
+            Reader::CommittedConsumer => ReadBound::LastStable,
+        }
+    }
 }
 
 /// A requested topic, resolved.
@@ -80,9 +91,8 @@ pub(crate) struct PartitionRead {
     pub(crate) high_watermark: i64,
     pub(crate) last_stable_offset: i64,
     pub(crate) log_start_offset: i64,
-    /// For read_committed consumers: (producer id, first offset) of the aborted
-    /// transactions in what they read.
-    aborted: Vec<(i64, i64)>,
+    /// For read_committed consumers: the aborted transactions in what they read.
+    aborted: Vec<AbortedTxn>,
     pub(crate) slice: Option<FileSlice>,
 }
 
@@ -396,18 +406,11 @@ pub(crate) fn read_partition(
     }
     let log = &partition.log;
     let (offset, bytes, one) = (fetch.fetch_offset, max_bytes, min_one_batch);
-    let read = match reader {
-        Reader::Follower => log.read_to_log_end(offset, bytes, one),
-        Reader::Consumer => log.read(offset, bytes, one),
-        Reader::CommittedConsumer => log.read_committed(offset, bytes, one),
-    };
+    let read = log.read_up_to(offset, bytes, one, reader.bound());
     match read {
         Ok(read) => {
             let aborted = if reader == Reader::CommittedConsumer && read.slice.is_some() {
                 log.aborted_transactions(offset, read.offsets.last_stable_offset)
-                    .into_iter()
-                    .map(|t| (t.producer_id, t.first_offset))
-                    .collect()
             } else {
                 Vec::new()
             };
@@ -545,9 +548,9 @@ fn encode(
             }
             let aborted = (isolation_level == READ_COMMITTED).then_some(read.aborted.len());
             wire::put_nullable_array_len(&mut buf, aborted, flexible);
-            for (producer_id, first_offset) in &read.aborted {
-                buf.put_i64(*producer_id);
-                buf.put_i64(*first_offset);
+            for aborted in &read.aborted {
+                buf.put_i64(aborted.producer_id);
+                buf.put_i64(aborted.first_offset);
                 wire::put_empty_tagged_fields(&mut buf, flexible);
             }
             if version >= 11 {

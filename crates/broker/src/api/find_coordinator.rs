@@ -1,17 +1,17 @@
 //! FindCoordinator (v0–v6, batched keys from v4): a group is coordinated by the leader of
-//! its `__consumer_offsets` partition (Kafka's hash of the group id). The first request
-//! creates that topic through the controller, as Kafka does; until it has a leader the
-//! answer is COORDINATOR_NOT_AVAILABLE, which clients retry. Transactional ids are hashed the
-//! same way. (librdkafka also takes the presence of this API as its sign that the broker
-//! supports LZ4.)
+//! its `__consumer_offsets` partition, a transactional id (key type 1) by the leader of its
+//! `__transaction_state` partition (Kafka's hash of the key in both). The first request of a
+//! key type creates that topic through the controller, as Kafka does; until it has a leader
+//! the answer is COORDINATOR_NOT_AVAILABLE, which clients retry. (librdkafka also takes the
+//! presence of this API as its sign that the broker supports LZ4.)
 
 use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::{BrokerId, FindCoordinatorRequest, FindCoordinatorResponse};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
-use strom_controller::service::{ControllerRequest, ControllerResponse, NewTopic};
 
 use crate::consumer_offsets::{self, TOPIC};
+use crate::transaction_state;
 use crate::Broker;
 
 const KEY_TYPE_GROUP: i8 = 0;
@@ -22,8 +22,14 @@ pub async fn handle(
     req: FindCoordinatorRequest,
     version: i16,
 ) -> FindCoordinatorResponse {
-    if broker.topics.get(TOPIC).is_none() {
-        create_offsets_topic(broker).await;
+    match req.key_type {
+        KEY_TYPE_GROUP if broker.topics.get(TOPIC).is_none() => create_offsets_topic(broker).await,
+        KEY_TYPE_TRANSACTION
+            if version >= 1 && broker.topics.get(transaction_state::TOPIC).is_none() =>
+        {
+            transaction_state::create_topic(broker).await
+        }
+        _ => {}
     }
     let answer = |key: StrBytes| {
         let valid_type = req.key_type == KEY_TYPE_GROUP
@@ -39,7 +45,7 @@ pub async fn handle(
                     req.key_type
                 ))));
         }
-        coordinator_for(broker, key)
+        coordinator_for(broker, req.key_type, key)
     };
     if version >= 4 {
         let coordinators = req.coordinator_keys.iter().cloned().map(answer).collect();
@@ -57,8 +63,9 @@ pub async fn handle(
     response
 }
 
-/// The leader of the key's `__consumer_offsets` partition, if it is live.
-fn coordinator_for(broker: &Broker, key: StrBytes) -> Coordinator {
+/// The leader of the key's partition of `__consumer_offsets` (groups) or
+/// `__transaction_state` (transactional ids), if it is live.
+fn coordinator_for(broker: &Broker, key_type: i8, key: StrBytes) -> Coordinator {
     let unavailable = |key: StrBytes| {
         Coordinator::default()
             .with_key(key)
@@ -69,10 +76,20 @@ fn coordinator_for(broker: &Broker, key: StrBytes) -> Coordinator {
                 "The coordinator is not available.",
             )))
     };
-    let Some(topic) = broker.topics.get(TOPIC) else {
+    let (topic, partition) = if key_type == KEY_TYPE_TRANSACTION {
+        (
+            broker.topics.get(transaction_state::TOPIC),
+            broker.txns.partition_for(key.as_str()),
+        )
+    } else {
+        (
+            broker.topics.get(TOPIC),
+            broker.groups.partition_for(key.as_str()),
+        )
+    };
+    let Some(topic) = topic else {
         return unavailable(key);
     };
-    let partition = broker.groups.partition_for(key.as_str());
     let (leader, _) = topic.leader_of(partition);
     let image = broker.topics.image();
     match image.image.brokers.get(&leader).filter(|b| !b.fenced) {
@@ -88,32 +105,12 @@ fn coordinator_for(broker: &Broker, key: StrBytes) -> Coordinator {
 /// Creates `__consumer_offsets` with `offsets.topic.num.partitions` partitions (one that
 /// exists already is fine) and waits until this broker has applied it.
 async fn create_offsets_topic(broker: &Broker) {
-    // Kafka refuses to create it until that many brokers are up; Strom takes what is live,
-    // so that a single node works without configuration.
-    let live = broker.topics.image().image.live_brokers().count();
-    let replication_factor = broker
-        .config
-        .offsets_topic_replication_factor
-        .min(i16::try_from(live).unwrap_or(i16::MAX))
-        .max(1);
-    let request = ControllerRequest::CreateTopics {
-        topics: vec![NewTopic {
-            name: TOPIC.to_string(),
-            num_partitions: broker.config.offsets_topic_num_partitions,
-            replication_factor,
-            assignments: Vec::new(),
-            configs: consumer_offsets::topic_configs(),
-        }],
-        validate_only: false,
-    };
-    match broker.cluster.call(request).await {
-        ControllerResponse::Topics(results) => {
-            if let Some(r) = results.first() {
-                if r.error_code == 0 {
-                    crate::cluster::wait_for_applied(broker, r.index).await;
-                }
-            }
-        }
-        other => tracing::warn!(answer = ?other, "creating {TOPIC} failed"),
-    }
+    crate::internal_topic::create(
+        broker,
+        TOPIC,
+        broker.config.offsets_topic_num_partitions,
+        broker.config.offsets_topic_replication_factor,
+        |_| consumer_offsets::topic_configs(),
+    )
+    .await
 }

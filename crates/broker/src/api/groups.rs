@@ -22,16 +22,9 @@ fn s(v: &str) -> StrBytes {
 /// NOT_COORDINATOR unless this broker leads the group's `__consumer_offsets` partition, so
 /// that the client asks FindCoordinator again.
 pub fn check_coordinator(broker: &Broker, group_id: &str) -> Result<(), i16> {
-    let topic = broker
-        .topics
-        .get(crate::consumer_offsets::TOPIC)
-        .ok_or(E::NotCoordinator.code())?;
-    let partition = broker.groups.partition_for(group_id);
-    match topic.led(partition) {
-        Ok(p) if broker.offsets_loader.is_loaded(partition, p.leader_epoch()) => Ok(()),
-        Ok(_) => Err(E::CoordinatorLoadInProgress.code()),
-        Err(_) => Err(E::NotCoordinator.code()),
-    }
+    broker
+        .offsets_loader
+        .check_coordinator(&broker.topics, broker.groups.partition_for(group_id))
 }
 
 pub async fn join(broker: &Broker, req: JoinGroupRequest, ctx: &Ctx) -> JoinGroupResponse {

@@ -46,15 +46,14 @@ async fn idempotent(broker: &Broker, ctx: &Ctx) -> InitProducerIdResponse {
     }
 }
 
-// MERGE POINT (issue 7, wt-txn): transactional producers are the transaction coordinator's.
-// Replace this function's body with `crate::api::txn::init_producer_id(broker, req, ctx).await`
-// when the transaction coordinator is merged; until then there is none to answer.
+/// A transactional producer: the transaction coordinator's (Kafka's
+/// `TransactionCoordinator.handleInitProducerId`).
 async fn transactional(
-    _broker: &Broker,
-    _req: InitProducerIdRequest,
-    _ctx: &Ctx,
+    broker: &Broker,
+    req: InitProducerIdRequest,
+    ctx: &Ctx,
 ) -> InitProducerIdResponse {
-    error_response(ResponseError::CoordinatorNotAvailable.code())
+    crate::api::txn::init_producer_id(broker, req, ctx).await
 }
 
 /// The producer id and epoch the request names (v3+), or INVALID_REQUEST when only one of

@@ -213,7 +213,8 @@ fn describe_topic(
         .with_name(Some(TopicName(StrBytes::from_string(topic.name.clone()))))
         .with_partitions(partitions);
     if version >= 1 {
-        response.is_internal = topic.name == crate::consumer_offsets::TOPIC;
+        response.is_internal = topic.name == crate::consumer_offsets::TOPIC
+            || topic.name == crate::transaction_state::TOPIC;
     }
     if version >= 10 {
         response.topic_id = topic.id;

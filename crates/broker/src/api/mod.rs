@@ -15,6 +15,7 @@ mod delete_topics;
 mod describe_cluster;
 mod describe_configs;
 mod describe_log_dirs;
+mod describe_producers;
 mod describe_quorum;
 mod describe_topic_partitions;
 mod elect_leaders;
@@ -29,6 +30,7 @@ mod offset_for_leader_epoch;
 mod offsets;
 mod produce;
 mod reassignments;
+pub(crate) mod txn;
 pub mod write_txn_markers;
 
 use bytes::Bytes;
@@ -156,6 +158,19 @@ pub async fn handle(
         RequestKind::FindCoordinator(req) => {
             ctx.respond(&find_coordinator::handle(broker, req, version).await)
         }
+        RequestKind::AddPartitionsToTxn(req) => {
+            ctx.respond(&txn::add_partitions_to_txn(broker, req, &ctx).await)
+        }
+        RequestKind::AddOffsetsToTxn(req) => {
+            ctx.respond(&txn::add_offsets_to_txn(broker, req, &ctx).await)
+        }
+        RequestKind::EndTxn(req) => ctx.respond(&txn::end_txn(broker, req, &ctx).await),
+        RequestKind::DescribeTransactions(req) => {
+            ctx.respond(&txn::describe_transactions(broker, req))
+        }
+        RequestKind::ListTransactions(req) => {
+            ctx.respond(&txn::list_transactions(broker, req, &ctx))
+        }
         RequestKind::DescribeConfigs(req) => {
             ctx.respond(&describe_configs::handle(broker, req, version))
         }
@@ -164,6 +179,9 @@ pub async fn handle(
         }
         RequestKind::DescribeTopicPartitions(req) => {
             ctx.respond(&describe_topic_partitions::handle(broker, req))
+        }
+        RequestKind::DescribeProducers(req) => {
+            ctx.respond(&describe_producers::handle(broker, req))
         }
         RequestKind::InitProducerId(req) => {
             ctx.respond(&init_producer_id::handle(broker, req, &ctx).await)

@@ -57,54 +57,96 @@ async fn wait_commit_replicated(broker: &Broker, group_id: &str) -> Result<(), i
     }
 }
 
-pub async fn commit(broker: &Broker, req: OffsetCommitRequest, ctx: &Ctx) -> OffsetCommitResponse {
-    // Unknown partitions are answered by the broker; the rest go to the coordinator together.
-    let mut wanted = Vec::new();
-    for topic in &req.topics {
-        for p in &topic.partitions {
-            if partition_exists(broker, &topic.name, p.partition_index) {
-                let offset = CommittedOffset {
-                    offset: p.committed_offset,
-                    leader_epoch: if ctx.version >= 6 {
-                        p.committed_leader_epoch
-                    } else {
-                        -1
-                    },
-                    metadata: p
-                        .committed_metadata
-                        .as_ref()
-                        .map(|m| m.to_string())
-                        .unwrap_or_default(),
-                };
-                wanted.push((topic.name.to_string(), p.partition_index, offset));
-            }
-        }
+/// One partition of an OffsetCommit or TxnOffsetCommit request, which carry the same
+/// fields: its topic, index and the offset to commit.
+type RequestedOffset<'a> = (&'a TopicName, i32, CommittedOffset);
+
+/// The offset a request's partition asks to commit; `leader_epoch` is -1 for versions
+/// without it.
+fn committed_offset(
+    offset: i64,
+    leader_epoch: i32,
+    metadata: Option<&StrBytes>,
+) -> CommittedOffset {
+    CommittedOffset {
+        offset,
+        leader_epoch,
+        metadata: metadata.map(|m| m.to_string()).unwrap_or_default(),
     }
-    let instance = req.group_instance_id.as_ref().map(|i| i.to_string());
-    let keys: Vec<(String, i32)> = wanted.iter().map(|(t, p, _)| (t.clone(), *p)).collect();
-    let not_coordinator = super::groups::check_coordinator(broker, &req.group_id).err();
-    let mut codes = match not_coordinator {
-        Some(code) => vec![code; wanted.len()],
-        None => broker.groups.commit_offsets(
-            &req.group_id,
-            req.generation_id_or_member_epoch,
-            &req.member_id,
-            instance.as_deref(),
-            wanted,
-        ),
+}
+
+/// Commits the requested offsets of existing partitions through `write` (plain or
+/// transactional: it gets them in request order and answers a code each) unless this
+/// broker does not coordinate the group, and waits for the replicas when any succeeded.
+/// Returns a code per requested partition, in request order; partitions that do not exist
+/// are UNKNOWN_TOPIC_OR_PARTITION.
+async fn commit_offsets(
+    broker: &Broker,
+    group_id: &str,
+    requested: Vec<RequestedOffset<'_>>,
+    write: impl FnOnce(Vec<(String, i32, CommittedOffset)>) -> Vec<i16>,
+) -> Vec<i16> {
+    // Unknown partitions are answered by the broker; the rest go to the coordinator together.
+    let keys: Vec<(&TopicName, i32)> = requested.iter().map(|(t, p, _)| (*t, *p)).collect();
+    let offsets: Vec<(String, i32, CommittedOffset)> = requested
+        .into_iter()
+        .filter(|(topic, partition, _)| partition_exists(broker, topic, *partition))
+        .map(|(topic, partition, offset)| (topic.to_string(), partition, offset))
+        .collect();
+    let written: Vec<(String, i32)> = offsets.iter().map(|(t, p, _)| (t.clone(), *p)).collect();
+    let mut codes = match super::groups::check_coordinator(broker, group_id) {
+        Err(code) => vec![code; offsets.len()],
+        Ok(()) => write(offsets),
     };
     if codes.contains(&0) {
-        if let Err(code) = wait_commit_replicated(broker, &req.group_id).await {
+        if let Err(code) = wait_commit_replicated(broker, group_id).await {
             for c in codes.iter_mut().filter(|c| **c == 0) {
                 *c = code;
             }
         }
     }
-    let code_of = |topic: &str, partition: i32| {
-        keys.iter()
-            .position(|(t, p)| t == topic && *p == partition)
-            .map_or(E::UnknownTopicOrPartition.code(), |i| codes[i])
-    };
+    keys.iter()
+        .map(|(topic, partition)| {
+            written
+                .iter()
+                .position(|(t, p)| t.as_str() == topic.as_str() && p == partition)
+                .map_or(E::UnknownTopicOrPartition.code(), |i| codes[i])
+        })
+        .collect()
+}
+
+pub async fn commit(broker: &Broker, req: OffsetCommitRequest, ctx: &Ctx) -> OffsetCommitResponse {
+    let requested = req
+        .topics
+        .iter()
+        .flat_map(|t| {
+            t.partitions.iter().map(move |p| {
+                let leader_epoch = if ctx.version >= 6 {
+                    p.committed_leader_epoch
+                } else {
+                    -1
+                };
+                let offset = committed_offset(
+                    p.committed_offset,
+                    leader_epoch,
+                    p.committed_metadata.as_ref(),
+                );
+                (&t.name, p.partition_index, offset)
+            })
+        })
+        .collect();
+    let instance = req.group_instance_id.as_ref().map(|i| i.to_string());
+    let mut codes = commit_offsets(broker, &req.group_id, requested, |offsets| {
+        broker.groups.commit_offsets(
+            &req.group_id,
+            req.generation_id_or_member_epoch,
+            &req.member_id,
+            instance.as_deref(),
+            offsets,
+        )
+    })
+    .await
+    .into_iter();
     let topics = req
         .topics
         .iter()
@@ -112,10 +154,11 @@ pub async fn commit(broker: &Broker, req: OffsetCommitRequest, ctx: &Ctx) -> Off
             let partitions = t
                 .partitions
                 .iter()
-                .map(|p| {
+                .zip(codes.by_ref())
+                .map(|(p, code)| {
                     OffsetCommitResponsePartition::default()
                         .with_partition_index(p.partition_index)
-                        .with_error_code(code_of(&t.name, p.partition_index))
+                        .with_error_code(code)
                 })
                 .collect();
             OffsetCommitResponseTopic::default()
@@ -138,31 +181,27 @@ pub async fn txn_commit(
     use kafka_protocol::messages::txn_offset_commit_response::{
         TxnOffsetCommitResponsePartition, TxnOffsetCommitResponseTopic,
     };
-    let mut offsets = Vec::new();
-    for topic in &req.topics {
-        for p in &topic.partitions {
-            if partition_exists(broker, &topic.name, p.partition_index) {
-                let offset = CommittedOffset {
-                    offset: p.committed_offset,
-                    leader_epoch: if ctx.version >= 2 {
-                        p.committed_leader_epoch
-                    } else {
-                        -1
-                    },
-                    metadata: p
-                        .committed_metadata
-                        .as_ref()
-                        .map(|m| m.to_string())
-                        .unwrap_or_default(),
+    let requested = req
+        .topics
+        .iter()
+        .flat_map(|t| {
+            t.partitions.iter().map(move |p| {
+                let leader_epoch = if ctx.version >= 2 {
+                    p.committed_leader_epoch
+                } else {
+                    -1
                 };
-                offsets.push((topic.name.to_string(), p.partition_index, offset));
-            }
-        }
-    }
-    let keys: Vec<(String, i32)> = offsets.iter().map(|(t, p, _)| (t.clone(), *p)).collect();
-    let mut codes = match super::groups::check_coordinator(broker, &req.group_id) {
-        Err(code) => vec![code; offsets.len()],
-        Ok(()) => broker
+                let offset = committed_offset(
+                    p.committed_offset,
+                    leader_epoch,
+                    p.committed_metadata.as_ref(),
+                );
+                (&t.name, p.partition_index, offset)
+            })
+        })
+        .collect();
+    let mut codes = commit_offsets(broker, &req.group_id, requested, |offsets| {
+        broker
             .groups
             .txn_commit_offsets(strom_coordinator::TxnOffsetCommit {
                 group_id: req.group_id.to_string(),
@@ -180,20 +219,10 @@ pub async fn txn_commit(
                 },
                 group_instance_id: req.group_instance_id.as_ref().map(|i| i.to_string()),
                 offsets,
-            }),
-    };
-    if codes.contains(&0) {
-        if let Err(code) = wait_commit_replicated(broker, &req.group_id).await {
-            for c in codes.iter_mut().filter(|c| **c == 0) {
-                *c = code;
-            }
-        }
-    }
-    let code_of = |topic: &str, partition: i32| {
-        keys.iter()
-            .position(|(t, p)| t == topic && *p == partition)
-            .map_or(E::UnknownTopicOrPartition.code(), |i| codes[i])
-    };
+            })
+    })
+    .await
+    .into_iter();
     let topics = req
         .topics
         .iter()
@@ -201,10 +230,11 @@ pub async fn txn_commit(
             let partitions = t
                 .partitions
                 .iter()
-                .map(|p| {
+                .zip(codes.by_ref())
+                .map(|(p, code)| {
                     TxnOffsetCommitResponsePartition::default()
                         .with_partition_index(p.partition_index)
-                        .with_error_code(code_of(&t.name, p.partition_index))
+                        .with_error_code(code)
                 })
                 .collect();
             TxnOffsetCommitResponseTopic::default()

@@ -8,6 +8,13 @@
 //! led by another broker gets
 //! NOT_LEADER_OR_FOLLOWER with, from v10 on, the current leader and its endpoint (KIP-951)
 //! so the client can go there without a metadata round trip.
+//!
+//! Idempotent producers' batches are checked by the log against the producer's state: a
+//! retry of a batch already in the log is answered with the original base offset and no
+//! error (and acks=all still waits until it is replicated), an older producer epoch gets
+//! INVALID_PRODUCER_EPOCH, a sequence that does not follow OUT_OF_ORDER_SEQUENCE_NUMBER, a
+//! non-transactional batch amid the producer's transaction INVALID_TXN_STATE, each with the
+//! log's message.
 
 use kafka_protocol::messages::produce_request::PartitionProduceData;
 use kafka_protocol::messages::produce_response::{
@@ -18,6 +25,7 @@ use kafka_protocol::messages::{BrokerId, ProduceRequest, ProduceResponse};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use strom_protocol::batch;
+use strom_storage::StorageError;
 use tracing::debug;
 
 use std::sync::Arc;
@@ -258,6 +266,9 @@ fn produce_partition(
     let min = (acks == -1).then_some(min_insync_replicas);
     match partition.append_as_leader(bytes, &batches, min, now) {
         Ok((info, leader_epoch)) => {
+            if info.duplicate {
+                debug!(topic = %topic.name, partition = data.index, base_offset = info.first_offset, "a producer's retry of a batch already in the log");
+            }
             let response = PartitionProduceResponse::default()
                 .with_index(data.index)
                 .with_base_offset(info.first_offset)
@@ -290,10 +301,27 @@ fn produce_partition(
             )
         }
         Err(LeaderAppendError::Storage(e)) => {
-            tracing::error!(topic = %topic.name, partition = data.index, error = %e, "append failed");
+            if is_producer_error(&e) {
+                // The producer's mistake (or a zombie's): the client is told, the log is fine.
+                debug!(topic = %topic.name, partition = data.index, error = %e, "refused a producer's batch");
+            } else {
+                tracing::error!(topic = %topic.name, partition = data.index, error = %e, "append failed");
+            }
             (error(data.index, e.error_code(), Some(e.to_string())), None)
         }
     }
+}
+
+/// Whether a failed append was refused for what the producer sent (its epoch, sequence or
+/// transaction state) rather than a failure of the log.
+fn is_producer_error(e: &StorageError) -> bool {
+    matches!(
+        e,
+        StorageError::OutOfOrderSequence(_)
+            | StorageError::InvalidProducerEpoch(_)
+            | StorageError::InvalidTxnState(_)
+            | StorageError::TransactionCoordinatorFenced(_)
+    )
 }
 
 /// A compacted topic takes only keyed records (Kafka's `LogValidator.validateKey`): a

@@ -17,6 +17,7 @@ use kafka_protocol::messages::write_txn_markers_response::{
 };
 use kafka_protocol::messages::{WriteTxnMarkersRequest, WriteTxnMarkersResponse};
 use kafka_protocol::ResponseError as E;
+use strom_coordinator::txn_markers::TxnMarker;
 use strom_storage::producer_state::ControlType;
 use tracing::debug;
 
@@ -26,17 +27,6 @@ use crate::Broker;
 
 /// Longest a marker waits for the in-sync replicas (Kafka uses `request.timeout.ms`).
 const MARKER_REPLICATION_TIMEOUT_MS: u64 = 30_000;
-
-/// One transaction marker to write to some partitions.
-#[derive(Debug, Clone)]
-pub struct TxnMarker {
-    pub producer_id: i64,
-    pub producer_epoch: i16,
-    pub commit: bool,
-    pub coordinator_epoch: i32,
-    /// (topic, partition) pairs.
-    pub partitions: Vec<(String, i32)>,
-}
 
 pub async fn handle(broker: &Broker, req: WriteTxnMarkersRequest) -> WriteTxnMarkersResponse {
     let mut results = Vec::with_capacity(req.markers.len());

@@ -1,7 +1,9 @@
 //! A TCP proxy in front of one broker that the test controls: it reads the first request of
 //! each connection, recognises a follower by its client id (`strom-replica-fetcher-<id>`),
 //! and can cut chosen followers off this broker (closing their connections and refusing new
-//! ones) while clients and other followers pass — a network partition between brokers.
+//! ones) while clients and other followers pass — a network partition between brokers. It
+//! can also cut every client connection open at the moment (followers' stay), as a flaky
+//! network does to producers; clients then reconnect through it.
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -15,6 +17,8 @@ struct State {
     cut: BTreeSet<i32>,
     /// Follower id and both sockets of each open follower connection.
     open: Vec<(i32, TcpStream, TcpStream)>,
+    /// Both sockets of each client (not follower) connection opened since the last cut.
+    clients: Vec<(TcpStream, TcpStream)>,
 }
 
 pub struct Proxy {
@@ -54,6 +58,16 @@ impl Proxy {
     pub fn heal(&self, broker: i32) {
         self.state.lock().unwrap().cut.remove(&broker);
     }
+
+    /// Closes every client connection open now, mid-request or not; returns how many.
+    pub fn cut_clients(&self) -> usize {
+        let mut state = self.state.lock().unwrap();
+        for (a, b) in &state.clients {
+            let _ = a.shutdown(Shutdown::Both);
+            let _ = b.shutdown(Shutdown::Both);
+        }
+        std::mem::take(&mut state.clients).len()
+    }
 }
 
 /// The follower id in a request frame's header, if its client id names one. Header: api key,
@@ -76,16 +90,19 @@ fn forward(mut client: TcpStream, target_port: u16, state: &Mutex<State>) {
     let Ok(mut server) = TcpStream::connect(("127.0.0.1", target_port)) else {
         return;
     };
-    if let Some(id) = follower_of(&frame) {
-        let mut state = state.lock().unwrap();
-        if state.cut.contains(&id) {
-            return;
+    let sockets = (
+        client.try_clone().expect("clone"),
+        server.try_clone().expect("clone"),
+    );
+    match follower_of(&frame) {
+        Some(id) => {
+            let mut state = state.lock().unwrap();
+            if state.cut.contains(&id) {
+                return;
+            }
+            state.open.push((id, sockets.0, sockets.1));
         }
-        state.open.push((
-            id,
-            client.try_clone().expect("clone"),
-            server.try_clone().expect("clone"),
-        ));
+        None => state.lock().unwrap().clients.push(sockets),
     }
     if server.write_all(&size).is_err() || server.write_all(&frame).is_err() {
         return;

@@ -16,7 +16,7 @@ use strom_protocol::batch::{self, BatchInfo, PATCHED_PREFIX_BYTES};
 use strom_protocol::records::BatchHeader;
 use tracing::{info, warn};
 
-use super::{boundary_at_or_below, FilePosition, PartitionLog, ReadBound, View, Writer};
+use super::{boundary_at_or_below, FilePosition, PartitionLog, View, Writer};
 use crate::cleaner::SegmentReader;
 use crate::index::{TxnEntry, TxnIndex};
 use crate::producer_state::{
@@ -25,7 +25,7 @@ use crate::producer_state::{
     NO_PRODUCER_ID,
 };
 use crate::segment::LogSegment;
-use crate::{AbortedTxn, AppendInfo, ReadResult, StorageError};
+use crate::{AbortedTxn, AppendInfo, StorageError};
 
 impl PartitionLog {
     /// Appends a transaction marker for `producer_id` (Kafka's `EndTransactionMarker`, one
@@ -119,23 +119,6 @@ impl PartitionLog {
             log_start_offset,
             duplicate: false,
         })
-    }
-
-    /// Reads like [`read`](Self::read), but only below the last stable offset: what a
-    /// read_committed consumer may see (aborted transactions below it are skipped by the
-    /// consumer, from [`aborted_transactions`](Self::aborted_transactions)).
-    pub fn read_committed(
-        &self,
-        fetch_offset: i64,
-        max_bytes: usize,
-        min_one_batch: bool,
-    ) -> Result<ReadResult, StorageError> {
-        self.read_below(
-            fetch_offset,
-            max_bytes,
-            min_one_batch,
-            ReadBound::LastStable,
-        )
     }
 
     /// The aborted transactions that overlap `[fetch_offset, upper_bound_offset)`, from the

@@ -9,25 +9,19 @@ use proptest::prelude::*;
 use strom_protocol::batch::{patched_prefix, testing, validate_produce, BatchOffsets};
 use strom_protocol::ResponseError;
 
+use super::test_support::{open_log, ranges, read_batches, reopen_log, replicate};
 use super::ABOVE_HIGH_WATERMARK_ENTRIES_MAX;
 use crate::checkpoint::LEADER_EPOCH_FILE;
-use crate::{AppendInfo, LogConfig, LogOffsets, PartitionLog, StorageError};
+use crate::{AppendInfo, LogConfig, LogOffsets, PartitionLog, ReadBound, StorageError};
 
 const NOW_MS: i64 = 1_000;
 
 fn open(dir: &Path, config: LogConfig, clean: bool) -> PartitionLog {
-    PartitionLog::open(dir, "t", 0, config, 0, clean, NOW_MS).expect("open log")
+    open_log(dir, config, clean, NOW_MS)
 }
 
-/// Closes the log (clean) or just drops it (as a crash that kept the page cache), then
-/// opens it again.
 fn reopen(log: PartitionLog, config: LogConfig, clean: bool) -> PartitionLog {
-    let dir = log.dir().to_path_buf();
-    if clean {
-        log.close().expect("close");
-    }
-    drop(log);
-    open(&dir, config, clean)
+    reopen_log(log, config, clean, NOW_MS)
 }
 
 fn small_segments() -> LogConfig {
@@ -70,69 +64,12 @@ fn stored_batch(count: usize, base_offset: i64, leader_epoch: i32, ts: i64) -> V
 
 /// Every stored batch from `offset` to the log end, as bytes, via `read_to_log_end`.
 fn batches_to_log_end(log: &PartitionLog, offset: i64) -> Vec<Vec<u8>> {
-    read_batches(log, offset, true)
+    read_batches(log, offset, ReadBound::LogEnd)
 }
 
 /// Every stored batch from `offset` to the high watermark, via `read`.
 fn committed_batches(log: &PartitionLog, offset: i64) -> Vec<Vec<u8>> {
-    read_batches(log, offset, false)
-}
-
-fn read_batches(log: &PartitionLog, mut offset: i64, to_log_end: bool) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let result = if to_log_end {
-            log.read_to_log_end(offset, 1 << 20, true)
-        } else {
-            log.read(offset, 1 << 20, true)
-        };
-        let Some(slice) = result.expect("read").slice else {
-            break;
-        };
-        let bytes = slice.read_to_vec().expect("slice bytes");
-        let mut at = 0;
-        while let Some(b) = BatchOffsets::parse(&bytes[at..]) {
-            if at + b.size_bytes > bytes.len() {
-                break;
-            }
-            if b.last_offset() >= offset {
-                out.push(bytes[at..at + b.size_bytes].to_vec());
-            }
-            offset = b.last_offset() + 1;
-            at += b.size_bytes;
-        }
-    }
-    out
-}
-
-/// (base offset, record count) of stored batches.
-fn ranges(batches: &[Vec<u8>]) -> Vec<(i64, i64)> {
-    batches
-        .iter()
-        .map(|b| {
-            let o = BatchOffsets::parse(b).expect("batch header");
-            (o.base_offset, o.last_offset() - o.base_offset + 1)
-        })
-        .collect()
-}
-
-/// Copies the leader's log to the follower the way a replica fetcher does: fetches from
-/// the follower's log end with a small `max_bytes`, so responses end with partial batches.
-fn replicate(leader: &PartitionLog, follower: &PartitionLog, max_bytes: usize) {
-    loop {
-        let offset = follower.offsets().log_end_offset;
-        let result = leader
-            .read_to_log_end(offset, max_bytes, true)
-            .expect("leader read");
-        let Some(slice) = result.slice else {
-            break;
-        };
-        let bytes = slice.read_to_vec().expect("slice bytes");
-        follower
-            .append_as_follower(&bytes, NOW_MS)
-            .expect("follower append")
-            .expect("at least one complete batch");
-    }
+    read_batches(log, offset, ReadBound::HighWatermark)
 }
 
 fn log_files(dir: &Path) -> Vec<String> {
@@ -155,7 +92,7 @@ fn a_follower_append_reproduces_the_leaders_bytes_offsets_and_epochs_across_reop
             leader_append(&leader, 1 + i % 3, *epoch, 100 + i as i64);
         }
         let follower = open(follower_dir.path(), small_segments(), false);
-        replicate(&leader, &follower, 150);
+        replicate(&leader, &follower, 150, NOW_MS);
         let expected = batches_to_log_end(&leader, 0);
         assert_eq!(batches_to_log_end(&follower, 0), expected);
         assert_eq!(
@@ -182,7 +119,7 @@ fn a_follower_append_reproduces_the_leaders_bytes_offsets_and_epochs_across_reop
         assert_eq!(follower.epoch_entries(), leader.epoch_entries());
         // The reopened follower keeps replicating.
         leader_append(&leader, 2, 8, 500);
-        replicate(&leader, &follower, 1 << 20);
+        replicate(&leader, &follower, 1 << 20, NOW_MS);
         assert_eq!(
             batches_to_log_end(&follower, 0),
             batches_to_log_end(&leader, 0)

@@ -8,26 +8,21 @@ use std::path::Path;
 use strom_protocol::batch::{testing, validate_produce, BatchOffsets};
 use strom_protocol::ResponseError;
 
+use super::test_support::{open_log, ranges, read_batches, reopen_log, replicate, CrashAfter};
 use crate::producer_state::{list_snapshots, snapshot_path};
 use crate::{
-    AbortedTxn, AppendInfo, ControlType, LogConfig, PartitionLog, ProducerSummary, StorageError,
+    AbortedTxn, AppendInfo, ControlType, LogConfig, PartitionLog, ProducerSummary, ReadBound,
+    StorageError,
 };
 
 const NOW_MS: i64 = 1_000_000;
 
 fn open(dir: &Path, config: LogConfig, clean: bool) -> PartitionLog {
-    PartitionLog::open(dir, "t", 0, config, 0, clean, NOW_MS).expect("open log")
+    open_log(dir, config, clean, NOW_MS)
 }
 
-/// Closes the log (clean) or just drops it (a crash that kept the page cache), then opens
-/// it again.
 fn reopen(log: PartitionLog, config: LogConfig, clean: bool) -> PartitionLog {
-    let dir = log.dir().to_path_buf();
-    if clean {
-        log.close().expect("close");
-    }
-    drop(log);
-    open(&dir, config, clean)
+    reopen_log(log, config, clean, NOW_MS)
 }
 
 fn small_segments() -> LogConfig {
@@ -89,21 +84,8 @@ fn marker(log: &PartitionLog, producer_id: i64, epoch: i16, control: ControlType
 
 /// (base offset, record count) of every batch from the log start to the log end.
 fn stored_ranges(log: &PartitionLog) -> Vec<(i64, i64)> {
-    let mut out = Vec::new();
-    let mut offset = log.offsets().log_start_offset;
-    while let Some(slice) = log.read_to_log_end(offset, 1 << 20, true).unwrap().slice {
-        let bytes = slice.read_to_vec().unwrap();
-        let mut at = 0;
-        while let Some(b) = BatchOffsets::parse(&bytes[at..]) {
-            if at + b.size_bytes > bytes.len() {
-                break;
-            }
-            out.push((b.base_offset, i64::from(b.last_offset_delta) + 1));
-            offset = b.last_offset() + 1;
-            at += b.size_bytes;
-        }
-    }
-    out
+    let log_start_offset = log.offsets().log_start_offset;
+    ranges(&read_batches(log, log_start_offset, ReadBound::LogEnd))
 }
 
 fn summary(log: &PartitionLog, producer_id: i64) -> ProducerSummary {
@@ -483,36 +465,15 @@ fn a_follower_replicates_producer_state_without_refusing_anything() {
     let follower = open(follower_dir.path(), small_segments(), false);
     // A follower's state may be behind the leader's in odd ways: a batch the leader
     // accepted is never refused.
-    let mut offset = 0;
-    while let Some(slice) = leader.read_to_log_end(offset, 300, true).unwrap().slice {
-        let bytes = slice.read_to_vec().unwrap();
-        let info = follower
-            .append_as_follower(&bytes, NOW_MS)
-            .unwrap()
-            .unwrap();
-        offset = info.last_offset + 1;
-    }
+    replicate(&leader, &follower, 300, NOW_MS);
     assert_eq!(follower.producer_summaries(), leader.producer_summaries());
     let follower = reopen(follower, small_segments(), false);
     assert_eq!(follower.producer_summaries(), leader.producer_summaries());
 }
 
 /// The ranges of the batches a read_committed reader gets from `offset` on.
-fn committed_ranges(log: &PartitionLog, mut offset: i64) -> Vec<(i64, i64)> {
-    let mut out = Vec::new();
-    while let Some(slice) = log.read_committed(offset, 1 << 20, true).unwrap().slice {
-        let bytes = slice.read_to_vec().unwrap();
-        let mut at = 0;
-        while let Some(b) = BatchOffsets::parse(&bytes[at..]) {
-            if at + b.size_bytes > bytes.len() {
-                break;
-            }
-            out.push((b.base_offset, i64::from(b.last_offset_delta) + 1));
-            offset = b.last_offset() + 1;
-            at += b.size_bytes;
-        }
-    }
-    out
+fn committed_ranges(log: &PartitionLog, offset: i64) -> Vec<(i64, i64)> {
+    ranges(&read_batches(log, offset, ReadBound::LastStable))
 }
 
 /// The last stable offset, checked against what read_committed returns: everything below
@@ -528,7 +489,9 @@ fn last_stable(log: &PartitionLog) -> i64 {
         .map_or(offsets.log_start_offset, |&(base, count)| base + count);
     assert_eq!(end, lso, "read_committed stops at the last stable offset");
     assert_eq!(
-        log.read_committed(lso, 1 << 20, true).unwrap().offsets,
+        log.read_up_to(lso, 1 << 20, true, ReadBound::LastStable)
+            .unwrap()
+            .offsets,
         offsets
     );
     lso
@@ -772,15 +735,7 @@ fn a_follower_gets_the_leaders_markers_aborted_transactions_and_last_stable_offs
     interleaved_transactions(&leader);
     append_txn(&leader, 4, 0, 0, 1);
     let follower = open(follower_dir.path(), small_segments(), false);
-    let mut offset = 0;
-    while let Some(slice) = leader.read_to_log_end(offset, 250, true).unwrap().slice {
-        let bytes = slice.read_to_vec().unwrap();
-        let info = follower
-            .append_as_follower(&bytes, NOW_MS)
-            .unwrap()
-            .unwrap();
-        offset = info.last_offset + 1;
-    }
+    replicate(&leader, &follower, 250, NOW_MS);
     let end = leader.offsets().log_end_offset;
     follower.update_high_watermark(leader.offsets().high_watermark);
     leader.update_high_watermark(end);
@@ -965,29 +920,6 @@ fn compaction_keeps_markers_producers_last_batches_and_aborted_transactions() {
     check(&log, "after a clean close");
     let log = reopen(log, small_segments(), false);
     check(&log, "after a crash");
-}
-
-/// Crashes a cleaning right after one swap step (after `countdown` earlier occurrences).
-struct CrashAfter {
-    step: crate::cleaner::SwapStep,
-    countdown: usize,
-}
-
-impl crate::cleaner::CleanerProgress for CrashAfter {
-    fn advance(&mut self, _bytes: u64) -> bool {
-        true
-    }
-
-    fn crash_after(&mut self, step: crate::cleaner::SwapStep) -> bool {
-        if step != self.step {
-            return false;
-        }
-        if self.countdown > 0 {
-            self.countdown -= 1;
-            return false;
-        }
-        true
-    }
 }
 
 #[test]

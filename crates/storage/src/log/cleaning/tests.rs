@@ -10,6 +10,7 @@ use strom_protocol::records::testing::batch;
 use strom_protocol::records::{RecordReader, DECOMPRESSED_BATCH_BYTES_MAX};
 
 use crate::cleaner::{CleanOutcome, CleanerProgress, CompactionConfig, OffsetMap, SwapStep};
+use crate::log::test_support::CrashAfter;
 use crate::{LogConfig, PartitionLog};
 
 const NOW_MS: i64 = 1_700_000_000_000;
@@ -358,30 +359,6 @@ fn a_reader_of_replaced_segments_keeps_reading_them() {
     );
     let new = log.read(0, 1 << 20, true).unwrap().slice.expect("bytes");
     assert_ne!(new.read_to_vec().unwrap(), old_bytes);
-}
-
-/// Crashes the cleaning right after one swap step.
-struct CrashAfter {
-    step: SwapStep,
-    /// For `OldDeleted`: how many replaced segments are deleted before the crash.
-    countdown: usize,
-}
-
-impl CleanerProgress for CrashAfter {
-    fn advance(&mut self, _bytes: u64) -> bool {
-        true
-    }
-
-    fn crash_after(&mut self, step: SwapStep) -> bool {
-        if step != self.step {
-            return false;
-        }
-        if self.countdown > 0 {
-            self.countdown -= 1;
-            return false;
-        }
-        true
-    }
 }
 
 const STEPS: [SwapStep; 6] = [
