@@ -119,6 +119,10 @@ struct ProduceArgs {
     /// reports the commit latency too.
     #[arg(long, default_value_t = 0)]
     transaction_records: u64,
+    /// A librdkafka producer setting, `key=value`, applied after the others; may be
+    /// repeated (`--producer-config retry.backoff.ms=20`, `--producer-config debug=eos`).
+    #[arg(long = "producer-config", value_name = "KEY=VALUE")]
+    producer_configs: Vec<String>,
 }
 
 #[derive(clap::Args)]
@@ -258,32 +262,58 @@ fn produce(a: ProduceArgs) -> anyhow::Result<()> {
         1, 60_000_000, 3,
     )?));
     let failures = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let commits = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
-        1, 60_000_000, 3,
-    )?));
+    let commits = Arc::new(Mutex::new(CommitTimes {
+        commit: Histogram::new_with_bounds(1, 60_000_000, 3)?,
+        end_txn: Histogram::new_with_bounds(1, 60_000_000, 3)?,
+    }));
     let producers = a.producers.max(1);
+    // Producers are created and ready before the clock starts: an idempotent librdkafka
+    // producer asks for its producer id only on a 500 ms retry timer when no connection is
+    // up yet, which would otherwise show as a half-second stall at the start of every run.
+    let ready: Vec<_> = (0..producers)
+        .map(|n| {
+            let context = LatencyContext {
+                histogram: Arc::clone(&histogram),
+                failures: Arc::clone(&failures),
+            };
+            ready_producer(&a, n, context)
+        })
+        .collect::<anyhow::Result<_>>()?;
+    if failures.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+        bail!("a warm-up record was not delivered");
+    }
+    histogram
+        .lock()
+        .map_err(|_| anyhow::anyhow!("histogram poisoned"))?
+        .reset();
     let cpu_before = a.common.broker_pid.and_then(process_cpu_seconds);
     let started = Instant::now();
-    std::thread::scope(|scope| -> anyhow::Result<()> {
-        let workers: Vec<_> = (0..producers)
-            .map(|n| {
+    // The producers come back from their threads and are dropped only after the clock
+    // stops: dropping a ThreadedProducer joins its polling thread, which can take up to
+    // the 100 ms of that thread's poll.
+    let finished = std::thread::scope(|scope| -> anyhow::Result<Vec<_>> {
+        let workers: Vec<_> = ready
+            .into_iter()
+            .zip(0..producers)
+            .map(|(producer, n)| {
                 let records = a.records / producers + u64::from(n < a.records % producers);
-                let context = LatencyContext {
-                    histogram: Arc::clone(&histogram),
-                    failures: Arc::clone(&failures),
-                };
                 let a = &a;
                 let commits = Arc::clone(&commits);
-                scope.spawn(move || produce_share(a, n, context, records, started, &commits))
+                scope.spawn(move || {
+                    produce_share(a, &producer, records, started, &commits).map(|()| producer)
+                })
             })
             .collect();
-        for w in workers {
-            w.join()
-                .map_err(|_| anyhow::anyhow!("producer thread panicked"))??;
-        }
-        Ok(())
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join()
+                    .map_err(|_| anyhow::anyhow!("producer thread panicked"))?
+            })
+            .collect()
     })?;
     let elapsed = started.elapsed().as_secs_f64();
+    drop(finished);
     let cpu = cpu_used(a.common.broker_pid, cpu_before, elapsed);
     let h = histogram
         .lock()
@@ -297,11 +327,15 @@ fn produce(a: ProduceArgs) -> anyhow::Result<()> {
                 .lock()
                 .map_err(|_| anyhow::anyhow!("histogram poisoned"))?;
             format!(
-                " transactional records_per_txn={n} transactions={} commit_ms p50={:.2} p99={:.2} max={:.2}",
-                c.len(),
-                c.value_at_quantile(0.5) as f64 / 1000.0,
-                c.value_at_quantile(0.99) as f64 / 1000.0,
-                c.max() as f64 / 1000.0,
+                " transactional records_per_txn={n} transactions={} commit_ms p50={:.2} p99={:.2} max={:.2} \
+                 end_txn_ms p50={:.2} p99={:.2} max={:.2}",
+                c.commit.len(),
+                c.commit.value_at_quantile(0.5) as f64 / 1000.0,
+                c.commit.value_at_quantile(0.99) as f64 / 1000.0,
+                c.commit.max() as f64 / 1000.0,
+                c.end_txn.value_at_quantile(0.5) as f64 / 1000.0,
+                c.end_txn.value_at_quantile(0.99) as f64 / 1000.0,
+                c.end_txn.max() as f64 / 1000.0,
             )
         }
     };
@@ -328,16 +362,25 @@ fn produce(a: ProduceArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One producer's share: `records` records at `rate / producers` per second; producer `n`
-/// of the run, which names its transactional id. Transaction commit times go to `commits`.
-fn produce_share(
+const TXN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long transaction commits took, in microseconds: `commit` from the call until the
+/// commit is acknowledged (waiting for the transaction's outstanding records included, as
+/// an application sees it), `end_txn` only the EndTxn exchange once nothing is outstanding.
+struct CommitTimes {
+    commit: Histogram<u64>,
+    end_txn: Histogram<u64>,
+}
+
+/// Producer `n` of the run (which names its transactional id), ready to send: a
+/// transactional one has its producer id from `init_transactions`, any other has delivered
+/// one warm-up record to the topic (so its connection, metadata and, when idempotent, its
+/// producer id are in place). The warm-up record is not among the `--records` measured.
+fn ready_producer(
     a: &ProduceArgs,
     n: u64,
     context: LatencyContext,
-    records: u64,
-    started: Instant,
-    commits: &Mutex<Histogram<u64>>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<ThreadedProducer<LatencyContext>> {
     let transactional = a.transaction_records > 0;
     let mut config = ClientConfig::new();
     config
@@ -355,20 +398,54 @@ fn produce_share(
     if transactional {
         config.set("transactional.id", format!("strom-bench-{n}"));
     }
+    for setting in &a.producer_configs {
+        let (key, value) = setting
+            .split_once('=')
+            .with_context(|| format!("--producer-config {setting}: expected KEY=VALUE"))?;
+        config.set(key, value);
+    }
     let producer: ThreadedProducer<LatencyContext> = config
         .create_with_context(context)
         .context("creating producer")?;
-    const TXN_TIMEOUT: Duration = Duration::from_secs(60);
     if transactional {
         producer.init_transactions(TXN_TIMEOUT)?;
+        return Ok(producer);
+    }
+    let key = n.to_be_bytes();
+    producer
+        .send(
+            BaseRecord::with_opaque_to(&a.common.topic, Box::new(Instant::now()))
+                .payload(&b"warm-up"[..])
+                .key(&key[..]),
+        )
+        .map_err(|(e, _)| anyhow::anyhow!("warm-up record: {e}"))?;
+    producer.flush(TXN_TIMEOUT)?;
+    Ok(producer)
+}
+
+/// One producer's share: `records` records at `rate / producers` per second, a transaction
+/// committed every `--transaction-records` when the producer is transactional; commit times
+/// go to `commits`.
+fn produce_share(
+    a: &ProduceArgs,
+    producer: &ThreadedProducer<LatencyContext>,
+    records: u64,
+    started: Instant,
+    commits: &Mutex<CommitTimes>,
+) -> anyhow::Result<()> {
+    let transactional = a.transaction_records > 0;
+    if transactional {
         producer.begin_transaction()?;
     }
     let commit = |producer: &ThreadedProducer<LatencyContext>| -> anyhow::Result<()> {
         let start = Instant::now();
+        wait_delivered(producer, TXN_TIMEOUT)?;
+        let end_txn_start = Instant::now();
         producer.commit_transaction(TXN_TIMEOUT)?;
-        let micros = start.elapsed().as_micros() as u64;
-        if let Ok(mut h) = commits.lock() {
-            let _ = h.record(micros.max(1));
+        let micros = |since: Instant| (since.elapsed().as_micros() as u64).max(1);
+        if let Ok(mut c) = commits.lock() {
+            let _ = c.commit.record(micros(start));
+            let _ = c.end_txn.record(micros(end_txn_start));
         }
         Ok(())
     };
@@ -399,16 +476,37 @@ fn produce_share(
             }
         }
         if transactional && (i + 1).is_multiple_of(a.transaction_records) {
-            commit(&producer)?;
+            commit(producer)?;
             if i + 1 < records {
                 producer.begin_transaction()?;
             }
         }
     }
     if transactional && !records.is_multiple_of(a.transaction_records) {
-        commit(&producer)?;
+        commit(producer)?;
     }
+    wait_delivered(producer, Duration::from_secs(300))?;
     producer.flush(Duration::from_secs(300))?;
+    Ok(())
+}
+
+/// Waits until every record sent has been delivered and its report served. rust-rdkafka's
+/// `flush`, which `commit_transaction` calls first, polls for up to 100 ms whenever a record
+/// is still outstanding, and on a `ThreadedProducer` the reports are served by the
+/// producer's own thread, so that poll sleeps the whole 100 ms: every commit would take
+/// 100 ms more on any broker (and every run's end up to 100 ms late). With nothing
+/// outstanding its flush returns at once.
+fn wait_delivered(
+    producer: &ThreadedProducer<LatencyContext>,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while producer.in_flight_count() > 0 {
+        if Instant::now() > deadline {
+            bail!("records still in flight after {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_micros(50));
+    }
     Ok(())
 }
 
