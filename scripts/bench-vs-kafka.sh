@@ -15,28 +15,7 @@ repeats="${REPEATS:-3}"
 strom_port=39092
 kafka_port=49092
 
-start_broker() {
-    case "$1" in
-        strom)
-            rm -rf "$work/strom"; mkdir -p "$work/strom"
-            "$strom" server --override "listeners=PLAINTEXT://127.0.0.1:$strom_port" --override "log.dirs=$work/strom/logs" \
-                > "$work/strom/out" 2> "$work/strom/err" &
-            echo $! > "$work/strom/pid"
-            until grep -q "strom listening" "$work/strom/out" 2>/dev/null; do sleep 0.1; done
-            port=$strom_port; pid=$(cat "$work/strom/pid") ;;
-        kafka)
-            rm -rf "$work/kafka"
-            scripts/kafka-reference.sh start "$kafka_port" "$work/kafka" >/dev/null
-            port=$kafka_port; pid=$(cat "$work/kafka/kafka.pid") ;;
-    esac
-}
-
-stop_broker() {
-    case "$1" in
-        strom) kill "$(cat "$work/strom/pid")"; wait "$(cat "$work/strom/pid")" 2>/dev/null || true ;;
-        kafka) scripts/kafka-reference.sh stop "$work/kafka" ;;
-    esac
-}
+source "$root/scripts/lib/brokers.sh"
 
 # Each run starts with the previous run's dirty pages written back, so that writeback of one
 # run's gigabyte does not land in the next one's measurement.
