@@ -6,6 +6,7 @@
 #   PART=idempotence BROKERS=strom ROUNDS=1 scripts/bench-producers.sh
 #   PART=transactions scripts/bench-producers.sh
 #   PART=transactions PRODUCER_ARGS="--producer-config linger.ms=0" scripts/bench-producers.sh
+#   PART=transactions BROKERS=strom STROM_ARGS="--override transaction.partition.verification.enable=false" scripts/bench-producers.sh
 # idempotence: plain against idempotent producers (acks=all), the two back to back on the same
 # broker, in an order swapped every round. transactions: an idempotent baseline, then a
 # transactional producer committing every 1,000 and every 100 records.

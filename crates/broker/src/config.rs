@@ -92,6 +92,7 @@ static KEYS: &[KeyDef] = &[
     key("quota.window.num", "11", I, Check::AtLeast(1), "Windows a client quota's rate is measured over."),
     key("quota.window.size.seconds", "1", I, Check::AtLeast(1), "Length of one client quota window."),
     key("producer.id.expiration.ms", "86400000", I, Check::AtLeast(1), "The time in ms that a topic partition leader will wait before expiring producer IDs."),
+    key("transaction.partition.verification.enable", "true", B, Check::Bool, "Enable verification that checks that the partition has been added to the transaction before writing transactional records to the partition."),
     key("producer.id.expiration.check.interval.ms", "600000", I, Check::AtLeast(1), "The interval at which to remove producer IDs that have expired due to producer.id.expiration.ms passing."),
     key(
         "node.id",
@@ -630,6 +631,9 @@ pub struct BrokerConfig {
     pub log_retention_check_interval_ms: i64,
     /// The log cleaner (`log.cleaner.*`).
     pub log_cleaner_enable: bool,
+    /// `transaction.partition.verification.enable` as `server.properties` sets it (a
+    /// dynamic broker config: [`crate::txn_verification::Verifier`] follows it).
+    pub transaction_partition_verification_enable: bool,
     pub log_cleaner_threads: i32,
     pub log_cleaner_backoff_ms: i64,
     pub log_cleaner_dedupe_buffer_size: i64,
@@ -821,6 +825,9 @@ impl BrokerConfig {
             log_retention_ms: retention,
             log_retention_check_interval_ms: int("log.retention.check.interval.ms"),
             log_cleaner_enable: values["log.cleaner.enable"].eq_ignore_ascii_case("true"),
+            transaction_partition_verification_enable: values
+                ["transaction.partition.verification.enable"]
+                .eq_ignore_ascii_case("true"),
             log_cleaner_threads: int("log.cleaner.threads") as i32,
             log_cleaner_backoff_ms: int("log.cleaner.backoff.ms"),
             log_cleaner_dedupe_buffer_size: int("log.cleaner.dedupe.buffer.size"),

@@ -119,7 +119,10 @@ fn synonym_def(name: &'static str, topic_def: &topic_config::TopicConfigDef) -> 
 }
 
 /// Dynamic broker configs that are not topic synonyms and that Strom follows at runtime.
-const ENFORCED_OTHER: &[&str] = &["producer.id.expiration.ms"];
+const ENFORCED_OTHER: &[&str] = &[
+    "producer.id.expiration.ms",
+    "transaction.partition.verification.enable",
+];
 
 /// Whether a dynamic broker config changes behaviour today (through the topic config it is
 /// the default of, or read where it applies); the others are stored and described only.

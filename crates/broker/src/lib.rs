@@ -36,6 +36,7 @@ pub mod topic_config;
 pub mod topics;
 pub mod transaction_state;
 pub mod txn_markers;
+pub mod txn_verification;
 
 use std::sync::Arc;
 
@@ -70,6 +71,9 @@ pub struct Broker {
     pub isr_changes: tokio::sync::mpsc::Sender<replication::IsrChange>,
     /// Producer ids for InitProducerId, from blocks the controller gave this broker.
     pub producer_ids: Arc<producer_ids::ProducerIdManager>,
+    /// Asks transaction coordinators before a transactional batch starts a transaction
+    /// on a partition this broker leads (KIP-890 part 1).
+    pub txn_verifier: Arc<txn_verification::Verifier>,
     /// Flips to `true` when the broker shuts down; long waits watch it.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
 }

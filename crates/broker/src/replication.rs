@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use strom_controller::service::{ControllerRequest, ControllerResponse};
 use strom_metadata::image::PartitionImage;
-use strom_storage::{AppendInfo, PartitionLog, StorageError};
+use strom_storage::{AppendInfo, PartitionLog, StorageError, TxnVerification};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 use uuid::Uuid;
@@ -173,15 +173,18 @@ impl Partition {
     /// change of leadership never interleaves with a leader's append (Kafka's
     /// `leaderIsrUpdateLock`). With `min_insync_replicas` (acks=all), refuses when the ISR
     /// is smaller. Returns what was appended and the leader epoch it was stamped with.
+    /// `verification` decides whether a transactional batch may start a transaction
+    /// (KIP-890 part 1, [`PartitionLog::append_as_leader_verified`]).
     pub fn append_as_leader(
         &self,
         records: &[u8],
         batches: &[strom_protocol::batch::BatchInfo],
         min_insync_replicas: Option<i32>,
         now_ms: i64,
+        verification: TxnVerification,
     ) -> Result<(AppendInfo, i32), LeaderAppendError> {
         self.append_led(None, min_insync_replicas, |log, leader_epoch| {
-            log.append_as_leader(records, batches, leader_epoch, now_ms)
+            log.append_as_leader_verified(records, batches, leader_epoch, now_ms, verification)
         })
     }
 

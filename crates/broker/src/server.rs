@@ -138,10 +138,14 @@ pub async fn run(
             read_bytes: config.transaction_state_log_load_buffer_size.max(1) as usize,
         },
     ));
+    let txn_verifier = Arc::new(crate::txn_verification::Verifier::new(&config));
     {
         let offsets = Arc::clone(&offsets_loader);
         let transactions = Arc::clone(&txn_loader);
+        let verifier = Arc::clone(&txn_verifier);
+        let static_config = Arc::clone(&config);
         topics.set_on_applied(Arc::new(move |topics| {
+            verifier.refresh(&static_config, &topics.image().image);
             if let Err(e) = offsets.sync(topics) {
                 error!(error = %e, "loading {} failed", consumer_offsets::TOPIC);
             }
@@ -150,6 +154,7 @@ pub async fn run(
             }
         }));
     }
+    txn_verifier.refresh(&config, &topics.image().image);
     tokio::task::block_in_place(|| offsets_loader.sync(&topics))?;
     tokio::task::block_in_place(|| txn_loader.sync(&topics))?;
     let (isr_changes, isr_queue) = tokio::sync::mpsc::channel(crate::replication::ISR_CHANGES_MAX);
@@ -163,6 +168,7 @@ pub async fn run(
         txns,
         txn_loader,
         producer_ids,
+        txn_verifier,
         node_id: config.node_id,
         cluster_id: cluster_id.clone(),
         advertised_host,

@@ -50,7 +50,7 @@ use strom_controller::service::{self, AlterPartition};
 use strom_metadata::image::PartitionImage;
 use strom_metadata::{MetadataImage, MetadataRecord};
 use strom_protocol::batch;
-use strom_storage::{LogConfig, PartitionLog};
+use strom_storage::{LogConfig, PartitionLog, TxnVerification};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
@@ -535,8 +535,13 @@ impl Sim {
         let process = self.process(id).expect("leader runs");
         let incarnation = process.incarnation;
         let partition = Arc::clone(process.partition.as_ref().expect("open"));
-        match partition.append_as_leader(&records, &batches, Some(MIN_INSYNC_REPLICAS), self.now_ms)
-        {
+        match partition.append_as_leader(
+            &records,
+            &batches,
+            Some(MIN_INSYNC_REPLICAS),
+            self.now_ms,
+            TxnVerification::Off,
+        ) {
             Ok((info, leader_epoch)) => {
                 let mut bytes = records.clone();
                 bytes[0..8].copy_from_slice(&info.first_offset.to_be_bytes());
@@ -1471,7 +1476,7 @@ mod regressions {
             let records = batch::testing::batch(&[value.as_bytes()], START_MS);
             let batches = batch::validate_produce(&records, 1 << 20).expect("valid");
             partition
-                .append_as_leader(&records, &batches, None, START_MS)
+                .append_as_leader(&records, &batches, None, START_MS, TxnVerification::Off)
                 .expect("leader append");
         }
     }
@@ -1700,7 +1705,7 @@ mod regressions {
             let value = format!("rewritten {i} {}", "x".repeat(i * 7));
             let records = batch::testing::batch(&[value.as_bytes()], START_MS);
             let batches = batch::validate_produce(&records, 1 << 20).expect("valid");
-            p.append_as_leader(&records, &batches, None, START_MS)
+            p.append_as_leader(&records, &batches, None, START_MS, TxnVerification::Off)
                 .expect("appended");
         }
         let before = read_batches(&p.log, 0, i64::MAX);

@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::cluster::Cluster;
+use common::raw::{latest_offset, READ_COMMITTED, READ_UNCOMMITTED};
 use common::{Broker, RawClient};
 use kafka_protocol::messages::{ApiKey, FindCoordinatorRequest, FindCoordinatorResponse};
 use kafka_protocol::protocol::StrBytes;
@@ -424,29 +425,13 @@ fn raw_fetch(
     (p.high_watermark, p.last_stable_offset, aborted, offsets)
 }
 
-/// ListOffsets v5 latest of `topic`-0 with `isolation_level`.
+/// ListOffsets latest of `topic`-0 with `isolation_level`.
 fn raw_latest(addr: &str, topic: &str, isolation_level: i8) -> i64 {
-    use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
-    use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse, TopicName};
-    let mut client = RawClient::connect(addr);
-    let request = ListOffsetsRequest::default()
-        .with_isolation_level(isolation_level)
-        .with_topics(vec![ListOffsetsTopic::default()
-            .with_name(TopicName(StrBytes::from_string(topic.to_string())))
-            .with_partitions(vec![ListOffsetsPartition::default()
-                .with_partition_index(0)
-                .with_timestamp(-1)])]);
-    client.send(ApiKey::ListOffsets, 5, &request);
-    let response: ListOffsetsResponse = client.recv(5);
-    let p = &response.topics[0].partitions[0];
-    assert_eq!(p.error_code, 0, "{p:?}");
-    p.offset
+    latest_offset(&mut RawClient::connect(addr), topic, 0, isolation_level)
 }
 
 #[test]
 fn an_open_transaction_holds_back_the_last_stable_offset_and_an_aborted_one_is_listed() {
-    const READ_UNCOMMITTED: i8 = 0;
-    const READ_COMMITTED: i8 = 1;
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(dir.path(), &[]);
     let topic = "txn-lso";

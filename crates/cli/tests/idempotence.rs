@@ -18,27 +18,19 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
 use common::clients::{consume_all, create_topic_with, java_step};
 use common::cluster::{free_port, Cluster};
 use common::proxy::Proxy;
+use common::raw::{
+    latest_offset, produce_batch, producer_batch, set_cluster_broker_config, READ_UNCOMMITTED,
+};
 use common::{Broker, RawClient};
 use kafka_protocol::messages::describe_producers_request::TopicRequest;
-use kafka_protocol::messages::incremental_alter_configs_request::{
-    AlterConfigsResource, AlterableConfig,
-};
-use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    ApiKey, BrokerId, DescribeProducersRequest, DescribeProducersResponse,
-    IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse, InitProducerIdRequest,
-    InitProducerIdResponse, ListOffsetsRequest, ListOffsetsResponse, ProduceRequest,
-    ProduceResponse, ProducerId, TopicName, TransactionalId,
+    ApiKey, DescribeProducersRequest, DescribeProducersResponse, InitProducerIdRequest,
+    InitProducerIdResponse, ProducerId, TopicName, TransactionalId,
 };
 use kafka_protocol::protocol::StrBytes;
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
 use kafka_protocol::ResponseError as E;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -416,16 +408,7 @@ fn cut_as_it_goes(
 
 /// The log end offset of partition 0 of `topic` (ListOffsets, latest).
 fn log_end(client: &mut RawClient, topic: &str) -> i64 {
-    let request = ListOffsetsRequest::default()
-        .with_replica_id(BrokerId(-1))
-        .with_topics(vec![ListOffsetsTopic::default()
-            .with_name(TopicName(StrBytes::from_string(topic.to_string())))
-            .with_partitions(vec![ListOffsetsPartition::default()
-                .with_partition_index(0)
-                .with_timestamp(-1)])]);
-    client.send(ApiKey::ListOffsets, 7, &request);
-    let response: ListOffsetsResponse = client.recv(7);
-    response.topics[0].partitions[0].offset
+    latest_offset(client, topic, 0, READ_UNCOMMITTED)
 }
 
 #[test]
@@ -574,65 +557,6 @@ fn the_java_client_is_idempotent_by_default_and_its_cut_stream_is_stored_exactly
     eprintln!("{COUNT} records from the Java client through {cuts} cuts");
 }
 
-/// One idempotent record batch: `values` from `base_sequence` on.
-fn idempotent_batch(
-    producer_id: i64,
-    producer_epoch: i16,
-    base_sequence: i32,
-    values: &[&str],
-) -> Bytes {
-    let records: Vec<Record> = values
-        .iter()
-        .enumerate()
-        .map(|(i, v)| Record {
-            transactional: false,
-            control: false,
-            partition_leader_epoch: -1,
-            producer_id,
-            producer_epoch,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            sequence: base_sequence + i as i32,
-            timestamp: now_ms(),
-            key: None,
-            value: Some(Bytes::from(v.to_string())),
-            headers: Default::default(),
-            delete_horizon: false,
-        })
-        .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .expect("encode batch");
-    buf.freeze()
-}
-
-/// Produces one batch (v11, acks=-1); the partition's error code, message and base offset.
-fn produce_batch(client: &mut RawClient, topic: &str, batch: Bytes) -> (i16, Option<String>, i64) {
-    let request = ProduceRequest::default()
-        .with_acks(-1)
-        .with_timeout_ms(5_000)
-        .with_topic_data(vec![TopicProduceData::default()
-            .with_name(TopicName(StrBytes::from_string(topic.to_string())))
-            .with_partition_data(vec![PartitionProduceData::default()
-                .with_index(0)
-                .with_records(Some(batch))])]);
-    client.send(ApiKey::Produce, 11, &request);
-    let response: ProduceResponse = client.recv(11);
-    let p = &response.responses[0].partition_responses[0];
-    (
-        p.error_code,
-        p.error_message.as_ref().map(|m| m.to_string()),
-        p.base_offset,
-    )
-}
-
 #[test]
 fn retries_are_answered_with_the_original_offset_and_bad_sequences_or_epochs_get_kafkas_errors() {
     let dir = tempfile::tempdir().unwrap();
@@ -643,28 +567,38 @@ fn retries_are_answered_with_the_original_offset_and_bad_sequences_or_epochs_get
     let (pid, _) = init_producer_id(&mut client, 4, (-1, -1));
 
     assert_eq!(
-        produce_batch(&mut client, topic, idempotent_batch(pid, 0, 0, &["a", "b"])),
+        produce_batch(
+            &mut client,
+            topic,
+            producer_batch(pid, 0, 0, &["a", "b"], false)
+        ),
         (0, None, 0)
     );
     assert_eq!(
-        produce_batch(&mut client, topic, idempotent_batch(pid, 0, 2, &["c"])),
+        produce_batch(&mut client, topic, producer_batch(pid, 0, 2, &["c"], false)),
         (0, None, 2)
     );
     // A retry of an appended batch: no error, its original offset, nothing written.
     assert_eq!(
-        produce_batch(&mut client, topic, idempotent_batch(pid, 0, 0, &["a", "b"])),
+        produce_batch(
+            &mut client,
+            topic,
+            producer_batch(pid, 0, 0, &["a", "b"], false)
+        ),
         (0, None, 0)
     );
     // A gap in the sequence.
-    let (code, message, _) = produce_batch(&mut client, topic, idempotent_batch(pid, 0, 7, &["x"]));
+    let (code, message, _) =
+        produce_batch(&mut client, topic, producer_batch(pid, 0, 7, &["x"], false));
     assert_eq!(code, E::OutOfOrderSequenceNumber.code(), "{message:?}");
     assert!(message.is_some_and(|m| !m.is_empty()), "a message says why");
     // A new epoch starts at sequence 0; the old epoch is fenced from then on.
     assert_eq!(
-        produce_batch(&mut client, topic, idempotent_batch(pid, 1, 0, &["d"])),
+        produce_batch(&mut client, topic, producer_batch(pid, 1, 0, &["d"], false)),
         (0, None, 3)
     );
-    let (code, message, _) = produce_batch(&mut client, topic, idempotent_batch(pid, 0, 3, &["y"]));
+    let (code, message, _) =
+        produce_batch(&mut client, topic, producer_batch(pid, 0, 3, &["y"], false));
     assert_eq!(code, E::InvalidProducerEpoch.code(), "{message:?}");
     assert!(message.is_some_and(|m| !m.is_empty()), "a message says why");
 
@@ -675,13 +609,6 @@ fn retries_are_answered_with_the_original_offset_and_bad_sequences_or_epochs_get
         vec![(0, 2), (2, 1), (3, 1)],
         "only the good batches, once"
     );
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_millis() as i64
 }
 
 /// A producer as DescribeProducers shows it: id, epoch, last sequence, coordinator epoch,
@@ -755,7 +682,7 @@ fn describe_producers_shows_every_replicas_producers_until_the_dynamic_expiratio
         produce_batch(
             &mut client,
             topic,
-            idempotent_batch(pid, 0, 0, &["a", "b", "c"])
+            producer_batch(pid, 0, 0, &["a", "b", "c"], false)
         ),
         (0, None, 0)
     );
@@ -783,18 +710,7 @@ fn describe_producers_shows_every_replicas_producers_until_the_dynamic_expiratio
 
     // producer.id.expiration.ms, set for the whole cluster at runtime: both replicas forget
     // the producer once it has been quiet that long.
-    let request = IncrementalAlterConfigsRequest::default().with_resources(vec![
-        AlterConfigsResource::default()
-            .with_resource_type(4)
-            .with_resource_name(StrBytes::from_static_str(""))
-            .with_configs(vec![AlterableConfig::default()
-                .with_name(StrBytes::from_static_str("producer.id.expiration.ms"))
-                .with_config_operation(0)
-                .with_value(Some(StrBytes::from_static_str("1000")))]),
-    ]);
-    client.send(ApiKey::IncrementalAlterConfigs, 1, &request);
-    let response: IncrementalAlterConfigsResponse = client.recv(1);
-    assert_eq!(response.responses[0].error_code, 0, "{response:?}");
+    set_cluster_broker_config(&mut client, "producer.id.expiration.ms", "1000");
     for replica in [leader, follower] {
         cluster.wait_for("the producer to expire", WAIT, || {
             describe_producers(&cluster.addr(replica), topic, &[0]) == vec![(0, vec![])]

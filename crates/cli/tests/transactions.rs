@@ -2,7 +2,9 @@
 //! for transactional ids, InitProducerId, AddPartitionsToTxn (client and batched
 //! verify-only forms), AddOffsetsToTxn, EndTxn, DescribeTransactions and ListTransactions
 //! with Kafka's error codes, state kept across a restart and a coordinator failover, and
-//! timed-out transactions aborted with the producer fenced. With librdkafka: a transactional
+//! timed-out transactions aborted with the producer fenced; partition leaders verify a
+//! transaction's first batch with its coordinator (KIP-890 part 1), so a stray or late
+//! transactional batch never opens a transaction. With librdkafka: a transactional
 //! producer's committed records reach read_committed consumers and aborted ones never do,
 //! offsets sent to a transaction commit with it, and markers reach partition leaders on
 //! other brokers.
@@ -13,6 +15,10 @@ use std::time::{Duration, Instant};
 
 use common::clients::{create_topic, create_topic_with};
 use common::cluster::Cluster;
+use common::raw::{
+    latest_offset, produce_to, producer_batch, set_cluster_broker_config, READ_COMMITTED,
+    READ_UNCOMMITTED,
+};
 use common::{Broker, RawClient};
 use kafka_protocol::messages::add_partitions_to_txn_request::{
     AddPartitionsToTxnTopic, AddPartitionsToTxnTransaction,
@@ -698,4 +704,146 @@ fn markers_reach_partition_leaders_on_every_broker_of_a_cluster() {
         .flat_map(|t| t.partitions.iter().map(|p| p.leader_id.0))
         .collect();
     assert!(leaders.len() > 1, "leaders {leaders:?}");
+}
+
+#[test]
+fn a_transactional_batch_outside_its_transaction_is_refused_and_leaves_no_transaction_hanging() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::combined(dir.path(), 3);
+    let topic = "verified";
+    create_topic_with(&cluster.bootstrap(), topic, 6, 1, &[]);
+    let mut c = RawClient::connect(&cluster.addr(1));
+    let coordinator = find_txn_coordinator(&mut c, "v-1");
+    let mut coord = RawClient::connect(&cluster.addr(coordinator));
+    let producer = init_ok(&mut coord, "v-1", 60_000);
+    // Six partitions over three brokers: the coordinator leads some, others lead the rest.
+    let leaders: std::collections::BTreeMap<i32, i32> = cluster
+        .metadata(coordinator)
+        .topics
+        .iter()
+        .filter(|t| t.name.as_ref().is_some_and(|n| n.as_str() == topic))
+        .flat_map(|t| {
+            t.partitions
+                .iter()
+                .map(|p| (p.partition_index, p.leader_id.0))
+        })
+        .collect();
+    let led_by = |local: bool| {
+        *leaders
+            .iter()
+            .find(|(_, l)| (**l == coordinator) == local)
+            .unwrap_or_else(|| panic!("{leaders:?}"))
+            .0
+    };
+    let (local, remote) = (led_by(true), led_by(false));
+    let mut clients: std::collections::BTreeMap<i32, RawClient> = [local, remote]
+        .into_iter()
+        .map(|p| (p, RawClient::connect(&cluster.addr(leaders[&p]))))
+        .collect();
+    let batch = |(pid, epoch): (i64, i16), sequence, values: &[&str]| {
+        producer_batch(pid, epoch, sequence, values, true)
+    };
+
+    for (partition, l) in &mut clients {
+        let how = format!("partition {partition} led by {}", leaders[partition]);
+        // Not in the transaction: refused, nothing written.
+        let (code, message, _) = produce_to(
+            l,
+            Some("v-1"),
+            topic,
+            *partition,
+            batch(producer, 0, &["stray"]),
+        );
+        assert_eq!(
+            (code, message.as_deref()),
+            (
+                E::InvalidTxnState.code(),
+                Some("Partition was not added to the transaction")
+            ),
+            "{how}"
+        );
+        // Without the request's transactional id there is nothing to verify against.
+        let (code, ..) = produce_to(l, None, topic, *partition, batch(producer, 0, &["anon"]));
+        assert_eq!(code, E::InvalidTxnState.code(), "{how}");
+        assert_eq!(
+            latest_offset(l, topic, *partition, READ_UNCOMMITTED),
+            0,
+            "{how}"
+        );
+    }
+    assert_eq!(
+        add(&mut coord, "v-1", producer, &[(topic, &[local, remote])]),
+        vec![
+            (topic.into(), local.min(remote), 0),
+            (topic.into(), local.max(remote), 0)
+        ]
+    );
+    for (partition, l) in &mut clients {
+        let first = produce_to(
+            l,
+            Some("v-1"),
+            topic,
+            *partition,
+            batch(producer, 0, &["a", "b"]),
+        );
+        assert_eq!(first, (0, None, 0), "partition {partition}");
+        // The transaction is open here now: its next batch is not asked about again.
+        let next = produce_to(
+            l,
+            Some("v-1"),
+            topic,
+            *partition,
+            batch(producer, 2, &["c"]),
+        );
+        assert_eq!(next, (0, None, 2), "partition {partition}");
+        assert_eq!(latest_offset(l, topic, *partition, READ_COMMITTED), 0);
+    }
+    assert_eq!(end(&mut coord, 3, "v-1", producer, false), 0);
+    wait_for_state(&mut coord, "v-1", "CompleteAbort");
+    for (partition, l) in &mut clients {
+        // The marker is in (offset 3). A late batch of the aborted transaction, same epoch
+        // and next sequence, would open a transaction no coordinator will end and hold the
+        // last stable offset back for good: it is refused.
+        let (code, ..) = produce_to(
+            l,
+            Some("v-1"),
+            topic,
+            *partition,
+            batch(producer, 3, &["late"]),
+        );
+        assert_eq!(code, E::InvalidTxnState.code(), "partition {partition}");
+        assert_eq!(latest_offset(l, topic, *partition, READ_UNCOMMITTED), 4);
+        assert_eq!(latest_offset(l, topic, *partition, READ_COMMITTED), 4);
+    }
+
+    // A new instance fences the old one; the old epoch's batch is refused with the error a
+    // fenced producer expects from a produce.
+    let newer = init_ok(&mut coord, "v-1", 60_000);
+    assert_eq!(newer, (producer.0, producer.1 + 1));
+    let l = clients.get_mut(&remote).unwrap();
+    let (code, ..) = produce_to(
+        l,
+        Some("v-1"),
+        topic,
+        remote,
+        batch(producer, 3, &["zombie"]),
+    );
+    assert_eq!(code, E::InvalidProducerEpoch.code());
+
+    // Verification off, for the whole cluster at runtime: the same kind of stray batch is
+    // appended and opens a transaction that its coordinator knows nothing of, which holds
+    // read_committed consumers back.
+    set_cluster_broker_config(&mut c, "transaction.partition.verification.enable", "false");
+    cluster.wait_for("verification to be off", Duration::from_secs(30), || {
+        produce_to(
+            l,
+            Some("v-1"),
+            topic,
+            remote,
+            batch(newer, 0, &["unchecked"]),
+        )
+        .0 == 0
+    });
+    assert_eq!(latest_offset(l, topic, remote, READ_UNCOMMITTED), 5);
+    assert_eq!(latest_offset(l, topic, remote, READ_COMMITTED), 4);
 }

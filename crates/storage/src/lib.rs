@@ -50,7 +50,9 @@ pub use log::{
     AppendInfo, Deleted, LogConfig, LogOffsets, PartitionLog, ReadBound, ReadResult,
     RetentionPolicy, TimestampOffset,
 };
-pub use producer_state::{AbortedTxn, ControlType, ProducerSummary};
+pub use producer_state::{
+    AbortedTxn, ControlType, ProducerSummary, TxnVerification, VerificationGuard,
+};
 pub use segment::{FileSlice, LogSegment};
 
 /// The file name of a segment or index: the base offset, zero-padded to 20 digits.

@@ -24,7 +24,7 @@ use tracing::{info, warn};
 
 use crate::checkpoint::LEADER_EPOCH_FILE;
 use crate::epoch::LeaderEpochCache;
-use crate::producer_state::{Origin, PendingUpdate, ProducerStateManager};
+use crate::producer_state::{Origin, PendingUpdate, ProducerStateManager, TxnVerification};
 use crate::segment::{index_batch, FileSlice, LogSegment};
 use crate::StorageError;
 
@@ -383,6 +383,9 @@ impl PartitionLog {
     /// the producer's is `OutOfOrderSequence`, a non-transactional batch inside a
     /// transaction is `InvalidTxnState`. A retry of one of the producer's last five batches
     /// writes nothing and answers the original offsets with `duplicate` set.
+    ///
+    /// Transactional batches are appended without verification; see
+    /// [`append_as_leader_verified`](Self::append_as_leader_verified).
     pub fn append_as_leader(
         &self,
         records: &[u8],
@@ -390,7 +393,37 @@ impl PartitionLog {
         leader_epoch: i32,
         now_ms: i64,
     ) -> Result<AppendInfo, StorageError> {
-        self.append_checked(records, batches, leader_epoch, now_ms, Origin::Client)
+        self.append_checked(
+            records,
+            batches,
+            leader_epoch,
+            now_ms,
+            Origin::Client,
+            TxnVerification::Off,
+        )
+    }
+
+    /// As [`append_as_leader`](Self::append_as_leader), with `verification` deciding
+    /// whether a transactional batch may start a transaction (KIP-890 part 1): with a
+    /// guard, only the one [`start_transaction_verification`](Self::start_transaction_verification)
+    /// handed out for the producer and not yet used up lets it; otherwise the append is
+    /// `InvalidTxnState` and nothing is written.
+    pub fn append_as_leader_verified(
+        &self,
+        records: &[u8],
+        batches: &[BatchInfo],
+        leader_epoch: i32,
+        now_ms: i64,
+        verification: TxnVerification,
+    ) -> Result<AppendInfo, StorageError> {
+        self.append_checked(
+            records,
+            batches,
+            leader_epoch,
+            now_ms,
+            Origin::Client,
+            verification,
+        )
     }
 
     /// As [`append_as_leader`](Self::append_as_leader), for batches a coordinator writes on
@@ -405,7 +438,14 @@ impl PartitionLog {
         leader_epoch: i32,
         now_ms: i64,
     ) -> Result<AppendInfo, StorageError> {
-        self.append_checked(records, batches, leader_epoch, now_ms, Origin::Coordinator)
+        self.append_checked(
+            records,
+            batches,
+            leader_epoch,
+            now_ms,
+            Origin::Coordinator,
+            TxnVerification::Off,
+        )
     }
 
     fn append_checked(
@@ -415,6 +455,7 @@ impl PartitionLog {
         leader_epoch: i32,
         now_ms: i64,
         origin: Origin,
+        verification: TxnVerification,
     ) -> Result<AppendInfo, StorageError> {
         let config = self.config.read().clone();
         let mut writer = self.writer.lock();
@@ -439,9 +480,14 @@ impl PartitionLog {
             segment_base: active.base_offset(),
             bytes: start_position,
         };
-        if let Some(original) =
-            producers::check_leader_batches(&mut writer, batches, first_offset, at, origin)?
-        {
+        if let Some(original) = producers::check_leader_batches(
+            &mut writer,
+            batches,
+            first_offset,
+            at,
+            origin,
+            verification,
+        )? {
             return Ok(AppendInfo {
                 first_offset: original.first_offset(),
                 last_offset: original.last_offset,

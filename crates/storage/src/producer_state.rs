@@ -249,6 +249,38 @@ pub(crate) enum Origin {
     Replication,
 }
 
+/// A verification a partition leader started for a producer's first transactional batch
+/// (KIP-890 part 1, Kafka's `VerificationGuard`): the leader asks the transaction
+/// coordinator whether the partition is in the producer's ongoing transaction, then appends
+/// with the guard it was handed. The log keeps one guard per producer until the producer's
+/// next transactional batch or marker is written, so an answer that arrives after the
+/// transaction ended (its marker written, or another verification started) no longer
+/// matches and the batch is refused: a late or stray batch can never open a transaction
+/// the coordinator does not know of (a "hanging" transaction that holds the last stable
+/// offset back for good).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct VerificationGuard(u64);
+
+/// How a leader append treats a transactional batch that would start a transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxnVerification {
+    /// Appended as it is (`transaction.partition.verification.enable=false`).
+    Off,
+    /// Appended only with the guard the log handed out for the producer; `None` (Kafka's
+    /// `SENTINEL`: no verification was done) never matches.
+    Guard(Option<VerificationGuard>),
+}
+
+/// Guards are unique across the process, so a stale one can never match a newer one.
+static NEXT_VERIFICATION_GUARD: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// A producer's verification in progress (Kafka's `VerificationStateEntry`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct VerificationEntry {
+    guard: VerificationGuard,
+    started_ms: i64,
+}
+
 /// The header fields of a data batch that producer state reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct ProducerBatch {
@@ -336,12 +368,15 @@ pub(crate) struct PendingUpdate {
     entries: Vec<(i64, ProducerEntry)>,
     /// Transactions started: first offset, producer, position of the first batch.
     started: Vec<(i64, i64, FilePosition)>,
+    /// Producers that wrote a transactional batch or a marker: their verification is over.
+    verified: Vec<i64>,
 }
 
 impl PendingUpdate {
     pub(crate) fn clear(&mut self) {
         self.entries.clear();
         self.started.clear();
+        self.verified.clear();
     }
 
     fn entry_mut(&mut self, producer_id: i64) -> Option<&mut ProducerEntry> {
@@ -377,6 +412,8 @@ pub(crate) struct ProducerStateManager {
     /// Completed transactions whose markers are not below the high watermark yet, by first
     /// offset.
     unreplicated: BTreeMap<i64, UnstableTxn>,
+    /// Verifications in progress, by producer id (leaders only; never in snapshots).
+    verifications: HashMap<i64, VerificationEntry>,
 }
 
 impl ProducerStateManager {
@@ -388,6 +425,36 @@ impl ProducerStateManager {
         self.producers.clear();
         self.ongoing.clear();
         self.unreplicated.clear();
+        self.verifications.clear();
+    }
+
+    /// Starts (or continues) the verification of a transactional batch of `producer_id` in
+    /// `producer_epoch` (Kafka's `maybeStartTransactionVerification`): `None` when the
+    /// producer already has a transaction ongoing in that epoch here (nothing to verify),
+    /// else the producer's guard, created unless one is pending already.
+    pub(crate) fn start_verification(
+        &mut self,
+        producer_id: i64,
+        producer_epoch: i16,
+        now_ms: i64,
+    ) -> Option<VerificationGuard> {
+        let ongoing = self
+            .producers
+            .get(&producer_id)
+            .is_some_and(|e| e.has_transaction() && e.producer_epoch == producer_epoch);
+        if ongoing {
+            return None;
+        }
+        let entry = self
+            .verifications
+            .entry(producer_id)
+            .or_insert_with(|| VerificationEntry {
+                guard: VerificationGuard(
+                    NEXT_VERIFICATION_GUARD.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                ),
+                started_ms: now_ms,
+            });
+        Some(entry.guard)
     }
 
     /// The committed state of `producer_id`.
@@ -426,6 +493,7 @@ impl ProducerStateManager {
         batch: &ProducerBatch,
         position: FilePosition,
         origin: Origin,
+        verification: TxnVerification,
     ) -> Result<(), StorageError> {
         let producer_id = batch.producer_id;
         let mut updated = self.updated_entry(pending, producer_id);
@@ -436,6 +504,23 @@ impl ProducerStateManager {
             batch.base_offset,
             origin,
         )?;
+        if batch.is_transactional {
+            let ongoing =
+                updated.has_transaction() && updated.producer_epoch == batch.producer_epoch;
+            if let (false, Origin::Client, TxnVerification::Guard(guard)) =
+                (ongoing, origin, verification)
+            {
+                let pending_guard = self.verifications.get(&producer_id).map(|v| v.guard);
+                if guard.is_none() || guard != pending_guard {
+                    return Err(StorageError::InvalidTxnState(format!(
+                        "Record was not part of an ongoing transaction (producer {producer_id}, \
+                         epoch {})",
+                        batch.producer_epoch
+                    )));
+                }
+            }
+            pending.verified.push(producer_id);
+        }
         if origin == Origin::Client {
             let committed_epoch = self
                 .producers
@@ -512,6 +597,7 @@ impl ProducerStateManager {
         });
         updated.end_transaction(producer_epoch, marker.coordinator_epoch, timestamp_ms);
         pending.put(producer_id, updated);
+        pending.verified.push(producer_id);
         Ok(completed)
     }
 
@@ -520,6 +606,9 @@ impl ProducerStateManager {
     pub(crate) fn commit(&mut self, pending: &mut PendingUpdate) {
         for (producer_id, entry) in pending.entries.drain(..) {
             self.producers.insert(producer_id, entry);
+        }
+        for producer_id in pending.verified.drain(..) {
+            self.verifications.remove(&producer_id);
         }
         for (first_offset, producer_id, position) in pending.started.drain(..) {
             self.ongoing.insert(
@@ -624,6 +713,8 @@ impl ProducerStateManager {
     /// `producer_id_expiration_ms` or more before `now_ms` (Kafka's
     /// `removeExpiredProducers`). Returns how many went.
     pub(crate) fn remove_expired(&mut self, now_ms: i64, producer_id_expiration_ms: i64) -> usize {
+        self.verifications
+            .retain(|_, v| now_ms.saturating_sub(v.started_ms) < producer_id_expiration_ms);
         let before = self.producers.len();
         self.producers.retain(|_, e| {
             e.has_transaction()
@@ -701,6 +792,7 @@ impl ProducerStateManager {
                 &ProducerBatch::from_header(header),
                 position,
                 Origin::Replication,
+                TxnVerification::Off,
             )
             .map(|()| None)
         };
@@ -1054,7 +1146,13 @@ mod tests {
 
     fn apply(state: &mut ProducerStateManager, b: &ProducerBatch) -> Result<(), StorageError> {
         let mut pending = PendingUpdate::default();
-        state.prepare_batch(&mut pending, b, POSITION, Origin::Client)?;
+        state.prepare_batch(
+            &mut pending,
+            b,
+            POSITION,
+            Origin::Client,
+            TxnVerification::Off,
+        )?;
         state.commit(&mut pending);
         Ok(())
     }
@@ -1119,6 +1217,7 @@ mod tests {
                 &batch(7, 2, 99, 4, 1),
                 POSITION,
                 Origin::Replication,
+                TxnVerification::Off,
             )
             .unwrap();
     }

@@ -15,6 +15,12 @@
 //! INVALID_PRODUCER_EPOCH, a sequence that does not follow OUT_OF_ORDER_SEQUENCE_NUMBER, a
 //! non-transactional batch amid the producer's transaction INVALID_TXN_STATE, each with the
 //! log's message.
+//!
+//! With `transaction.partition.verification.enable` (the default, KIP-890 part 1), a
+//! transactional batch that would start a transaction on a partition is appended only once
+//! the producer's transaction coordinator confirmed the partition is in the transaction
+//! ([`crate::txn_verification`]); one it does not know of gets INVALID_TXN_STATE, and the
+//! coordinator's other errors the ones Kafka turns them into for producers.
 
 use kafka_protocol::messages::produce_request::PartitionProduceData;
 use kafka_protocol::messages::produce_response::{
@@ -24,10 +30,13 @@ use kafka_protocol::messages::produce_response::{
 use kafka_protocol::messages::{BrokerId, ProduceRequest, ProduceResponse};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
+use strom_coordinator::transaction::TopicPartition;
 use strom_protocol::batch;
-use strom_storage::StorageError;
+use strom_protocol::records::BatchHeader;
+use strom_storage::{StorageError, TxnVerification, VerificationGuard};
 use tracing::debug;
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,6 +59,7 @@ struct Waiting {
 pub async fn handle(broker: &Broker, req: ProduceRequest, ctx: &Ctx) -> Outcome {
     let acks = req.acks;
     let throttle_ms = record_produce_quota(broker, &req, ctx);
+    let mut verified = verify_transaction(broker, &req).await;
     let mut any_error = false;
     let mut redirected_to = std::collections::BTreeSet::new();
     let mut waiting: Vec<(usize, usize, Waiting)> = Vec::new();
@@ -73,9 +83,15 @@ pub async fn handle(broker: &Broker, req: ProduceRequest, ctx: &Ctx) -> Outcome 
                             ResponseError::UnknownTopicOrPartition.code(),
                             None,
                         ),
-                        (Some(topic), _) => {
+                        (Some(topic), _) => match verified.take(t, p) {
+                            Err((code, message)) => {
+                                debug!(topic = %topic.name, partition = data.index, code, "transaction verification refused a batch");
+                                error(data.index, code, message)
+                            }
+                            Ok(verification) => {
                             let index = data.index;
-                            let (mut response, wait) = produce_partition(topic, data, acks);
+                            let (mut response, wait) =
+                                produce_partition(topic, data, acks, verification);
                             if let Some(wait) = wait {
                                 waiting.push((t, p, wait));
                             }
@@ -91,7 +107,8 @@ pub async fn handle(broker: &Broker, req: ProduceRequest, ctx: &Ctx) -> Outcome 
                                 }
                             }
                             response
-                        }
+                            }
+                        },
                     };
                     any_error |= response.error_code != 0;
                     response
@@ -225,10 +242,122 @@ async fn wait_for_replication(
     }
 }
 
+/// How each partition of a produce request is verified (KIP-890 part 1).
+enum Verified {
+    /// `transaction.partition.verification.enable=false`.
+    Off,
+    On {
+        /// The guards of the partitions the coordinator confirmed, by (topic, partition)
+        /// position in the request.
+        guards: HashMap<(usize, usize), VerificationGuard>,
+        /// The partitions refused, with the produce error and message.
+        refused: HashMap<(usize, usize), (i16, Option<String>)>,
+    },
+}
+
+impl Verified {
+    /// What the append of the `p`th partition of the `t`th topic goes with, or its error.
+    fn take(&mut self, t: usize, p: usize) -> Result<TxnVerification, (i16, Option<String>)> {
+        match self {
+            Verified::Off => Ok(TxnVerification::Off),
+            Verified::On { guards, refused } => match refused.remove(&(t, p)) {
+                Some(refusal) => Err(refusal),
+                None => Ok(TxnVerification::Guard(guards.remove(&(t, p)))),
+            },
+        }
+    }
+}
+
+/// Starts the verification of every partition this broker leads whose first batch is
+/// transactional and whose producer has no transaction ongoing there, and asks the
+/// coordinator of the request's transactional id about them all at once (Kafka's
+/// `maybeSendPartitionsToTransactionCoordinator`). A request without a transactional id
+/// asks nothing, so its transactional batches cannot start a transaction. One request
+/// carries one producer's batches: a partition of another producer is refused with
+/// INVALID_PRODUCER_ID_MAPPING.
+async fn verify_transaction(broker: &Broker, req: &ProduceRequest) -> Verified {
+    if !broker.txn_verifier.enabled() || !matches!(req.acks, -1..=1) {
+        return Verified::Off;
+    }
+    let mut guards = HashMap::new();
+    let mut refused = HashMap::new();
+    let Some(transactional_id) = req.transactional_id.as_ref().filter(|id| !id.is_empty()) else {
+        return Verified::On { guards, refused };
+    };
+    let now = now_ms();
+    let mut producer: Option<(i64, i16)> = None;
+    let mut asked: BTreeMap<TopicPartition, (usize, usize)> = BTreeMap::new();
+    for (t, topic_data) in req.topic_data.iter().enumerate() {
+        let Some(topic) = broker.topics.get(&topic_data.name) else {
+            continue;
+        };
+        for (p, data) in topic_data.partition_data.iter().enumerate() {
+            let Ok(partition) = topic.led(data.index) else {
+                continue;
+            };
+            let Some(header) = data.records.as_deref().and_then(first_batch_header) else {
+                continue;
+            };
+            if !header.is_transactional() || header.producer_id < 0 {
+                continue;
+            }
+            let this = (header.producer_id, header.producer_epoch);
+            if *producer.get_or_insert(this) != this {
+                let message = "Transactional records contained more than one producer ID";
+                refused.insert(
+                    (t, p),
+                    (
+                        ResponseError::InvalidProducerIdMapping.code(),
+                        Some(message.to_string()),
+                    ),
+                );
+                continue;
+            }
+            if let Some(guard) = partition
+                .log
+                .start_transaction_verification(this.0, this.1, now)
+            {
+                guards.insert((t, p), guard);
+                asked.insert((topic_data.name.to_string(), data.index), (t, p));
+            }
+        }
+    }
+    let Some((producer_id, producer_epoch)) = producer.filter(|_| !asked.is_empty()) else {
+        return Verified::On { guards, refused };
+    };
+    let answers = broker
+        .txn_verifier
+        .verify(
+            broker,
+            transactional_id,
+            producer_id,
+            producer_epoch,
+            asked.keys().cloned().collect(),
+        )
+        .await;
+    for (tp, code) in answers {
+        if code == 0 {
+            continue;
+        }
+        if let Some(at) = asked.get(&tp) {
+            guards.remove(at);
+            refused.insert(*at, crate::txn_verification::produce_error(code));
+        }
+    }
+    Verified::On { guards, refused }
+}
+
+/// The header of the first batch of a partition's records, if they start with one.
+fn first_batch_header(records: &[u8]) -> Option<BatchHeader> {
+    let size = batch::BatchOffsets::parse(records)?.size_bytes;
+    BatchHeader::parse(records.get(..size)?).ok()
+}
+
 fn produce_partition(
     topic: &Topic,
     data: PartitionProduceData,
     acks: i16,
+    verification: TxnVerification,
 ) -> (PartitionProduceResponse, Option<Waiting>) {
     let partition = match topic.led(data.index) {
         Ok(partition) => partition,
@@ -264,7 +393,7 @@ fn produce_partition(
     let log_append_time_ms = if stamped.is_some() { now } else { -1 };
     let min_insync_replicas = topic.settings.min_insync_replicas;
     let min = (acks == -1).then_some(min_insync_replicas);
-    match partition.append_as_leader(bytes, &batches, min, now) {
+    match partition.append_as_leader(bytes, &batches, min, now, verification) {
         Ok((info, leader_epoch)) => {
             if info.duplicate {
                 debug!(topic = %topic.name, partition = data.index, base_offset = info.first_offset, "a producer's retry of a batch already in the log");

@@ -150,13 +150,14 @@ async fn add_partitions(
             })
             .collect();
     }
-    if !transactional_id.is_empty() {
+    if !transactional_id.is_empty() && !verify_only {
         if let Err(code) = check_coordinator(broker, transactional_id) {
             return all(code);
         }
     }
     if verify_only {
-        return broker.txns.verify_partitions(
+        return verify_local(
+            broker,
             transactional_id,
             producer_id,
             producer_epoch,
@@ -168,6 +169,26 @@ async fn add_partitions(
         .add_partitions(transactional_id, producer_id, producer_epoch, &partitions)
         .await;
     all(for_version(code, version, 2))
+}
+
+/// Whether `partitions` are in the ongoing transaction of `producer_id` in
+/// `producer_epoch`, asked of this broker's coordinator (AddPartitionsToTxn `verify_only`,
+/// from a partition leader elsewhere or on this broker: [`crate::txn_verification`]).
+pub fn verify_local(
+    broker: &Broker,
+    transactional_id: &str,
+    producer_id: i64,
+    producer_epoch: i16,
+    partitions: &BTreeSet<TopicPartition>,
+) -> Vec<(TopicPartition, i16)> {
+    if !transactional_id.is_empty() {
+        if let Err(code) = check_coordinator(broker, transactional_id) {
+            return partitions.iter().map(|tp| (tp.clone(), code)).collect();
+        }
+    }
+    broker
+        .txns
+        .verify_partitions(transactional_id, producer_id, producer_epoch, partitions)
 }
 
 pub async fn add_partitions_to_txn(

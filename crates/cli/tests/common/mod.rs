@@ -6,6 +6,7 @@
 pub mod clients;
 pub mod cluster;
 pub mod proxy;
+pub mod raw;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;

@@ -22,7 +22,7 @@ use crate::index::{TxnEntry, TxnIndex};
 use crate::producer_state::{
     self, end_txn_marker_batch, BatchMetadata, CompletedTxn, ControlType, EndTxnMarker,
     MarkerBatch, Origin, PendingUpdate, ProducerBatch, ProducerStateManager, ProducerSummary,
-    NO_PRODUCER_ID,
+    TxnVerification, VerificationGuard, NO_PRODUCER_ID,
 };
 use crate::segment::LogSegment;
 use crate::{AbortedTxn, AppendInfo, StorageError};
@@ -143,6 +143,25 @@ impl PartitionLog {
             .collect()
     }
 
+    /// Starts the verification of a transactional batch of `producer_id` in
+    /// `producer_epoch` before it is appended (Kafka's `maybeStartTransactionVerification`,
+    /// KIP-890 part 1): `None` when the producer has a transaction ongoing here in that
+    /// epoch, so its batch needs no verification; else the guard to append with once the
+    /// transaction coordinator confirmed the partition is in the producer's transaction.
+    /// The guard is used up by the producer's next transactional batch or marker, and
+    /// forgotten after `producer.id.expiration.ms`.
+    pub fn start_transaction_verification(
+        &self,
+        producer_id: i64,
+        producer_epoch: i16,
+        now_ms: i64,
+    ) -> Option<VerificationGuard> {
+        self.writer
+            .lock()
+            .producers
+            .start_verification(producer_id, producer_epoch, now_ms)
+    }
+
     /// Every producer the log keeps state of, by producer id (DescribeProducers).
     pub fn producer_summaries(&self) -> Vec<ProducerSummary> {
         self.writer.lock().producers.summaries()
@@ -193,6 +212,7 @@ pub(super) fn check_leader_batches(
     first_offset: i64,
     at: FilePosition,
     origin: Origin,
+    verification: TxnVerification,
 ) -> Result<Option<BatchMetadata>, StorageError> {
     let Writer {
         producers, pending, ..
@@ -221,7 +241,7 @@ pub(super) fn check_leader_batches(
                 bytes: position,
             };
             producers
-                .prepare_batch(pending, &batch, start, origin)
+                .prepare_batch(pending, &batch, start, origin, verification)
                 .inspect_err(|_| pending.clear())?;
         }
         offset += i64::from(b.records_count);

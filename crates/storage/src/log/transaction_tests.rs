@@ -12,7 +12,7 @@ use super::test_support::{open_log, ranges, read_batches, reopen_log, replicate,
 use crate::producer_state::{list_snapshots, snapshot_path};
 use crate::{
     AbortedTxn, AppendInfo, ControlType, LogConfig, PartitionLog, ProducerSummary, ReadBound,
-    StorageError,
+    StorageError, TxnVerification, VerificationGuard,
 };
 
 const NOW_MS: i64 = 1_000_000;
@@ -253,7 +253,7 @@ fn producer_state_survives_a_clean_close_and_a_crash() {
 #[test]
 fn crash_recovery_starts_from_the_snapshot_below_the_recovered_segments() {
     use crate::producer_state::{
-        read_snapshot, Origin, PendingUpdate, ProducerBatch, ProducerStateManager,
+        read_snapshot, Origin, PendingUpdate, ProducerBatch, ProducerStateManager, TxnVerification,
     };
     let dir = tempfile::tempdir().unwrap();
     let log = open(dir.path(), small_segments(), false);
@@ -301,7 +301,13 @@ fn crash_recovery_starts_from_the_snapshot_below_the_recovered_segments() {
         bytes: 0,
     };
     planted
-        .prepare_batch(&mut pending, &batch, at, Origin::Replication)
+        .prepare_batch(
+            &mut pending,
+            &batch,
+            at,
+            Origin::Replication,
+            TxnVerification::Off,
+        )
         .unwrap();
     planted.commit(&mut pending);
     planted.write_snapshot(dir.path(), snapshot, true).unwrap();
@@ -1002,6 +1008,127 @@ fn coordinator_writes_check_only_the_producer_epoch() {
     );
     marker(&log, 8, 1, ControlType::Commit);
     assert_eq!(summary(&log, 8).current_txn_start_offset, -1);
+}
+
+/// A leader append with transaction verification on (KIP-890 part 1).
+fn append_verified(
+    log: &PartitionLog,
+    bytes: &[u8],
+    guard: Option<VerificationGuard>,
+) -> Result<AppendInfo, StorageError> {
+    let batches = validate_produce(bytes, 1 << 20).expect("valid batch");
+    log.append_as_leader_verified(bytes, &batches, 0, NOW_MS, TxnVerification::Guard(guard))
+}
+
+#[test]
+fn a_transaction_starts_only_with_the_guard_of_its_verification() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), LogConfig::default(), false);
+    let txn = |sequence| producer_batch(7, 0, sequence, 2, true);
+
+    // Unverified: refused, nothing written, no transaction opened.
+    assert_eq!(
+        code(append_verified(&log, &txn(0), None)),
+        ResponseError::InvalidTxnState.code()
+    );
+    assert_eq!(log.offsets().log_end_offset, 0);
+    assert!(log.producer_summaries().is_empty());
+
+    // A guard the log never handed out does not pass either.
+    let guard = log
+        .start_transaction_verification(7, 0, NOW_MS)
+        .expect("guard");
+    assert_eq!(
+        log.start_transaction_verification(7, 0, NOW_MS),
+        Some(guard),
+        "a pending verification keeps its guard"
+    );
+    let other = log
+        .start_transaction_verification(8, 0, NOW_MS)
+        .expect("guard");
+    assert_ne!(other, guard);
+    assert_eq!(
+        code(append_verified(&log, &txn(0), Some(other))),
+        ResponseError::InvalidTxnState.code()
+    );
+
+    // Verified: the transaction starts; later batches of it need no guard.
+    assert_eq!(
+        append_verified(&log, &txn(0), Some(guard))
+            .unwrap()
+            .first_offset,
+        0
+    );
+    assert_eq!(log.start_transaction_verification(7, 0, NOW_MS), None);
+    assert_eq!(
+        append_verified(&log, &txn(2), None).unwrap().first_offset,
+        2
+    );
+    assert_eq!(summary(&log, 7).current_txn_start_offset, 0);
+
+    // After the marker, the used guard no longer opens a transaction: a late batch of the
+    // ended transaction is refused and cannot leave one hanging.
+    marker(&log, 7, 0, ControlType::Abort);
+    log.update_high_watermark(i64::MAX);
+    let end = log.offsets().log_end_offset;
+    assert_eq!(
+        code(append_verified(&log, &txn(4), Some(guard))),
+        ResponseError::InvalidTxnState.code()
+    );
+    assert_eq!(log.offsets().log_end_offset, end);
+    assert_eq!(last_stable(&log), end);
+
+    // Verification off: a transactional batch opens a transaction as it is.
+    let off = producer_batch(9, 0, 0, 1, true);
+    append_bytes(&log, &off).unwrap();
+    assert_eq!(summary(&log, 9).current_txn_start_offset, end);
+}
+
+#[test]
+fn a_marker_or_expiry_ends_a_pending_verification() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), LogConfig::default(), false);
+    let txn = producer_batch(7, 0, 0, 1, true);
+
+    // The coordinator answered "in the transaction", but the transaction ended (its
+    // marker written) before the batch was appended: the answer is stale.
+    let stale = log
+        .start_transaction_verification(7, 0, NOW_MS)
+        .expect("guard");
+    marker(&log, 7, 0, ControlType::Abort);
+    assert_eq!(
+        code(append_verified(&log, &txn, Some(stale))),
+        ResponseError::InvalidTxnState.code()
+    );
+    let fresh = log
+        .start_transaction_verification(7, 0, NOW_MS)
+        .expect("guard");
+    assert_ne!(fresh, stale);
+
+    // A verification left pending goes with the producer ids that expire.
+    let expiration_ms = 1_000;
+    log.remove_expired_producers(NOW_MS + expiration_ms, expiration_ms);
+    assert_eq!(
+        code(append_verified(&log, &txn, Some(fresh))),
+        ResponseError::InvalidTxnState.code()
+    );
+    let again = log
+        .start_transaction_verification(7, 0, NOW_MS + expiration_ms)
+        .expect("guard");
+    assert_ne!(again, fresh);
+    append_verified(&log, &txn, Some(again)).unwrap();
+
+    // Fenced (the coordinator's marker carries the bumped epoch), the old epoch's batch is
+    // refused for its epoch, which its producer can tell apart, before any verification.
+    marker(&log, 7, 1, ControlType::Abort);
+    assert_eq!(
+        code(append_verified(
+            &log,
+            &producer_batch(7, 0, 1, 1, true),
+            None
+        )),
+        ResponseError::InvalidProducerEpoch.code()
+    );
 }
 
 mod model {
