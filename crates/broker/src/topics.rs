@@ -308,6 +308,17 @@ impl TopicManager {
         self.image.read().clone()
     }
 
+    /// The host and port of broker `id` if it is registered and not fenced.
+    pub fn live_endpoint(&self, id: i32) -> Option<(String, u16)> {
+        self.image
+            .read()
+            .image
+            .brokers
+            .get(&id)
+            .filter(|b| !b.fenced)
+            .map(|b| (b.host.clone(), b.port))
+    }
+
     /// Brings the topics in step with `published`: opens logs of new local partitions,
     /// deletes those of removed topics, refreshes leaders, epochs and configs. With
     /// `remove_strays` (once caught up with the log: the first image in which this broker is

@@ -67,15 +67,7 @@ impl BrokerMarkerTransport {
         broker_id: i32,
         request: &WriteTxnMarkersRequest,
     ) -> Result<WriteTxnMarkersResponse, String> {
-        let endpoint = {
-            let image = self.broker.topics.image();
-            image
-                .image
-                .brokers
-                .get(&broker_id)
-                .filter(|b| !b.fenced)
-                .map(|b| (b.host.clone(), b.port))
-        };
+        let endpoint = self.broker.topics.live_endpoint(broker_id);
         let Some((host, port)) = endpoint else {
             return Err(format!("broker {broker_id} is not live"));
         };

@@ -130,16 +130,7 @@ impl Verifier {
                 &partitions,
             );
         }
-        let endpoint = {
-            let image = broker.topics.image();
-            image
-                .image
-                .brokers
-                .get(&coordinator)
-                .filter(|b| !b.fenced)
-                .map(|b| (b.host.clone(), b.port))
-        };
-        let Some(endpoint) = endpoint else {
+        let Some(endpoint) = broker.topics.live_endpoint(coordinator) else {
             return all(E::CoordinatorNotAvailable);
         };
         let (answer, answered) = oneshot::channel();

@@ -393,14 +393,7 @@ impl PartitionLog {
         leader_epoch: i32,
         now_ms: i64,
     ) -> Result<AppendInfo, StorageError> {
-        self.append_checked(
-            records,
-            batches,
-            leader_epoch,
-            now_ms,
-            Origin::Client,
-            TxnVerification::Off,
-        )
+        self.append_as_leader_verified(records, batches, leader_epoch, now_ms, TxnVerification::Off)
     }
 
     /// As [`append_as_leader`](Self::append_as_leader), with `verification` deciding
