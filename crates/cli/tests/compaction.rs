@@ -1,6 +1,7 @@
 //! Log compaction with a real client (librdkafka): a compacted topic keeps the latest value
 //! of every key at its original offset, tombstones go after `delete.retention.ms`, a kill -9
-//! in the middle of cleaning loses nothing, keyless records are refused, and
+//! in the middle of cleaning loses nothing, aborted transactions and then their markers are
+//! cleaned away, keyless records are refused, and
 //! `__consumer_offsets` is compacted while committed offsets survive restarts.
 //!
 //! Every wait is a bounded poll for a condition; no assertion depends on timing.
@@ -107,10 +108,16 @@ fn produce_into(addr: &str, topic: &str, records: Vec<Entry>, model: &mut BTreeM
 
 /// Everything a consumer reads from the start of partition 0 up to the high watermark.
 fn read_all(addr: &str, topic: &str) -> BTreeMap<i64, Entry> {
+    read_all_at(addr, topic, "read_committed")
+}
+
+/// [`read_all`] at `isolation` (`isolation.level`); the log must end with a record.
+fn read_all_at(addr: &str, topic: &str, isolation: &str) -> BTreeMap<i64, Entry> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", addr)
         .set("group.id", "compaction-reader")
         .set("enable.auto.commit", "false")
+        .set("isolation.level", isolation)
         .create()
         .expect("consumer");
     let (_, high) = consumer
@@ -301,6 +308,125 @@ fn tombstones_vanish_after_delete_retention_ms() {
         10,
         "the other keys keep their latest values"
     );
+}
+
+/// The control batches (transaction markers) in the segment files of `dir`.
+fn control_batches(dir: &Path) -> usize {
+    let mut count = 0;
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        if !entry.file_name().to_string_lossy().ends_with(".log") {
+            continue;
+        }
+        let bytes = std::fs::read(entry.path()).unwrap_or_default();
+        let mut at = 0;
+        while let Some(b) = strom_protocol::batch::BatchOffsets::parse(&bytes[at..]) {
+            let Some(batch) = bytes.get(at..at + b.size_bytes) else {
+                break;
+            };
+            if strom_protocol::records::BatchHeader::parse(batch).is_ok_and(|h| h.is_control()) {
+                count += 1;
+            }
+            at += b.size_bytes;
+        }
+    }
+    count
+}
+
+#[test]
+fn aborted_transactions_and_then_their_markers_are_cleaned_away() {
+    use rdkafka::producer::{BaseProducer, BaseRecord};
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &FAST_CLEANER);
+    let topic = "transactional";
+    compacted(&broker.addr, topic, &[("delete.retention.ms", "100")]);
+    // Six transactions over the same ten keys: even ones committed, odd ones aborted.
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .set("transactional.id", "compacted-writer")
+        .set("linger.ms", "5")
+        .create()
+        .expect("transactional producer");
+    producer
+        .init_transactions(Duration::from_secs(30))
+        .expect("init_transactions");
+    let value = |round: usize, k: usize| {
+        let outcome = if round.is_multiple_of(2) {
+            "committed"
+        } else {
+            "aborted"
+        };
+        format!("{outcome}-{round}-{k}-{}", "t".repeat(60))
+    };
+    for round in 0..6 {
+        producer.begin_transaction().expect("begin");
+        for k in 0..10 {
+            let (key, payload) = (format!("key-{k}"), value(round, k));
+            producer
+                .send(
+                    BaseRecord::to(topic)
+                        .key(&key)
+                        .payload(&payload)
+                        .partition(0),
+                )
+                .map_err(|(e, _)| e)
+                .expect("send");
+        }
+        // librdkafka ends a transaction only once its records' delivery reports are served.
+        producer.flush(Duration::from_secs(30)).expect("flush");
+        if round.is_multiple_of(2) {
+            producer
+                .commit_transaction(Duration::from_secs(30))
+                .expect("commit");
+        } else {
+            producer
+                .abort_transaction(Duration::from_secs(30))
+                .expect("abort");
+        }
+    }
+    let partition = partition_dir(&broker, topic);
+    assert_eq!(control_batches(&partition), 6);
+    let aborted = |seen: &BTreeMap<i64, Entry>| {
+        seen.values()
+            .filter(|(_, v)| v.as_deref().is_some_and(|v| v.starts_with(b"aborted")))
+            .count()
+    };
+
+    // Plain updates of other keys keep the log dirty, so the cleaner passes again past
+    // the markers' delete horizon. What must go: every aborted record, the markers of the
+    // aborted transactions but the last (its empty batch is the producer's last, kept for
+    // deduplication) and those of the committed transactions overwritten since.
+    let mut model = BTreeMap::new();
+    let mut round = 0;
+    wait_for(
+        "aborted records and spent markers to be cleaned away",
+        || {
+            round += 1;
+            let filler: Vec<Entry> = (0..10)
+                .flat_map(|_| 10..20)
+                .map(|k| {
+                    let value = format!("filler-{k}-{round}-{}", "f".repeat(100));
+                    (format!("key-{k}").into_bytes(), Some(value.into_bytes()))
+                })
+                .collect();
+            produce_into(&broker.addr, topic, filler, &mut model);
+            aborted(&read_all_at(&broker.addr, topic, "read_uncommitted")) == 0
+                && control_batches(&partition) == 2
+        },
+    );
+    // Both isolation levels now read the last committed transaction's values.
+    for isolation in ["read_committed", "read_uncommitted"] {
+        let seen = read_all_at(&broker.addr, topic, isolation);
+        let transactional: BTreeMap<Vec<u8>, Vec<u8>> = latest(&seen)
+            .into_iter()
+            .filter(|(k, _)| (0..10).any(|i| k == format!("key-{i}").as_bytes()))
+            .map(|(k, (_, v))| (k, v.unwrap_or_default()))
+            .collect();
+        let expected: BTreeMap<Vec<u8>, Vec<u8>> = (0..10)
+            .map(|k| (format!("key-{k}").into_bytes(), value(4, k).into_bytes()))
+            .collect();
+        assert_eq!(transactional, expected, "{isolation}");
+        assert_eq!(aborted(&seen), 0, "{isolation}");
+    }
 }
 
 #[test]

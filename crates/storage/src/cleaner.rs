@@ -13,9 +13,15 @@
 //!   records all stay is copied byte for byte; otherwise it is rebuilt with its base offset,
 //!   producer fields and codec, and a batch that keeps nothing disappears, unless it is the
 //!   last batch of a producer the log keeps state of: it stays as an empty batch, so its
-//!   sequence numbers survive for deduplication (Kafka's `RETAIN_EMPTY`). Control batches
-//!   (transaction markers) are kept whole: they never enter the offset map (two COMMIT
-//!   markers have the same key) and are not removed by key. A cleaned
+//!   sequence numbers survive for deduplication (Kafka's `RETAIN_EMPTY`).
+//! - Transactions ([`CleanedTxns`], Kafka's `CleanedTransactionMetadata`): the records of
+//!   aborted transactions go (their batch stays empty if it is its producer's last). Control
+//!   batches (transaction markers) never enter the offset map (two COMMIT markers have the
+//!   same key) and are not removed by key: a marker stays while a batch of its transaction
+//!   is in the log; once none is, its first cleaning sets its delete horizon
+//!   (`delete.retention.ms`, as for tombstones) and a cleaning past the horizon removes it,
+//!   with the transaction's aborted-index entry. The marker a producer's state came from
+//!   (its epoch, which fences zombies) stays whole. A cleaned
 //!   segment whose old last batch went ends with an empty batch of that batch's offsets, so
 //!   that it ends where the replaced segments did (a swap's crash recovery relies on it);
 //!   segments that keep nothing at all are cleaned together with the next group rather
@@ -420,6 +426,92 @@ impl AbortedRanges {
     }
 }
 
+/// What one cleaning knows of transactions as it reads the log's batches in offset order
+/// (Kafka's `CleanedTransactionMetadata`): which data batches belong to aborted
+/// transactions (their records go), and which markers end a transaction none of whose
+/// batches is left (the marker may go once past its delete horizon).
+#[derive(Debug, Default)]
+pub(crate) struct CleanedTxns {
+    /// Aborted transactions not reached yet, by first offset, earliest last.
+    upcoming: Vec<TxnEntry>,
+    /// Producers inside an aborted transaction, with whether a batch of it was read.
+    aborted: std::collections::HashMap<i64, (TxnEntry, bool)>,
+    /// Producers inside a committed transaction a batch of which was read.
+    committed: std::collections::HashSet<i64>,
+    /// Aborted transactions with no batch left, by (producer, first offset): their index
+    /// entries go.
+    emptied: std::collections::HashSet<(i64, i64)>,
+}
+
+impl CleanedTxns {
+    /// `entries`: the aborted transactions of the log being cleaned.
+    pub(crate) fn new(mut entries: Vec<TxnEntry>) -> CleanedTxns {
+        entries.sort_unstable_by_key(|e| std::cmp::Reverse(e.first_offset));
+        CleanedTxns {
+            upcoming: entries,
+            ..CleanedTxns::default()
+        }
+    }
+
+    fn reach(&mut self, offset: i64) {
+        while self
+            .upcoming
+            .last()
+            .is_some_and(|e| e.first_offset <= offset)
+        {
+            if let Some(e) = self.upcoming.pop() {
+                self.aborted.insert(e.producer_id, (e, false));
+            }
+        }
+    }
+
+    /// A data batch: whether it belongs to an aborted transaction.
+    fn on_data_batch(&mut self, header: &BatchHeader) -> bool {
+        self.reach(header.last_offset());
+        if !header.is_transactional() {
+            return false;
+        }
+        match self.aborted.get_mut(&header.producer_id) {
+            Some((_, read)) => {
+                *read = true;
+                true
+            }
+            None => {
+                self.committed.insert(header.producer_id);
+                false
+            }
+        }
+    }
+
+    /// A control batch: whether no batch of the transaction it ends was read, so that it
+    /// may go (an empty one, or one of an unknown type, is kept).
+    fn on_control_batch(&mut self, header: &BatchHeader, batch: &[u8]) -> bool {
+        self.reach(header.last_offset());
+        let producer_id = header.producer_id;
+        match crate::producer_state::read_end_txn_marker(batch) {
+            Ok(Some((marker, _))) if marker.control == crate::ControlType::Abort => {
+                match self.aborted.remove(&producer_id) {
+                    Some((_, true)) => false,
+                    Some((entry, false)) => {
+                        self.emptied.insert((producer_id, entry.first_offset));
+                        true
+                    }
+                    None => true,
+                }
+            }
+            Ok(Some(_)) => !self.committed.remove(&producer_id),
+            _ => false,
+        }
+    }
+
+    /// Whether an aborted-index entry still covers a batch in the log.
+    pub(crate) fn keeps_entry(&self, entry: &TxnEntry) -> bool {
+        !self
+            .emptied
+            .contains(&(entry.producer_id, entry.first_offset))
+    }
+}
+
 /// Adds the keys of the records at or after `start` in `segment` to `map`, from the batch
 /// holding `start`; control batches and aborted transactions are not mapped. Returns
 /// `false` when the map filled up part way (its latest offset is then the last record
@@ -480,6 +572,9 @@ pub(crate) struct Retention<'m> {
     /// The last offset of each producer's last batch (Kafka's
     /// `lastRecordsOfActiveProducers`): such a batch stays, empty if need be.
     pub last_batches: &'m std::collections::HashMap<i64, i64>,
+    /// The epoch of each producer whose state came from a marker (no data batch since):
+    /// that marker stays whole.
+    pub last_markers: &'m std::collections::HashMap<i64, i16>,
 }
 
 impl Retention<'_> {
@@ -518,25 +613,27 @@ pub(crate) struct Filter {
 }
 
 impl Filter {
-    /// Appends what `rules` keep of `batch` to `out`.
+    /// Appends what `rules` keep of `batch` to `out`; `txns` follows the transactions of
+    /// the batches read so far.
     pub(crate) fn filter_batch(
         &mut self,
         batch: &[u8],
         rules: &Retention<'_>,
+        txns: &mut CleanedTxns,
         out: &mut Vec<u8>,
         stats: &mut CleanerStats,
     ) -> Result<Filtered, strom_protocol::records::RecordsError> {
         let header = BatchHeader::parse(batch)?;
         if header.is_control() {
-            out.extend_from_slice(batch);
-            return Ok(Filtered::Unchanged);
+            return self.filter_marker(batch, &header, rules, txns, out);
         }
+        let aborted = txns.on_data_batch(&header);
         let horizon = header.delete_horizon_ms();
         self.kept.clear();
         let mut tombstone_kept = false;
         let mut records = RecordReader::new(batch, DECOMPRESSED_BATCH_BYTES_MAX)?;
         while let Some(record) = records.next_record()? {
-            let keep = rules.keeps(&record, horizon);
+            let keep = !aborted && rules.keeps(&record, horizon);
             tombstone_kept |= keep && record.value.is_none();
             self.kept.push(keep);
         }
@@ -572,6 +669,43 @@ impl Filter {
         }
         self.builder.finish(out)?;
         Ok(Filtered::Rewritten)
+    }
+
+    /// A transaction marker: kept whole while a batch of its transaction is in the log or
+    /// its producer's state came from it; otherwise its delete horizon is set, and once past
+    /// it the marker goes.
+    fn filter_marker(
+        &mut self,
+        batch: &[u8],
+        header: &BatchHeader,
+        rules: &Retention<'_>,
+        txns: &mut CleanedTxns,
+        out: &mut Vec<u8>,
+    ) -> Result<Filtered, strom_protocol::records::RecordsError> {
+        let removable = txns.on_control_batch(header, batch)
+            && rules.last_markers.get(&header.producer_id) != Some(&header.producer_epoch);
+        if header.records_count == 0 {
+            // What a cleaning left of a marker at the end of a segment: it goes (Kafka's
+            // DELETE_EMPTY); the segment's end is kept by an empty batch written anew.
+            return Ok(Filtered::Dropped);
+        }
+        match header.delete_horizon_ms() {
+            _ if !removable => {}
+            Some(horizon) if rules.now_ms >= horizon => return Ok(Filtered::Dropped),
+            Some(_) => {}
+            None => {
+                let horizon = rules.now_ms.saturating_add(rules.delete_retention_ms);
+                self.builder.start(header, Some(horizon));
+                let mut records = RecordReader::new(batch, DECOMPRESSED_BATCH_BYTES_MAX)?;
+                while let Some(record) = records.next_record()? {
+                    self.builder.append(&record)?;
+                }
+                self.builder.finish(out)?;
+                return Ok(Filtered::Rewritten);
+            }
+        }
+        out.extend_from_slice(batch);
+        Ok(Filtered::Unchanged)
     }
 
     /// Appends an empty batch with `last`'s offset range to `out` (Kafka's

@@ -741,6 +741,16 @@ impl ProducerStateManager {
         summaries
     }
 
+    /// The epoch of each producer whose state came from a marker, with no data batch
+    /// since: the cleaner keeps that marker, which carries the epoch that fences zombies.
+    pub(crate) fn last_marker_epochs(&self) -> HashMap<i64, i16> {
+        self.producers
+            .iter()
+            .filter(|(_, e)| e.last_data_offset().is_none())
+            .map(|(id, e)| (*id, e.producer_epoch))
+            .collect()
+    }
+
     /// The last offset of each producer's last batch: the cleaner keeps those batches so
     /// that deduplication survives compaction.
     pub(crate) fn last_data_offsets(&self) -> HashMap<i64, i64> {

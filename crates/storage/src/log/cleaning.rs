@@ -18,8 +18,8 @@ use super::producers::aborted_in;
 use super::{seal, FilePosition, PartitionLog};
 use crate::cleaner::{
     self, group_by_size, map_segment, rename_suffix, sync_dir, AbortedRanges, CleanOutcome,
-    Cleanable, CleanedWriter, CleanerProgress, CleanerStats, CompactionConfig, Filter, Filtered,
-    OffsetMap, Retention, SwapStep, CLEANED_SUFFIX, SWAP_SUFFIX,
+    Cleanable, CleanedTxns, CleanedWriter, CleanerProgress, CleanerStats, CompactionConfig, Filter,
+    Filtered, OffsetMap, Retention, SwapStep, CLEANED_SUFFIX, SWAP_SUFFIX,
 };
 use crate::index::{TxnEntry, TxnIndex};
 use crate::segment::LogSegment;
@@ -74,6 +74,7 @@ struct Round<'r> {
 /// The mutable state a cleaning threads through its groups.
 struct Work<'w> {
     filter: &'w mut Filter,
+    txns: &'w mut CleanedTxns,
     progress: &'w mut dyn CleanerProgress,
     stats: &'w mut CleanerStats,
 }
@@ -213,13 +214,23 @@ impl PartitionLog {
             log_config.segment_index_bytes,
             upper_bound,
         );
-        let last_batches = self.writer.lock().producers.last_data_offsets();
+        let (last_batches, last_markers) = {
+            let writer = self.writer.lock();
+            (
+                writer.producers.last_data_offsets(),
+                writer.producers.last_marker_epochs(),
+            )
+        };
         let rules = Retention {
             map,
             now_ms,
             delete_retention_ms: config.delete_retention_ms,
             last_batches: &last_batches,
+            last_markers: &last_markers,
         };
+        // Every aborted transaction starting below the end: the cleaned segments start at
+        // the log start, and each transaction below the last stable offset has its marker.
+        let mut txns = CleanedTxns::new(aborted_in(&view.segments, 0, end_offset));
         let round = Round {
             rules: &rules,
             log_config: &log_config,
@@ -243,6 +254,7 @@ impl PartitionLog {
                 &round,
                 &mut Work {
                     filter: &mut filter,
+                    txns: &mut txns,
                     progress,
                     stats: &mut stats,
                 },
@@ -278,6 +290,7 @@ impl PartitionLog {
     ) -> Result<GroupOutcome, StorageError> {
         let Work {
             filter,
+            txns,
             progress,
             stats,
         } = work;
@@ -302,7 +315,7 @@ impl PartitionLog {
                 };
                 last = Some(BatchHeader::parse(batch).map_err(corrupt)?);
                 let filtered = filter
-                    .filter_batch(batch, rules, writer.buffer(), stats)
+                    .filter_batch(batch, rules, txns, writer.buffer(), stats)
                     .map_err(corrupt)?;
                 changed |= filtered != Filtered::Unchanged;
                 stats.bytes_read += batch.len() as u64;
@@ -344,11 +357,12 @@ impl PartitionLog {
             cleaner::remove_cleaned(&self.dir, base_offset)?;
             return Ok(GroupOutcome::Done);
         }
-        // Markers are never removed: the aborted transactions of the old segments are
-        // those of the cleaned one.
+        // The aborted transactions of the old segments are those of the cleaned one, but
+        // for those none of whose batches is left.
         let aborted: Vec<TxnEntry> = old
             .iter()
             .flat_map(|s| s.indexes.lock().txn_index.entries().to_vec())
+            .filter(|e| txns.keeps_entry(e))
             .collect();
         if !aborted.is_empty() {
             writer.segment.indexes.lock().txn_index = TxnIndex::with_entries(aborted);

@@ -834,7 +834,7 @@ fn stored_batches(log: &PartitionLog) -> Vec<StoredBatch> {
 }
 
 #[test]
-fn compaction_keeps_markers_producers_last_batches_and_aborted_transactions() {
+fn compaction_keeps_markers_producers_last_batches_and_drops_aborted_records() {
     use crate::cleaner::{CompactionConfig, OffsetMap, OFFSET_MAP_LOAD_FACTOR};
     let dir = tempfile::tempdir().unwrap();
     let log = open(dir.path(), small_segments(), false);
@@ -901,15 +901,18 @@ fn compaction_keeps_markers_producers_last_batches_and_aborted_transactions() {
         let (_, header, records) = at(idempotent);
         assert_eq!((header.producer_id, header.base_sequence), (1, 0), "{when}");
         assert!(records.is_empty(), "{when}");
-        // The aborted write supersedes nothing: the plain k3 stays, and so does the
-        // aborted record (consumers skip it).
+        // The aborted write supersedes nothing: the plain k3 stays. The aborted record
+        // goes; its batch stays empty as its producer's last, and with it the marker and
+        // the aborted-index entry.
         let k3: Vec<&str> = batches
             .iter()
             .flat_map(|(_, _, r)| r.iter())
             .filter(|(k, _)| k == "k3")
             .map(|(_, v)| v.as_str())
             .collect();
-        assert_eq!(k3, ["plain", "aborted"], "{when}");
+        assert_eq!(k3, ["plain"], "{when}");
+        let (_, header, records) = at(aborted);
+        assert!(header.is_transactional() && records.is_empty(), "{when}");
         assert_eq!(log.aborted_transactions(0, end), aborted_before, "{when}");
         assert!(
             log.aborted_transactions(aborted, aborted + 1).len() == 1,
@@ -1008,6 +1011,128 @@ fn coordinator_writes_check_only_the_producer_epoch() {
     );
     marker(&log, 8, 1, ControlType::Commit);
     assert_eq!(summary(&log, 8).current_txn_start_offset, -1);
+}
+
+#[test]
+fn compaction_removes_aborted_records_then_markers_past_their_delete_horizon() {
+    use crate::cleaner::{CompactionConfig, OffsetMap, OFFSET_MAP_LOAD_FACTOR};
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), small_segments(), false);
+    let put = |log: &PartitionLog, bytes: Vec<u8>| append_bytes(log, &bytes).unwrap().first_offset;
+    let config = CompactionConfig {
+        min_cleanable_dirty_ratio: 0.0,
+        ..CompactionConfig::default()
+    };
+    let mut map = OffsetMap::new(1 << 20, OFFSET_MAP_LOAD_FACTOR);
+    // New records to clean (a cleaning needs some), then a cleaning at `now_ms`.
+    let mut fill = 0;
+    let mut clean = |log: &PartitionLog, now_ms: i64| {
+        for _ in 0..8 {
+            put(
+                log,
+                keyed(&format!("f{}", fill % 4), &format!("{fill}"), None),
+            );
+            fill += 1;
+        }
+        log.update_high_watermark(i64::MAX);
+        let end = log.offsets().log_end_offset;
+        let cleanable = log.cleanable(&config, end, now_ms).unwrap();
+        log.clean(&mut map, &config, &cleanable, now_ms, &mut ())
+            .unwrap();
+    };
+    // Producer 6: x committed, then overwritten by an aborted transaction, then committed
+    // again. Producer 7: y committed, then fenced by its coordinator (an abort marker of
+    // the next epoch, with no transaction behind it).
+    let first = put(&log, keyed("x", "v1", Some((6, 0, true))));
+    let commit_1 = marker(&log, 6, 0, ControlType::Commit);
+    let aborted = put(&log, keyed("x", "v2-aborted", Some((6, 1, true))));
+    let abort_2 = marker(&log, 6, 0, ControlType::Abort);
+    let last = put(&log, keyed("x", "v3", Some((6, 2, true))));
+    let commit_3 = marker(&log, 6, 0, ControlType::Commit);
+    put(&log, keyed("y", "w", Some((7, 0, true))));
+    let commit_y = marker(&log, 7, 0, ControlType::Commit);
+    let fence_7 = marker(&log, 7, 1, ControlType::Abort);
+    put(&log, keyed("y", "plain", None));
+
+    let markers = |log: &PartitionLog| -> Vec<(i64, Option<i64>)> {
+        stored_batches(log)
+            .into_iter()
+            .filter(|(_, h, _)| h.is_control())
+            .map(|(base, h, _)| (base, h.delete_horizon_ms()))
+            .collect()
+    };
+    let values = |log: &PartitionLog, key: &str| -> Vec<String> {
+        stored_batches(log)
+            .into_iter()
+            .flat_map(|(_, _, r)| r)
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v)
+            .collect()
+    };
+
+    // First cleaning: the superseded and the aborted records go. Each marker stays, for a
+    // batch of its transaction was still there to read.
+    clean(&log, NOW_MS);
+    assert_eq!(values(&log, "x"), ["v3"]);
+    assert_eq!(values(&log, "y"), ["plain"]);
+    let offsets: Vec<i64> = stored_batches(&log).iter().map(|(b, _, _)| *b).collect();
+    assert!(
+        !offsets.contains(&first) && !offsets.contains(&aborted),
+        "{offsets:?}"
+    );
+    assert!(offsets.contains(&last));
+    assert_eq!(
+        markers(&log),
+        [
+            (commit_1, None),
+            (abort_2, None),
+            (commit_3, None),
+            (commit_y, None),
+            (fence_7, None)
+        ]
+    );
+    let end = log.offsets().log_end_offset;
+    assert_eq!(log.aborted_transactions(0, end).len(), 1);
+
+    // Second: markers with nothing left of their transaction get a delete horizon, and the
+    // emptied aborted transaction leaves the index. The marker producer 7's state comes
+    // from (its epoch) stays as it is, as does the one of x's last transaction.
+    clean(&log, NOW_MS + 1);
+    let horizon = Some(NOW_MS + 1 + config.delete_retention_ms);
+    assert_eq!(
+        markers(&log),
+        [
+            (commit_1, horizon),
+            (abort_2, horizon),
+            (commit_3, None),
+            (commit_y, horizon),
+            (fence_7, None)
+        ]
+    );
+    let end = log.offsets().log_end_offset;
+    assert!(log.aborted_transactions(0, end).is_empty());
+
+    // Past the horizon they go.
+    clean(&log, NOW_MS + 2 + config.delete_retention_ms);
+    assert_eq!(markers(&log), [(commit_3, None), (fence_7, None)]);
+
+    let check = |log: &PartitionLog, when: &str| {
+        assert_eq!(values(log, "x"), ["v3"], "{when}");
+        assert_eq!(last_stable(log), log.offsets().high_watermark, "{when}");
+        assert_eq!(summary(log, 6).current_txn_start_offset, -1, "{when}");
+        assert_eq!(summary(log, 7).producer_epoch, 1, "{when}");
+        // Producer 6's last batch still answers its retry.
+        let retry = append_bytes(log, &keyed("x", "v3", Some((6, 2, true)))).unwrap();
+        assert_eq!(
+            (retry.duplicate, retry.first_offset),
+            (true, last),
+            "{when}"
+        );
+    };
+    check(&log, "after cleaning");
+    let log = reopen(log, small_segments(), false);
+    log.reset_high_watermark(log.offsets().log_end_offset);
+    check(&log, "after a crash");
 }
 
 /// A leader append with transaction verification on (KIP-890 part 1).
