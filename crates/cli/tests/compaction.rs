@@ -383,8 +383,10 @@ fn aborted_transactions_and_then_their_markers_are_cleaned_away() {
                 .expect("abort");
         }
     }
+    // The coordinator writes the markers once it has answered EndTxn. All six stay while
+    // the records are in the active segment, which is never cleaned.
     let partition = partition_dir(&broker, topic);
-    assert_eq!(control_batches(&partition), 6);
+    wait_for("the six markers", || control_batches(&partition) == 6);
     let aborted = |seen: &BTreeMap<i64, Entry>| {
         seen.values()
             .filter(|(_, v)| v.as_deref().is_some_and(|v| v.starts_with(b"aborted")))
