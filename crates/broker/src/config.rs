@@ -89,10 +89,10 @@ static KEYS: &[KeyDef] = &[
     key("transactional.id.expiration.ms", "604800000", I, Check::AtLeast(1), "How long a transactional id without transactions is kept."),
     key("transaction.abort.timed.out.transaction.cleanup.interval.ms", "10000", I, Check::AtLeast(1), "How often transactions past their timeout are aborted."),
     key("transaction.remove.expired.transaction.cleanup.interval.ms", "3600000", I, Check::AtLeast(1), "How often expired transactional ids are removed."),
+    key("transaction.partition.verification.enable", "true", B, Check::Bool, "Enable verification that checks that the partition has been added to the transaction before writing transactional records to the partition."),
     key("quota.window.num", "11", I, Check::AtLeast(1), "Windows a client quota's rate is measured over."),
     key("quota.window.size.seconds", "1", I, Check::AtLeast(1), "Length of one client quota window."),
     key("producer.id.expiration.ms", "86400000", I, Check::AtLeast(1), "The time in ms that a topic partition leader will wait before expiring producer IDs."),
-    key("transaction.partition.verification.enable", "true", B, Check::Bool, "Enable verification that checks that the partition has been added to the transaction before writing transactional records to the partition."),
     key("producer.id.expiration.check.interval.ms", "600000", I, Check::AtLeast(1), "The interval at which to remove producer IDs that have expired due to producer.id.expiration.ms passing."),
     key(
         "node.id",
@@ -631,9 +631,6 @@ pub struct BrokerConfig {
     pub log_retention_check_interval_ms: i64,
     /// The log cleaner (`log.cleaner.*`).
     pub log_cleaner_enable: bool,
-    /// `transaction.partition.verification.enable` as `server.properties` sets it (a
-    /// dynamic broker config: [`crate::txn_verification::Verifier`] follows it).
-    pub transaction_partition_verification_enable: bool,
     pub log_cleaner_threads: i32,
     pub log_cleaner_backoff_ms: i64,
     pub log_cleaner_dedupe_buffer_size: i64,
@@ -667,6 +664,9 @@ pub struct BrokerConfig {
     pub transactional_id_expiration_ms: i32,
     pub transaction_abort_timed_out_transaction_cleanup_interval_ms: i32,
     pub transaction_remove_expired_transaction_cleanup_interval_ms: i32,
+    /// `transaction.partition.verification.enable` as `server.properties` sets it (a
+    /// dynamic broker config: [`crate::txn_verification::Verifier`] follows it).
+    pub transaction_partition_verification_enable: bool,
     /// `producer.id.expiration.ms` as `server.properties` sets it (a dynamic broker config:
     /// read it through [`crate::dynamic_config::BrokerDefaults`]).
     pub producer_id_expiration_ms: i32,
@@ -825,9 +825,6 @@ impl BrokerConfig {
             log_retention_ms: retention,
             log_retention_check_interval_ms: int("log.retention.check.interval.ms"),
             log_cleaner_enable: values["log.cleaner.enable"].eq_ignore_ascii_case("true"),
-            transaction_partition_verification_enable: values
-                ["transaction.partition.verification.enable"]
-                .eq_ignore_ascii_case("true"),
             log_cleaner_threads: int("log.cleaner.threads") as i32,
             log_cleaner_backoff_ms: int("log.cleaner.backoff.ms"),
             log_cleaner_dedupe_buffer_size: int("log.cleaner.dedupe.buffer.size"),
@@ -871,6 +868,9 @@ impl BrokerConfig {
             transaction_remove_expired_transaction_cleanup_interval_ms: int(
                 "transaction.remove.expired.transaction.cleanup.interval.ms",
             ) as i32,
+            transaction_partition_verification_enable: values
+                ["transaction.partition.verification.enable"]
+                .eq_ignore_ascii_case("true"),
             producer_id_expiration_ms: int("producer.id.expiration.ms") as i32,
             producer_id_expiration_check_interval_ms: int(
                 "producer.id.expiration.check.interval.ms",

@@ -1,12 +1,77 @@
 //! Kafka protocol requests from this broker to another: one framed request and its
 //! response over a connection the caller owns (the follower fetcher, the transaction marker
-//! sender). The response's size is checked before anything is reserved for it.
+//! sender, the transaction verifier). The response's size is checked before anything is
+//! reserved for it.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
+use std::time::Duration;
+
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+/// A connection to another broker, opened on first use, again after a failed exchange, and
+/// again when the broker's endpoint changed.
+#[derive(Default)]
+pub(crate) struct PeerConnection {
+    open: Option<((String, u16), TcpStream)>,
+}
+
+impl PeerConnection {
+    /// [`exchange`] with the broker at `endpoint`: connecting and the exchange each within
+    /// `timeout`; a failure closes the connection.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn exchange<Req, Resp>(
+        &mut self,
+        endpoint: (String, u16),
+        api_key: ApiKey,
+        version: i16,
+        client_id: &str,
+        correlation_id: i32,
+        request: &Req,
+        response_bytes_max: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<Resp>
+    where
+        Req: Encodable + HeaderVersion,
+        Resp: Decodable + HeaderVersion,
+    {
+        if self.open.as_ref().is_some_and(|(at, _)| *at != endpoint) {
+            self.open = None;
+        }
+        let (_, stream) = match &mut self.open {
+            Some(open) => open,
+            None => {
+                let (host, port) = (endpoint.0.as_str(), endpoint.1);
+                let stream = tokio::time::timeout(timeout, TcpStream::connect((host, port)))
+                    .await
+                    .map_err(|_| anyhow::anyhow!("connecting to {host}:{port} timed out"))??;
+                let _ = stream.set_nodelay(true);
+                self.open.insert((endpoint, stream))
+            }
+        };
+        let exchanged = tokio::time::timeout(
+            timeout,
+            exchange(
+                stream,
+                api_key,
+                version,
+                client_id,
+                correlation_id,
+                request,
+                response_bytes_max,
+            ),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("{api_key:?} timed out"))
+        .and_then(|r| r);
+        if exchanged.is_err() {
+            self.open = None;
+        }
+        exchanged
+    }
+}
 
 /// One request of `api_key` at `version` and its response (at most `response_bytes_max`).
 pub(crate) async fn exchange<Req, Resp>(

@@ -21,8 +21,8 @@ use strom_coordinator::transaction::BoxFuture;
 use strom_coordinator::txn_markers::{
     MarkerDestination, MarkerResults, MarkerTransport, TxnMarker,
 };
-use tokio::net::TcpStream;
 
+use crate::peer::PeerConnection;
 use crate::Broker;
 
 /// The WriteTxnMarkers version sent (the only one Kafka 4 serves).
@@ -35,18 +35,12 @@ const REQUEST_TIMEOUT_MS: u64 = 30_000;
 /// Largest WriteTxnMarkers answer accepted (an error code per partition).
 const RESPONSE_BYTES_MAX: usize = 16 << 20;
 
-struct Connection {
-    host: String,
-    port: u16,
-    stream: TcpStream,
-}
-
 /// The marker sender's transport on a broker.
 pub struct BrokerMarkerTransport {
     broker: Arc<Broker>,
     /// One connection per destination broker; the sender has at most one request in flight
     /// to each, so the lock is never contended.
-    connections: parking_lot::Mutex<HashMap<i32, Arc<tokio::sync::Mutex<Option<Connection>>>>>,
+    connections: parking_lot::Mutex<HashMap<i32, Arc<tokio::sync::Mutex<PeerConnection>>>>,
     correlation_id: AtomicI32,
     client_id: String,
 }
@@ -71,47 +65,22 @@ impl BrokerMarkerTransport {
         let Some((host, port)) = endpoint else {
             return Err(format!("broker {broker_id} is not live"));
         };
-        let slot = Arc::clone(self.connections.lock().entry(broker_id).or_default());
-        let mut slot = slot.lock().await;
-        if slot
-            .as_ref()
-            .is_some_and(|c| c.host != host || c.port != port)
-        {
-            *slot = None;
-        }
-        let timeout = Duration::from_millis(REQUEST_TIMEOUT_MS);
-        if slot.is_none() {
-            let stream = tokio::time::timeout(timeout, TcpStream::connect((host.as_str(), port)))
-                .await
-                .map_err(|_| format!("connecting to broker {broker_id} timed out"))?
-                .map_err(|e| format!("connecting to broker {broker_id}: {e}"))?;
-            let _ = stream.set_nodelay(true);
-            *slot = Some(Connection { host, port, stream });
-        }
-        let Some(connection) = slot.as_mut() else {
-            return Err("no connection".into());
-        };
+        let connection = Arc::clone(self.connections.lock().entry(broker_id).or_default());
         let correlation_id = self.correlation_id.fetch_add(1, Ordering::Relaxed);
-        let exchange = crate::peer::exchange(
-            &mut connection.stream,
-            ApiKey::WriteTxnMarkers,
-            WRITE_TXN_MARKERS_VERSION,
-            &self.client_id,
-            correlation_id,
-            request,
-            RESPONSE_BYTES_MAX,
-        );
-        match tokio::time::timeout(timeout, exchange).await {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(e)) => {
-                *slot = None;
-                Err(format!("WriteTxnMarkers to broker {broker_id}: {e}"))
-            }
-            Err(_) => {
-                *slot = None;
-                Err(format!("WriteTxnMarkers to broker {broker_id} timed out"))
-            }
-        }
+        let mut connection = connection.lock().await;
+        connection
+            .exchange(
+                (host, port),
+                ApiKey::WriteTxnMarkers,
+                WRITE_TXN_MARKERS_VERSION,
+                &self.client_id,
+                correlation_id,
+                request,
+                RESPONSE_BYTES_MAX,
+                Duration::from_millis(REQUEST_TIMEOUT_MS),
+            )
+            .await
+            .map_err(|e| format!("WriteTxnMarkers to broker {broker_id}: {e}"))
     }
 }
 

@@ -29,13 +29,14 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError as E;
 use strom_coordinator::transaction::TopicPartition;
+use strom_coordinator::txn_records::group_by_topic;
 use strom_metadata::MetadataImage;
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
 use crate::config::BrokerConfig;
 use crate::dynamic_config::{BrokerDefaults, DynamicBrokerConfigs};
+use crate::peer::PeerConnection;
 use crate::transaction_state;
 use crate::Broker;
 
@@ -213,15 +214,10 @@ fn kafka_error_name(e: E) -> String {
     name
 }
 
-struct Connection {
-    endpoint: (String, u16),
-    stream: TcpStream,
-}
-
 /// Sends the questions for one coordinator broker, one request at a time, until the
 /// verifier goes.
 async fn ask_loop(node: i32, client_id: String, mut questions: mpsc::UnboundedReceiver<Question>) {
-    let mut connection: Option<Connection> = None;
+    let mut connection = PeerConnection::default();
     let mut waiting: VecDeque<Question> = VecDeque::new();
     let mut correlation_id: i32 = 0;
     loop {
@@ -248,7 +244,6 @@ async fn ask_loop(node: i32, client_id: String, mut questions: mpsc::UnboundedRe
             Ok(response) => answer(batch, &response),
             Err(e) => {
                 warn!(coordinator = node, error = %e, "transaction verification failed");
-                connection = None;
                 for q in batch {
                     let answers = q
                         .partitions
@@ -262,10 +257,9 @@ async fn ask_loop(node: i32, client_id: String, mut questions: mpsc::UnboundedRe
     }
 }
 
-/// One AddPartitionsToTxn (`verify_only`) for `batch`, over the connection (re)opened to
-/// the newest question's endpoint.
+/// One AddPartitionsToTxn (`verify_only`) for `batch`, to the newest question's endpoint.
 async fn ask(
-    connection: &mut Option<Connection>,
+    connection: &mut PeerConnection,
     client_id: &str,
     correlation_id: i32,
     batch: &[Question],
@@ -274,23 +268,6 @@ async fn ask(
         .last()
         .map(|q| q.endpoint.clone())
         .ok_or_else(|| anyhow::anyhow!("no question"))?;
-    if connection.as_ref().is_some_and(|c| c.endpoint != endpoint) {
-        *connection = None;
-    }
-    let timeout = Duration::from_millis(REQUEST_TIMEOUT_MS);
-    if connection.is_none() {
-        let stream = tokio::time::timeout(
-            timeout,
-            TcpStream::connect((endpoint.0.as_str(), endpoint.1)),
-        )
-        .await
-        .map_err(|_| anyhow::anyhow!("connecting to {}:{} timed out", endpoint.0, endpoint.1))??;
-        let _ = stream.set_nodelay(true);
-        *connection = Some(Connection { endpoint, stream });
-    }
-    let Some(c) = connection.as_mut() else {
-        anyhow::bail!("no connection");
-    };
     let request = AddPartitionsToTxnRequest::default().with_transactions(
         batch
             .iter()
@@ -306,33 +283,29 @@ async fn ask(
             })
             .collect(),
     );
-    let exchange = crate::peer::exchange(
-        &mut c.stream,
-        ApiKey::AddPartitionsToTxn,
-        VERSION,
-        client_id,
-        correlation_id,
-        &request,
-        RESPONSE_BYTES_MAX,
-    );
-    tokio::time::timeout(timeout, exchange)
+    connection
+        .exchange(
+            endpoint,
+            ApiKey::AddPartitionsToTxn,
+            VERSION,
+            client_id,
+            correlation_id,
+            &request,
+            RESPONSE_BYTES_MAX,
+            Duration::from_millis(REQUEST_TIMEOUT_MS),
+        )
         .await
-        .map_err(|_| anyhow::anyhow!("AddPartitionsToTxn timed out"))?
 }
 
 fn topics_of(partitions: &BTreeSet<TopicPartition>) -> Vec<AddPartitionsToTxnTopic> {
-    let mut topics: Vec<AddPartitionsToTxnTopic> = Vec::new();
-    for (topic, partition) in partitions {
-        match topics.last_mut() {
-            Some(t) if t.name.as_str() == topic => t.partitions.push(*partition),
-            _ => topics.push(
-                AddPartitionsToTxnTopic::default()
-                    .with_name(TopicName(StrBytes::from_string(topic.clone())))
-                    .with_partitions(vec![*partition]),
-            ),
-        }
-    }
-    topics
+    group_by_topic(partitions)
+        .into_iter()
+        .map(|(topic, partitions)| {
+            AddPartitionsToTxnTopic::default()
+                .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+                .with_partitions(partitions)
+        })
+        .collect()
 }
 
 /// Hands each question its answers: a request-level error answers all of it; a partition

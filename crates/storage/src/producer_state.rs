@@ -23,6 +23,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use strom_protocol::batch::BATCH_HEADER_BYTES;
 use strom_protocol::records::{BatchBuilder, BatchHeader, Record, RecordReader, RecordsError};
@@ -272,7 +273,7 @@ pub enum TxnVerification {
 }
 
 /// Guards are unique across the process, so a stale one can never match a newer one.
-static NEXT_VERIFICATION_GUARD: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+static NEXT_VERIFICATION_GUARD: AtomicU64 = AtomicU64::new(1);
 
 /// A producer's verification in progress (Kafka's `VerificationStateEntry`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -449,9 +450,7 @@ impl ProducerStateManager {
             .verifications
             .entry(producer_id)
             .or_insert_with(|| VerificationEntry {
-                guard: VerificationGuard(
-                    NEXT_VERIFICATION_GUARD.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-                ),
+                guard: VerificationGuard(NEXT_VERIFICATION_GUARD.fetch_add(1, Ordering::Relaxed)),
                 started_ms: now_ms,
             });
         Some(entry.guard)

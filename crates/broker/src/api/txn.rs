@@ -150,11 +150,6 @@ async fn add_partitions(
             })
             .collect();
     }
-    if !transactional_id.is_empty() && !verify_only {
-        if let Err(code) = check_coordinator(broker, transactional_id) {
-            return all(code);
-        }
-    }
     if verify_only {
         return verify_local(
             broker,
@@ -163,6 +158,11 @@ async fn add_partitions(
             producer_epoch,
             &partitions,
         );
+    }
+    if !transactional_id.is_empty() {
+        if let Err(code) = check_coordinator(broker, transactional_id) {
+            return all(code);
+        }
     }
     let code = broker
         .txns
