@@ -396,40 +396,12 @@ impl<'a> SegmentReader<'a> {
     }
 }
 
-/// The aborted transactions of the log being cleaned, by producer: `[first_offset,
-/// marker offset)` ranges whose records never enter the offset map (Kafka's
-/// `CleanedTransactionMetadata`), so that an aborted write never supersedes a committed
-/// one; a read_committed consumer would otherwise lose the key.
-#[derive(Debug, Default)]
-pub(crate) struct AbortedRanges(std::collections::HashMap<i64, Vec<(i64, i64)>>);
-
-impl AbortedRanges {
-    pub(crate) fn new(entries: &[TxnEntry]) -> AbortedRanges {
-        let mut ranges = AbortedRanges::default();
-        for e in entries {
-            ranges
-                .0
-                .entry(e.producer_id)
-                .or_default()
-                .push((e.first_offset, e.last_offset));
-        }
-        ranges
-    }
-
-    /// Whether the transactional batch of `producer_id` at `base_offset` was aborted.
-    fn contains(&self, producer_id: i64, base_offset: i64) -> bool {
-        self.0.get(&producer_id).is_some_and(|ranges| {
-            ranges
-                .iter()
-                .any(|&(first, last)| first <= base_offset && base_offset < last)
-        })
-    }
-}
-
-/// What one cleaning knows of transactions as it reads the log's batches in offset order
-/// (Kafka's `CleanedTransactionMetadata`): which data batches belong to aborted
-/// transactions (their records go), and which markers end a transaction none of whose
-/// batches is left (the marker may go once past its delete horizon).
+/// What one pass of a cleaning knows of transactions as it reads the log's batches in
+/// offset order (Kafka's `CleanedTransactionMetadata`): which data batches belong to aborted
+/// transactions (their records never enter the offset map, so that an aborted write never
+/// supersedes a committed one, and the rewrite drops them), and which markers end a
+/// transaction none of whose batches is left (the marker may go once past its delete
+/// horizon).
 #[derive(Debug, Default)]
 pub(crate) struct CleanedTxns {
     /// Aborted transactions not reached yet, by first offset, earliest last.
@@ -466,7 +438,7 @@ impl CleanedTxns {
     }
 
     /// A data batch: whether it belongs to an aborted transaction.
-    fn on_data_batch(&mut self, header: &BatchHeader) -> bool {
+    pub(crate) fn on_data_batch(&mut self, header: &BatchHeader) -> bool {
         self.reach(header.last_offset());
         if !header.is_transactional() {
             return false;
@@ -485,7 +457,7 @@ impl CleanedTxns {
 
     /// A control batch: whether no batch of the transaction it ends was read, so that it
     /// may go (an empty one, or one of an unknown type, is kept).
-    fn on_control_batch(&mut self, header: &BatchHeader, batch: &[u8]) -> bool {
+    pub(crate) fn on_control_batch(&mut self, header: &BatchHeader, batch: &[u8]) -> bool {
         self.reach(header.last_offset());
         let producer_id = header.producer_id;
         match crate::producer_state::read_end_txn_marker(batch) {
@@ -520,7 +492,7 @@ pub(crate) fn map_segment(
     segment: &LogSegment,
     start: i64,
     map: &mut OffsetMap,
-    aborted: &AbortedRanges,
+    txns: &mut CleanedTxns,
     progress: &mut dyn CleanerProgress,
     stats: &mut CleanerStats,
 ) -> Result<Option<bool>, StorageError> {
@@ -531,9 +503,13 @@ pub(crate) fn map_segment(
     while let Some((_, batch)) = reader.next_batch()? {
         let header = BatchHeader::parse(batch).map_err(|e| corrupt_records(segment, e))?;
         stats.bytes_read += batch.len() as u64;
-        let aborted =
-            header.is_transactional() && aborted.contains(header.producer_id, header.base_offset);
-        if !header.is_control() && !aborted {
+        let mapped = if header.is_control() {
+            txns.on_control_batch(&header, batch);
+            false
+        } else {
+            !txns.on_data_batch(&header)
+        };
+        if mapped {
             let mut records = RecordReader::new(batch, DECOMPRESSED_BATCH_BYTES_MAX)
                 .map_err(|e| corrupt_records(segment, e))?;
             while let Some(record) = records

@@ -17,9 +17,9 @@ use parking_lot::Mutex;
 use super::producers::aborted_in;
 use super::{seal, FilePosition, PartitionLog};
 use crate::cleaner::{
-    self, group_by_size, map_segment, rename_suffix, sync_dir, AbortedRanges, CleanOutcome,
-    Cleanable, CleanedTxns, CleanedWriter, CleanerProgress, CleanerStats, CompactionConfig, Filter,
-    Filtered, OffsetMap, Retention, SwapStep, CLEANED_SUFFIX, SWAP_SUFFIX,
+    self, group_by_size, map_segment, rename_suffix, sync_dir, CleanOutcome, Cleanable,
+    CleanedTxns, CleanedWriter, CleanerProgress, CleanerStats, CompactionConfig, Filter, Filtered,
+    OffsetMap, Retention, SwapStep, CLEANED_SUFFIX, SWAP_SUFFIX,
 };
 use crate::index::{TxnEntry, TxnIndex};
 use crate::segment::LogSegment;
@@ -514,14 +514,14 @@ fn build_offset_map(
     stats: &mut CleanerStats,
 ) -> Result<Option<i64>, StorageError> {
     let first = segment_index(segments, start);
-    let aborted = AbortedRanges::new(&aborted_in(&segments[first..], start, upper_bound));
+    let mut txns = CleanedTxns::new(aborted_in(&segments[first..], start, upper_bound));
     let dirty: Vec<&Arc<LogSegment>> = segments[first..]
         .iter()
         .take_while(|s| s.base_offset() < upper_bound)
         .collect();
     for (i, segment) in dirty.iter().enumerate() {
         let next_start = dirty.get(i + 1).map_or(upper_bound, |s| s.base_offset());
-        match map_segment(segment, start, map, &aborted, progress, stats)? {
+        match map_segment(segment, start, map, &mut txns, progress, stats)? {
             None => return Ok(None),
             Some(false) => break,
             // Offsets missing at the end of a segment are covered too.
