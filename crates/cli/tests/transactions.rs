@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use common::clients::{create_topic, create_topic_with};
 use common::cluster::Cluster;
 use common::raw::{
-    latest_offset, produce_to, producer_batch, set_cluster_broker_config, READ_COMMITTED,
-    READ_UNCOMMITTED,
+    latest_offset, produce_each, produce_to, producer_batch, set_cluster_broker_config,
+    READ_COMMITTED, READ_UNCOMMITTED,
 };
 use common::{Broker, RawClient};
 use kafka_protocol::messages::add_partitions_to_txn_request::{
@@ -769,6 +769,36 @@ fn a_transactional_batch_outside_its_transaction_is_refused_and_leaves_no_transa
             latest_offset(l, topic, *partition, READ_UNCOMMITTED),
             0,
             "{how}"
+        );
+    }
+    // One request carries one producer's batches (Kafka: "Transactional records contained
+    // more than one producer ID"); nothing of it is written.
+    let neighbour = *leaders
+        .iter()
+        .find(|(p, l)| **l == coordinator && **p != local)
+        .unwrap_or_else(|| panic!("{leaders:?}"))
+        .0;
+    let mixed = produce_each(
+        &mut coord,
+        Some("v-1"),
+        topic,
+        vec![
+            (local, batch(producer, 0, &["mine"])),
+            (neighbour, batch((producer.0 + 1, 0), 0, &["another's"])),
+        ],
+    );
+    let codes: Vec<i16> = mixed.iter().map(|r| r.0).collect();
+    assert_eq!(
+        codes,
+        [
+            E::InvalidTxnState.code(),
+            E::InvalidProducerIdMapping.code()
+        ]
+    );
+    for partition in [local, neighbour] {
+        assert_eq!(
+            latest_offset(&mut coord, topic, partition, READ_UNCOMMITTED),
+            0
         );
     }
     assert_eq!(

@@ -86,6 +86,18 @@ pub fn produce_to(
     partition: i32,
     batch: Bytes,
 ) -> (i16, Option<String>, i64) {
+    produce_each(client, transactional_id, topic, vec![(partition, batch)]).remove(0)
+}
+
+/// Produces one request (v11, acks=-1) with a batch for each partition, for
+/// `transactional_id` if given; each partition's error code, message and base offset, in
+/// order.
+pub fn produce_each(
+    client: &mut RawClient,
+    transactional_id: Option<&str>,
+    topic: &str,
+    batches: Vec<(i32, Bytes)>,
+) -> Vec<(i16, Option<String>, i64)> {
     let request = ProduceRequest::default()
         .with_transactional_id(
             transactional_id.map(|id| TransactionalId(StrBytes::from_string(id.to_string()))),
@@ -94,17 +106,29 @@ pub fn produce_to(
         .with_timeout_ms(5_000)
         .with_topic_data(vec![TopicProduceData::default()
             .with_name(TopicName(StrBytes::from_string(topic.to_string())))
-            .with_partition_data(vec![PartitionProduceData::default()
-                .with_index(partition)
-                .with_records(Some(batch))])]);
+            .with_partition_data(
+                batches
+                    .into_iter()
+                    .map(|(partition, batch)| {
+                        PartitionProduceData::default()
+                            .with_index(partition)
+                            .with_records(Some(batch))
+                    })
+                    .collect(),
+            )]);
     client.send(ApiKey::Produce, 11, &request);
     let response: ProduceResponse = client.recv(11);
-    let p = &response.responses[0].partition_responses[0];
-    (
-        p.error_code,
-        p.error_message.as_ref().map(|m| m.to_string()),
-        p.base_offset,
-    )
+    response.responses[0]
+        .partition_responses
+        .iter()
+        .map(|p| {
+            (
+                p.error_code,
+                p.error_message.as_ref().map(|m| m.to_string()),
+                p.base_offset,
+            )
+        })
+        .collect()
 }
 
 pub const READ_UNCOMMITTED: i8 = 0;
