@@ -334,21 +334,13 @@ fn control_batches(dir: &Path) -> usize {
 
 #[test]
 fn aborted_transactions_and_then_their_markers_are_cleaned_away() {
-    use rdkafka::producer::{BaseProducer, BaseRecord};
+    use rdkafka::producer::BaseRecord;
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(dir.path(), &FAST_CLEANER);
     let topic = "transactional";
     compacted(&broker.addr, topic, &[("delete.retention.ms", "100")]);
     // Six transactions over the same ten keys: even ones committed, odd ones aborted.
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", &broker.addr)
-        .set("transactional.id", "compacted-writer")
-        .set("linger.ms", "5")
-        .create()
-        .expect("transactional producer");
-    producer
-        .init_transactions(Duration::from_secs(30))
-        .expect("init_transactions");
+    let producer = common::clients::transactional_producer(&broker.addr, "compacted-writer");
     let value = |round: usize, k: usize| {
         let outcome = if round.is_multiple_of(2) {
             "committed"

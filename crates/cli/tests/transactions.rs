@@ -13,7 +13,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::clients::{create_topic, create_topic_with};
+use common::clients::{create_topic, create_topic_with, transactional_producer};
 use common::cluster::Cluster;
 use common::raw::{
     latest_offset, produce_each, produce_to, producer_batch, set_cluster_broker_config,
@@ -521,19 +521,6 @@ fn librdkafkas_transactional_producer_initializes_commits_and_aborts_through_the
     let _ = producer.flush(Duration::from_secs(5));
     let fenced = producer.commit_transaction(timeout);
     assert!(fenced.is_err(), "the first instance is fenced: {fenced:?}");
-}
-
-fn transactional_producer(bootstrap: &str, id: &str) -> BaseProducer {
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("transactional.id", id)
-        .set("linger.ms", "5")
-        .create()
-        .expect("transactional producer");
-    producer
-        .init_transactions(Duration::from_secs(60))
-        .expect("init_transactions");
-    producer
 }
 
 /// One transaction of `count` records keyed `<prefix>-<i>`, committed or aborted.

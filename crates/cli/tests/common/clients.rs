@@ -8,7 +8,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{BaseProducer, FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
 /// One record as a client sees it.
@@ -226,4 +226,18 @@ pub fn java_step(class: &str, marker: &str, bootstrap: &str, args: &[&str]) -> S
         String::from_utf8_lossy(&output.stderr)
     );
     stdout
+}
+
+/// A librdkafka transactional producer with `transactional.id` `id`, initialised.
+pub fn transactional_producer(bootstrap: &str, id: &str) -> BaseProducer {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("transactional.id", id)
+        .set("linger.ms", "5")
+        .create()
+        .expect("transactional producer");
+    producer
+        .init_transactions(Duration::from_secs(60))
+        .expect("init_transactions");
+    producer
 }
